@@ -1,0 +1,141 @@
+"""The controller side of the node agent protocol (docs/agent-protocol.md): JSON lines over SSH."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from agent_bootstrap import agent_hash, agent_source
+from fleet.errors import AgentError, Unreachable
+from fleet.ssh import Connection, Process
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+HELLO_TIMEOUT = 30.0
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+def agent_remote_path(root: str) -> str:
+    """Return where the agent file lives on a node: named by its content hash."""
+    return f"{root.rstrip('/')}/volatile/agent-{agent_hash()[:16]}.py"
+
+
+class AgentClient:
+    """One running agent on one node: requests with futures, events to a callback."""
+
+    def __init__(self, node_id: str, process: Process, on_event: EventHandler) -> None:
+        self.node_id = node_id
+        self._process = process
+        self._on_event = on_event
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._reader: asyncio.Task[None] | None = None
+        self.hello: dict[str, Any] = {}
+        self.closed = asyncio.Event()
+
+    @classmethod
+    async def launch(cls, conn: Connection, root: str, on_event: EventHandler) -> AgentClient:
+        """Upload the agent if this node lacks this version, start it and return the client
+        once it said hello. Raises AgentError or Unreachable."""
+        path = agent_remote_path(root)
+        if not await conn.exists(path):
+            await conn.makedirs(f"{root.rstrip('/')}/volatile")
+            await conn.upload_bytes(agent_source(), path, 0o644)
+        process = await conn.start_process(["python3", path, root])
+        client = cls(conn.target.host_id, process, on_event)
+        await client._handshake()
+        return client
+
+    async def _handshake(self) -> None:
+        try:
+            line = await asyncio.wait_for(self._process.readline(), HELLO_TIMEOUT)
+        except TimeoutError as exc:
+            raise AgentError(
+                "the node agent did not say hello in time", target=f"node {self.node_id}"
+            ) from exc
+        if not line:
+            detail = (await self._process.stderr_text()).strip()[-500:]
+            raise AgentError(
+                f"the node agent did not start: {detail or 'no output'}",
+                code="AgentStartFailed",
+                target=f"node {self.node_id}",
+            )
+        hello = json.loads(line)
+        if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL:
+            raise AgentError(f"unexpected agent greeting {hello!r}", target=f"node {self.node_id}")
+        if error := hello.get("error"):
+            raise AgentError(
+                error.get("message", "agent refused to start"),
+                code=error.get("code", "AgentError"),
+                target=f"node {self.node_id}",
+            )
+        self.hello = hello
+        self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.node_id}")
+
+    async def _read_loop(self) -> None:
+        try:
+            while line := await self._process.readline():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    log.warning(
+                        "node %s: agent sent a line that is not JSON: %r", self.node_id, line
+                    )
+                    continue
+                kind = msg.get("type")
+                if kind == "reply":
+                    future = self._pending.pop(msg.get("id"), None)
+                    if future is not None and not future.done():
+                        future.set_result(msg)
+                elif kind == "event":
+                    try:
+                        self._on_event(msg)
+                    except Exception:
+                        log.exception("node %s: event handler failed for %r", self.node_id, msg)
+        finally:
+            self.closed.set()
+            error = Unreachable("agent channel closed", target=f"node {self.node_id}")
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(error)
+            self._pending.clear()
+
+    async def request(self, op: str, timeout: float | None = 60.0, **args: Any) -> dict[str, Any]:
+        """Send one request and return its result. Raises AgentError with the agent's code,
+        or Unreachable when the channel closes first."""
+        if self.closed.is_set():
+            raise Unreachable("agent channel closed", target=f"node {self.node_id}")
+        self._next_id += 1
+        rid = self._next_id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        payload = {"type": "request", "id": rid, "op": op, "args": args}
+        self._process.write(json.dumps(payload, separators=(",", ":")).encode() + b"\n")
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            self._pending.pop(rid, None)
+            raise AgentError(
+                f"agent did not answer {op} in {timeout} s",
+                code="AgentTimeout",
+                target=f"node {self.node_id}",
+            ) from exc
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            raise AgentError(
+                error.get("message", f"{op} failed"),
+                code=error.get("code", "AgentError"),
+                target=f"node {self.node_id}",
+            )
+        return dict(reply.get("result") or {})
+
+    def close(self) -> None:
+        """Close the channel; the agent exits and its tasks keep running."""
+        self._process.close()
+        if self._reader is not None:
+            self._reader.cancel()

@@ -1,0 +1,131 @@
+"""What every command shares: the resolved settings and store, ``-o json|table`` output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fleet.settings import Settings
+from fleet.store import Store
+
+
+class OutputFormat(StrEnum):
+    JSON = "json"
+    TABLE = "table"
+
+
+OutputOpt = Annotated[
+    OutputFormat | None,
+    typer.Option("--output", "-o", help="Output format: json or table (default: table)."),
+]
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class Context:
+    """Per-invocation state, built from the global options."""
+
+    home: str | None = None
+    db_url: str | None = None
+    output: OutputFormat = OutputFormat.TABLE
+    _store: Store | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.resolve(self.home, self.db_url)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.settings.db_url)
+        return self._store
+
+
+CURRENT = Context()
+
+
+def fmt(output: OutputFormat | None) -> OutputFormat:
+    """Return the effective output format: the command's ``-o``, else the global one."""
+    return output or CURRENT.output
+
+
+def emit(
+    data: Any,
+    output: OutputFormat | None,
+    columns: Sequence[tuple[str, str]] = (),
+    title: str | None = None,
+) -> None:
+    """Print ``data`` (a dict or a list of dicts) as JSON or as a table of ``columns``
+    (pairs of heading and dotted path)."""
+    if fmt(output) == OutputFormat.JSON:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        return
+    rows = data if isinstance(data, list) else [data]
+    if not columns:
+        for row in rows:
+            _print_mapping(row)
+        return
+    table = Table(title=title, show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for heading, _ in columns:
+        table.add_column(heading, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(_get(row, path)) for _, path in columns))
+    stdout.print(table)
+
+
+def _print_mapping(row: dict[str, Any], indent: int = 0) -> None:
+    pad = "  " * indent
+    for key, value in row.items():
+        if isinstance(value, dict):
+            stdout.print(f"{pad}{key}:", highlight=False)
+            _print_mapping(value, indent + 1)
+        else:
+            stdout.print(f"{pad}{key}: {_cell(value)}", highlight=False, markup=False)
+
+
+def _get(row: dict[str, Any], path: str) -> Any:
+    value: Any = row
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" if v not in ("", "true") else k for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ",".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def load_json_file(path: str) -> Any:
+    """Return the parsed JSON in ``path`` ('-' for stdin). Raises BadInput."""
+    from fleet.errors import BadInput
+
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except OSError as exc:
+        raise BadInput(
+            f"cannot read {path}: {exc.strerror}", code="FileUnreadable", target=path
+        ) from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadInput(f"{path} is not valid JSON: {exc}", code="InvalidJson", target=path) from exc
+
+
+def progress_enabled(output: OutputFormat | None) -> bool:
+    """Return whether to draw progress: only for table output on a terminal."""
+    return fmt(output) == OutputFormat.TABLE and stderr.is_terminal

@@ -1,0 +1,85 @@
+"""``fleet host``: import, list, show and remove inventory hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fleet import inventory, views
+from fleet.cli.common import CURRENT, OutputOpt, emit
+from fleet.errors import BadInput
+from fleet.service import hosts as service
+
+app = typer.Typer(help="Manage the inventory of hosts.", no_args_is_help=True)
+
+COLUMNS = [
+    ("ID", "id"),
+    ("ADDRESS", "address"),
+    ("PORT", "port"),
+    ("USER", "user"),
+    ("POOL", "poolId"),
+    ("LABELS", "labels"),
+    ("HOST KEY", "hostKeyFingerprint"),
+]
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="Inventory file.")],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="ansible-ini, ansible-yaml, ssh-config or vagrant (default: detected)."
+        ),
+    ] = None,
+    host_key_policy: Annotated[
+        str, typer.Option("--host-key-policy", help="strict or accept-new.")
+    ] = "accept-new",
+    output: OutputOpt = None,
+) -> None:
+    """Import hosts from an inventory file, atomically."""
+    if format is not None and format not in inventory.FORMATS:
+        raise BadInput(
+            f"--format must be one of {', '.join(inventory.FORMATS)}",
+            code="InvalidFormat",
+            field="format",
+        )
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BadInput(
+            f"cannot read {file}: {exc.strerror}", code="FileUnreadable", target=str(file)
+        ) from exc
+    specs = inventory.parse_inventory(text, filename=str(file), fmt=format)
+    result = service.import_hosts(CURRENT.store, specs, host_key_policy)
+    emit({"imported": len(specs), **result}, output)
+
+
+@app.command("list")
+def list_(output: OutputOpt = None) -> None:
+    """List the hosts in the inventory."""
+    store = CURRENT.store
+    rows = [views.host(*service.show_host(store, h.id)) for h in service.list_hosts(store)]
+    emit(rows, output, COLUMNS)
+
+
+@app.command("show")
+def show(host_id: str, output: OutputOpt = None) -> None:
+    """Show one host."""
+    emit(views.host(*service.show_host(CURRENT.store, host_id)), output)
+
+
+@app.command("remove")
+def remove(host_id: str, output: OutputOpt = None) -> None:
+    """Remove a host that is not in a pool."""
+    service.remove_host(CURRENT.store, host_id)
+    emit({"removed": host_id}, output)
+
+
+@app.command("forget-key")
+def forget_key(host_id: str, output: OutputOpt = None) -> None:
+    """Forget a host's recorded SSH host key (after a legitimate reinstall)."""
+    existed = service.forget_host_key(CURRENT.store, host_id)
+    emit({"host": host_id, "forgotten": existed}, output)

@@ -1,0 +1,161 @@
+"""``fleet pool`` and ``fleet node``: create, list, show and delete pools; list and show nodes."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from fleet import views
+from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file, progress_enabled, stderr
+from fleet.domain import NodeState
+from fleet.errors import EXIT_FAILED, BadInput, TimedOut
+from fleet.service import pools as service
+
+app = typer.Typer(help="Manage pools of nodes.", no_args_is_help=True)
+node_app = typer.Typer(help="Inspect the nodes of a pool.", no_args_is_help=True)
+
+POOL_COLUMNS = [
+    ("ID", "id"),
+    ("STATE", "state"),
+    ("ALLOCATION", "allocationState"),
+    ("NODES", "currentDedicatedNodes"),
+    ("SLOTS/NODE", "taskSlotsPerNode"),
+    ("NODE STATES", "nodeCounts"),
+]
+NODE_COLUMNS = [
+    ("ID", "id"),
+    ("STATE", "state"),
+    ("SCHEDULING", "schedulingState"),
+    ("ADDRESS", "ipAddress"),
+    ("ERRORS", "errors"),
+]
+SETTLED = {NodeState.IDLE, NodeState.RUNNING, NodeState.START_TASK_FAILED, NodeState.UNUSABLE}
+
+
+@app.command("create")
+def create(
+    pool_id: Annotated[str | None, typer.Option("--id", help="Pool id.")] = None,
+    hosts: Annotated[str | None, typer.Option("--hosts", help="Comma-separated host ids.")] = None,
+    task_slots_per_node: Annotated[
+        int | None, typer.Option("--task-slots-per-node", help="Tasks a node runs at once.")
+    ] = None,
+    start_task: Annotated[
+        str | None, typer.Option("--start-task", help="Start task command line.")
+    ] = None,
+    json_file: Annotated[
+        str | None, typer.Option("--json-file", help="Azure Batch pool JSON ('-' for stdin).")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait until every node is ready or failed.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds to wait with --wait.")
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Create a pool from host ids or from an Azure Batch pool JSON file."""
+    if json_file:
+        if pool_id or hosts or start_task or task_slots_per_node:
+            raise BadInput(
+                "--json-file cannot be combined with --id/--hosts/--start-task/"
+                "--task-slots-per-node",
+                code="ConflictingOptions",
+            )
+        data: dict[str, Any] = load_json_file(json_file)
+    else:
+        if not pool_id or not hosts:
+            raise BadInput("give --id and --hosts, or --json-file", code="MissingRequiredProperty")
+        data = {"id": pool_id, "hosts": [h.strip() for h in hosts.split(",") if h.strip()]}
+        if task_slots_per_node is not None:
+            data["taskSlotsPerNode"] = task_slots_per_node
+        if start_task:
+            data["startTask"] = {"commandLine": start_task, "waitForSuccess": True}
+    pool = service.create_pool(CURRENT.store, data)
+    if wait:
+        _wait_for_nodes(pool.id, timeout, output)
+    emit(views.pool(*service.show_pool(CURRENT.store, pool.id)), output)
+    if wait:
+        nodes = service.list_nodes(CURRENT.store, pool.id)
+        if any(n.state not in (NodeState.IDLE, NodeState.RUNNING) for n in nodes):
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _wait_for_nodes(pool_id: str, timeout: float | None, output: Any) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    show = progress_enabled(output)
+    with stderr.status("", spinner="dots") if show else _Null() as status:
+        while True:
+            nodes = service.list_nodes(CURRENT.store, pool_id)
+            counts: dict[str, int] = {}
+            for n in nodes:
+                counts[n.state] = counts.get(n.state, 0) + 1
+            if status is not None:
+                summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+                status.update(f"pool {pool_id}: {summary}")
+            if all(n.state in SETTLED for n in nodes):
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimedOut(
+                    f"nodes not ready after {timeout} s: {counts} (is 'fleet controller "
+                    f"run' running?)",
+                    target=f"pool {pool_id}",
+                )
+            time.sleep(0.2)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@app.command("list")
+def list_(output: OutputOpt = None) -> None:
+    """List pools."""
+    emit(
+        [views.pool(p, nodes) for p, nodes in service.list_pools(CURRENT.store)],
+        output,
+        POOL_COLUMNS,
+    )
+
+
+@app.command("show")
+def show(pool_id: str, output: OutputOpt = None) -> None:
+    """Show one pool."""
+    emit(views.pool(*service.show_pool(CURRENT.store, pool_id)), output)
+
+
+@app.command("delete")
+def delete(pool_id: str, output: OutputOpt = None) -> None:
+    """Delete a pool; its hosts return to the free inventory."""
+    service.delete_pool(CURRENT.store, pool_id)
+    emit({"deleted": pool_id}, output)
+
+
+@node_app.command("list")
+def node_list(
+    pool: Annotated[str, typer.Option("--pool", help="Pool id.")],
+    output: OutputOpt = None,
+) -> None:
+    """List the nodes of a pool."""
+    store = CURRENT.store
+    rows = []
+    for node in service.list_nodes(store, pool):
+        _, host = service.show_node(store, pool, node.id)
+        rows.append(views.node(node, host.address))
+    emit(rows, output, NODE_COLUMNS)
+
+
+@node_app.command("show")
+def node_show(
+    pool: Annotated[str, typer.Option("--pool", help="Pool id.")],
+    node: Annotated[str, typer.Option("--node", help="Node id.")],
+    output: OutputOpt = None,
+) -> None:
+    """Show one node, with its errors and start task information."""
+    row, host = service.show_node(CURRENT.store, pool, node)
+    emit(views.node(row, host.address), output)

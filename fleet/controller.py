@@ -1,0 +1,494 @@
+"""The controller: the reconcile loop that places tasks on nodes and records what they did.
+
+Each turn of the loop: open links to nodes that need one, apply the events that
+came in (starts, exits, lost nodes) in one transaction, requeue the tasks of
+nodes lost for longer than the grace period, then ask the scheduler for a plan,
+write it ahead (``dispatching``) and send the spawns. See DESIGN.md,
+"Reliability model".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from fleet import environment, scheduler
+from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskResult, TaskState
+from fleet.errors import AgentError, FleetError, RemoteError
+from fleet.node_link import NodeLink
+from fleet.service.jobs import COLLECTED_FILES
+from fleet.settings import Settings
+from fleet.store import Store
+from fleet.tables import Job, Node, Pool, Task
+
+log = logging.getLogger(__name__)
+
+NOT_RETRIED = {
+    "CommandProgramNotFound",
+    "CommandProgramNotExecutable",
+    "ResourceFileDownloadError",
+    "ApplicationPackageError",
+    "FileUploadError",
+}
+
+
+@dataclass
+class Attempt:
+    """One dispatch of one task to one node, as the controller tracks it in memory."""
+
+    pk: int
+    job_id: str
+    task_id: str
+    attempt: int
+    node_id: str
+    slots: int
+    collecting: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id}/{self.task_id}"
+
+    @property
+    def task_dir(self) -> str:
+        return environment.task_dir(self.job_id, self.task_id)
+
+
+@dataclass
+class _Events:
+    started: list[tuple[Attempt, float]] = field(default_factory=list)
+    finished: list[tuple[Attempt, dict[str, Any]]] = field(default_factory=list)
+    back_to_queue: list[tuple[Attempt, bool]] = field(default_factory=list)  # (attempt, requeue?)
+
+
+class Controller:
+    """Owns every SSH connection and writes every state change through the store."""
+
+    def __init__(
+        self, settings: Settings, store: Store, *, tick: float = 0.05, node_grace: float = 30.0
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.tick = tick
+        self.node_grace = node_grace
+        self.links: dict[str, NodeLink] = {}
+        self.inflight: dict[str, dict[str, Attempt]] = {}  # node -> key -> attempt
+        self.stale: dict[str, list[Attempt]] = {}  # node -> requeued attempts to kill there
+        self._events = _Events()
+        self._wake = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- main loop --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then close every link (tasks keep running on nodes)."""
+        self._load_inflight()
+        log.info(
+            "controller started (%d attempts in flight)",
+            sum(len(a) for a in self.inflight.values()),
+        )
+        try:
+            while not stop.is_set():
+                self._sync_links()
+                self._apply_events()
+                self._requeue_lost_nodes()
+                await self._schedule()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.tick)
+        finally:
+            for task in list(self._background):
+                task.cancel()
+            await asyncio.gather(
+                *(link.stop() for link in self.links.values()), return_exceptions=True
+            )
+            log.info("controller stopped")
+
+    def _spawn_background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _load_inflight(self) -> None:
+        with self.store.session() as s:
+            rows = s.exec(select(Task).where(col(Task.attempt_state).is_not(None))).all()
+        for t in rows:
+            if t.node_id is None:
+                continue
+            att = Attempt(t.pk or 0, t.job_id, t.id, t.attempt, t.node_id, t.required_slots)
+            self.inflight.setdefault(t.node_id, {})[att.key] = att
+
+    def _sync_links(self) -> None:
+        with self.store.session() as s:
+            nodes = s.exec(
+                select(Node.id)
+                .join(Pool, col(Pool.id) == col(Node.pool_id))
+                .where(Pool.state == PoolState.ACTIVE)
+            ).all()
+        wanted = set(nodes)
+        for node_id in wanted - self.links.keys():
+            link = NodeLink(
+                node_id,
+                self.store,
+                self.settings,
+                self._node_ready,
+                self._node_lost,
+                self._agent_event,
+            )
+            self.links[node_id] = link
+            link.start()
+        for node_id in self.links.keys() - wanted:
+            link = self.links.pop(node_id)
+            self._spawn_background(self._shutdown_link(link))
+
+    async def _shutdown_link(self, link: NodeLink) -> None:
+        if link.agent is not None:
+            with contextlib.suppress(FleetError):
+                await link.agent.request("shutdown", timeout=5)
+        await link.stop()
+
+    # -- node events ------------------------------------------------------------------
+
+    async def _node_ready(self, link: NodeLink) -> None:
+        """Reconcile what this node runs with what the store says it runs."""
+        attempts = list(self.inflight.get(link.node_id, {}).values())
+        if link.boot_id_changed:
+            log.warning("node %s rebooted: requeueing %d tasks", link.node_id, len(attempts))
+            self._events.back_to_queue.extend((a, True) for a in attempts)
+        elif attempts and link.agent is not None:
+            result = await link.agent.request(
+                "status",
+                tasks=[
+                    {"key": a.key, "taskDir": a.task_dir, "attempt": a.attempt} for a in attempts
+                ],
+            )
+            by_key = {a.key: a for a in attempts}
+            for item in result.get("tasks", []):
+                att = by_key.get(item.get("key"))
+                if att is None:
+                    continue
+                if item.get("state") == "exited":
+                    self._exited(link, att, item.get("exit") or {})
+                elif item.get("state") == "missing":
+                    self._events.back_to_queue.append((att, self._was_started(att)))
+        for att in self.stale.pop(link.node_id, []):
+            if link.agent is not None:
+                with contextlib.suppress(FleetError):
+                    await link.agent.request(
+                        "kill", key=att.key, taskDir=att.task_dir, attempt=att.attempt
+                    )
+        self._wake.set()
+
+    def _was_started(self, att: Attempt) -> bool:
+        with self.store.session() as s:
+            row = s.get(Task, att.pk)
+            return row is not None and row.attempt_state == AttemptState.RUNNING
+
+    def _node_lost(self, link: NodeLink) -> None:
+        self._wake.set()
+
+    def _agent_event(self, link: NodeLink, msg: dict[str, Any]) -> None:
+        att = self.inflight.get(link.node_id, {}).get(str(msg.get("key")))
+        if att is None or att.attempt != msg.get("attempt"):
+            return  # a stale attempt's late exit
+        self._exited(link, att, msg.get("exit") or {})
+
+    def _exited(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
+        if att.collecting:
+            return
+        att.collecting = True
+        self._spawn_background(self._collect(link, att, record))
+
+    async def _collect(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
+        """Copy the task's output files into the file store, then queue its completion."""
+        conn = link.conn
+        root = link.agent.hello.get("root") if link.agent else None
+        try:
+            if conn is None or root is None:
+                raise RemoteError("node disconnected before output was collected")
+            dest = self.settings.task_files / att.job_id / att.task_id
+            dest.mkdir(parents=True, exist_ok=True)
+            await asyncio.gather(
+                *(
+                    conn.download(f"{root}/{att.task_dir}/{name}", str(dest / name))
+                    for name in COLLECTED_FILES
+                )
+            )
+        except FleetError as exc:
+            log.warning("task %s: output not collected yet: %s", att.key, exc)
+            att.collecting = False  # the next reconcile with the node collects it
+            return
+        self._events.finished.append((att, record))
+        self._wake.set()
+
+    def _requeue_lost_nodes(self) -> None:
+        now = time.time()
+        for node_id, link in self.links.items():
+            if link.ready or link.lost_at is None or now - link.lost_at < self.node_grace:
+                continue
+            attempts = list(self.inflight.get(node_id, {}).values())
+            if attempts:
+                log.warning(
+                    "node %s lost for %.0f s: requeueing %d tasks",
+                    node_id,
+                    now - link.lost_at,
+                    len(attempts),
+                )
+                self._events.back_to_queue.extend((a, True) for a in attempts)
+                self.stale.setdefault(node_id, []).extend(attempts)
+        self._apply_events()
+
+    # -- applying events in one transaction -----------------------------------------
+
+    def _apply_events(self) -> None:
+        ev, self._events = self._events, _Events()
+        if not (ev.started or ev.finished or ev.back_to_queue):
+            return
+        now = time.time()
+        touched_nodes: set[str] = set()
+        with self.store.session() as s:
+            for att, started_at in ev.started:
+                s.exec(
+                    update(Task)
+                    .where(
+                        col(Task.pk) == att.pk,
+                        col(Task.attempt) == att.attempt,
+                        col(Task.attempt_state) == AttemptState.DISPATCHING,
+                    )
+                    .values(
+                        state=TaskState.RUNNING,
+                        attempt_state=AttemptState.RUNNING,
+                        start_time=started_at,
+                        state_changed_at=now,
+                    )
+                )
+            for att, record in ev.finished:
+                self._complete(s, att, record, now)
+                touched_nodes.add(att.node_id)
+            for att, requeue in ev.back_to_queue:
+                values: dict[str, Any] = dict(
+                    state=TaskState.ACTIVE,
+                    attempt_state=None,
+                    node_id=None,
+                    pool_id=None,
+                    task_root=None,
+                    state_changed_at=now,
+                )
+                if requeue:
+                    values.update(requeue_count=col(Task.requeue_count) + 1, last_requeue_time=now)
+                s.exec(
+                    update(Task)
+                    .where(col(Task.pk) == att.pk, col(Task.attempt) == att.attempt)
+                    .values(**values)
+                )
+                touched_nodes.add(att.node_id)
+            for att, _ in ev.finished:
+                self.inflight.get(att.node_id, {}).pop(att.key, None)
+            for att, _ in ev.back_to_queue:
+                self.inflight.get(att.node_id, {}).pop(att.key, None)
+            self._update_node_busy(s, touched_nodes | {a.node_id for a, _ in ev.started}, now)
+
+    def _complete(self, s: Any, att: Attempt, record: dict[str, Any], now: float) -> None:
+        task = s.get(Task, att.pk)
+        if task is None or task.attempt != att.attempt or task.state == TaskState.COMPLETED:
+            return
+        exit_code = record.get("exitCode")
+        error = record.get("error")
+        failure = None
+        if error:
+            failure = {
+                "category": "usererror",
+                "code": error.get("code"),
+                "message": error.get("message"),
+            }
+        elif record.get("timedOut"):
+            failure = {
+                "category": "servererror",
+                "code": "TaskEnded",
+                "message": "the task exceeded its maxWallClockTime and was killed",
+            }
+        elif exit_code != 0:
+            failure = {
+                "category": "usererror",
+                "code": "FailureExitCode",
+                "message": f"the task process exited with an unexpected exit code {exit_code}",
+            }
+        max_retries = task.spec.get("constraints", {}).get("maxTaskRetryCount", 0)
+        retryable = failure is not None and failure["code"] not in NOT_RETRIED
+        if retryable and (max_retries == -1 or task.retry_count < max_retries):
+            task.state = TaskState.ACTIVE
+            task.retry_count += 1
+            task.last_retry_time = now
+            task.node_id = None
+        else:
+            task.state = TaskState.COMPLETED
+            task.result = TaskResult.FAILURE if failure else TaskResult.SUCCESS
+            task.end_time = _epoch(record.get("endTime")) or now
+        task.exit_code = exit_code
+        task.failure_info = failure
+        task.start_time = _epoch(record.get("startTime")) or task.start_time
+        task.attempt_state = None
+        task.state_changed_at = now
+        s.add(task)
+
+    def _update_node_busy(self, s: Any, node_ids: Iterable[str], now: float) -> None:
+        for node_id in node_ids:
+            node = s.get(Node, node_id)
+            link = self.links.get(node_id)
+            if node is None or link is None or not link.ready:
+                continue
+            busy = bool(self.inflight.get(node_id))
+            want = NodeState.RUNNING if busy else NodeState.IDLE
+            if node.state in (NodeState.IDLE, NodeState.RUNNING) and node.state != want:
+                node.state = want
+                node.state_changed_at = now
+                s.add(node)
+
+    # -- scheduling and dispatch -------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        ready = {nid: link for nid, link in self.links.items() if link.ready}
+        if not ready:
+            return
+        with self.store.session() as s:
+            nodes = s.exec(select(Node).where(col(Node.id).in_(list(ready)))).all()
+            pools = {p.id: p for p in s.exec(select(Pool).where(Pool.state == PoolState.ACTIVE))}
+        snapshot = []
+        for node in nodes:
+            pool = pools.get(node.pool_id)
+            if pool is None or node.scheduling_state != "enabled":
+                continue
+            if node.state not in (NodeState.IDLE, NodeState.RUNNING):
+                continue
+            used = sum(a.slots for a in self.inflight.get(node.id, {}).values())
+            snapshot.append(
+                scheduler.NodeSlots(node.id, node.pool_id, pool.task_slots_per_node, used)
+            )
+        free = sum(n.capacity - n.used for n in snapshot)
+        if free <= 0:
+            return
+        pending = self._pending_tasks({n.pool_id for n in snapshot}, limit=free * 2)
+        if not pending:
+            return
+        plan = scheduler.plan(snapshot, pending, {p.id: p.node_fill_type for p in pools.values()})
+        if plan:
+            await self._dispatch(plan, {n.id: n.pool_id for n in snapshot})
+
+    def _pending_tasks(self, pool_ids: set[str], limit: int) -> list[scheduler.PendingTask]:
+        with self.store.session() as s:
+            rows = s.exec(
+                select(
+                    Task.pk,
+                    Task.job_id,
+                    Task.id,
+                    Task.required_slots,
+                    Job.pool_id,
+                    Job.priority,
+                    Job.created_at,
+                )
+                .join(Job, col(Job.id) == col(Task.job_id))
+                .where(
+                    Task.state == TaskState.ACTIVE,
+                    col(Task.attempt_state).is_(None),
+                    Job.state == JobState.ACTIVE,
+                    col(Job.pool_id).in_(pool_ids),
+                )
+                .order_by(col(Job.priority).desc(), col(Job.created_at), col(Task.pk))
+                .limit(limit)
+            ).all()
+        return [
+            scheduler.PendingTask(job_id, task_id, pool_id, priority, created, pk or 0, slots)
+            for pk, job_id, task_id, slots, pool_id, priority, created in rows
+        ]
+
+    async def _dispatch(self, plan: list[scheduler.Assignment], node_pools: dict[str, str]) -> None:
+        """Write every assignment ahead as ``dispatching``, then send the spawns."""
+        now = time.time()
+        sends = []
+        with self.store.session() as s:
+            for a in plan:
+                task = s.exec(
+                    select(Task).where(Task.job_id == a.job_id, Task.id == a.task_id)
+                ).one()
+                if task.state != TaskState.ACTIVE or task.attempt_state is not None:
+                    continue
+                link = self.links[a.node_id]
+                root = link.agent.hello["root"] if link.agent else None
+                if root is None:
+                    continue
+                task.attempt += 1
+                task.attempt_state = AttemptState.DISPATCHING
+                task.node_id = a.node_id
+                task.pool_id = node_pools[a.node_id]
+                tdir = environment.task_dir(a.job_id, a.task_id)
+                task.task_root = f"{root}/{tdir}"
+                s.add(task)
+                att = Attempt(
+                    task.pk or 0, a.job_id, a.task_id, task.attempt, a.node_id, task.required_slots
+                )
+                self.inflight.setdefault(a.node_id, {})[att.key] = att
+                env = environment.build(
+                    root=root,
+                    pool_id=task.pool_id,
+                    node_id=a.node_id,
+                    task_dir_rel=tdir,
+                    attempt=task.attempt,
+                    job_id=a.job_id,
+                    task_id=a.task_id,
+                    user_env=task.spec.get("environmentSettings", []),
+                )
+                sends.append((link, att, shlex.split(task.command_line), env))
+            self._update_node_busy(s, {a.node_id for a in plan}, now)
+        for link, att, argv, env in sends:
+            self._spawn_background(self._send_spawn(link, att, argv, env))
+
+    async def _send_spawn(
+        self, link: NodeLink, att: Attempt, argv: list[str], env: dict[str, str]
+    ) -> None:
+        if link.agent is None:
+            return  # the node dropped; reconcile on reconnect settles this attempt
+        try:
+            result = await link.agent.request(
+                "spawn",
+                key=att.key,
+                taskDir=att.task_dir,
+                attempt=att.attempt,
+                argv=argv,
+                env=env,
+                maxWallClockSeconds=None,
+            )
+        except AgentError as exc:
+            if exc.code in NOT_RETRIED:
+                self._exited(
+                    link,
+                    att,
+                    {"exitCode": None, "error": {"code": exc.code, "message": exc.message}},
+                )
+            else:
+                log.warning("task %s: spawn failed on %s: %s", att.key, att.node_id, exc)
+                self._events.back_to_queue.append((att, False))
+            self._wake.set()
+            return
+        except FleetError as exc:
+            log.info("task %s: node %s dropped during spawn: %s", att.key, att.node_id, exc)
+            return
+        self._events.started.append((att, _epoch(result.get("startTime")) or time.time()))
+        self._wake.set()
+
+
+def _epoch(iso_time: Any) -> float | None:
+    if not isinstance(iso_time, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

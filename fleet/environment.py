@@ -1,0 +1,55 @@
+"""The environment every task gets on a node: FLEET_* variables and their AZ_BATCH_* twins."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+#: Node directories under the node root, and the variable naming each (concepts.md section 4).
+NODE_DIRS = {
+    "NODE_STARTUP_DIR": "startup",
+    "NODE_SHARED_DIR": "shared",
+    "CERTIFICATES_DIR": "certs",
+    "NODE_MOUNTS_DIR": "fsmounts",
+}
+
+
+def task_dir(job_id: str, task_id: str) -> str:
+    """Return a task's directory relative to the node root."""
+    return f"workitems/{job_id}/job-1/{task_id}"
+
+
+def build(
+    *,
+    root: str,
+    pool_id: str,
+    node_id: str,
+    task_dir_rel: str,
+    attempt: int,
+    job_id: str | None = None,
+    task_id: str | None = None,
+    user_env: Iterable[Mapping[str, str]] = (),
+) -> dict[str, str]:
+    """Return the task environment: fleet's variables under both names, then the user's
+    ``environmentSettings`` (which win, as in Azure Batch)."""
+    root = root.rstrip("/")
+    values = {
+        "NODE_ROOT_DIR": root,
+        **{name: f"{root}/{rel}" for name, rel in NODE_DIRS.items()},
+        "POOL_ID": pool_id,
+        "NODE_ID": node_id,
+        "NODE_IS_DEDICATED": "true",
+        "TASK_DIR": f"{root}/{task_dir_rel}",
+        "TASK_WORKING_DIR": f"{root}/{task_dir_rel}/wd",
+        "TASK_ATTEMPT": str(attempt),
+    }
+    if job_id is not None:
+        values["JOB_ID"] = job_id
+    if task_id is not None:
+        values["TASK_ID"] = task_id
+    env = {}
+    for name, value in values.items():
+        env[f"FLEET_{name}"] = value
+        env[f"AZ_BATCH_{name}"] = value
+    for item in user_env:
+        env[item["name"]] = item["value"]
+    return env

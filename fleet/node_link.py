@@ -1,0 +1,331 @@
+"""One node as the controller sees it: connect, bootstrap, run the start task, stay connected.
+
+A :class:`NodeLink` keeps one SSH connection and one agent channel to its node,
+reconnecting with backoff when either drops. It writes the node's own state
+(``creating`` → ``starting`` → ``waitingforstarttask`` → ``idle``, or
+``starttaskfailed``, ``unknown``, ``unusable``) and hands task events to the
+controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fleet import environment, views
+from fleet.agent_client import AgentClient
+from fleet.domain import NodeState
+from fleet.errors import (
+    AgentError,
+    AuthenticationFailed,
+    FleetError,
+    HostKeyMismatch,
+    HostKeyUnknown,
+    RemoteError,
+)
+from fleet.service.hosts import record_host_key
+from fleet.settings import Settings
+from fleet.ssh import Connection, Target
+from fleet.store import Store
+from fleet.tables import Host, HostKey, Node, Pool
+
+log = logging.getLogger(__name__)
+
+START_TASK_KEY = "start"
+START_TASK_DIR = "startup"
+RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
+#: Failures that no reconnect can fix: the node is unusable until an admin acts.
+FATAL = (HostKeyMismatch, HostKeyUnknown, AuthenticationFailed)
+
+
+def default_node_root(user: str | None) -> str:
+    """Return the node root used when the inventory names none."""
+    return "/var/lib/fleet" if user == "root" else ".local/share/fleet/node"
+
+
+class NodeLink:
+    """The controller's live connection to one node."""
+
+    def __init__(
+        self,
+        node_id: str,
+        store: Store,
+        settings: Settings,
+        on_ready: Callable[[NodeLink], Awaitable[None]],
+        on_lost: Callable[[NodeLink], None],
+        on_event: Callable[[NodeLink, dict[str, Any]], None],
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.settings = settings
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+        self._on_event = on_event
+        self.conn: Connection | None = None
+        self.agent: AgentClient | None = None
+        self.ready = False
+        self.lost_at: float | None = None
+        self.boot_id_changed = False
+        self._start_waiter: asyncio.Future[dict[str, Any]] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._runner = asyncio.create_task(self._run(), name=f"node-{self.node_id}")
+
+    async def stop(self) -> None:
+        """Close the agent channel and the connection; tasks on the node keep running."""
+        self._stopping = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        self.ready = False
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                await self._connect_and_bootstrap()
+                failures = 0
+                assert self.agent is not None and self.conn is not None
+                await self.agent.closed.wait()
+                raise RemoteError("agent channel closed", code="NodeUnreachable")
+            except asyncio.CancelledError:
+                raise
+            except FATAL as exc:
+                self._lost(exc, NodeState.UNUSABLE)
+                await self._disconnect()
+                await asyncio.sleep(RETRY_DELAYS[-1])
+            except FleetError as exc:
+                self._lost(exc, NodeState.UNKNOWN)
+                await self._disconnect()
+                await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)])
+                failures += 1
+            except Exception as exc:  # a bug must not kill the controller's other nodes
+                log.exception("node %s: unexpected error", self.node_id)
+                self._lost(FleetError(f"internal error: {exc!r}"), NodeState.UNKNOWN)
+                await self._disconnect()
+                await asyncio.sleep(RETRY_DELAYS[-1])
+
+    def _lost(self, exc: FleetError, state: NodeState) -> None:
+        log.warning("node %s: %s (%s)", self.node_id, exc, exc.code)
+        was_ready = self.ready
+        self.ready = False
+        if self.lost_at is None:
+            self.lost_at = time.time()
+        with self.store.session() as s:
+            node = s.get(Node, self.node_id)
+            if node is None:
+                return
+            # A node that never connected keeps its bootstrap state but shows the error.
+            if was_ready or node.state not in (NodeState.CREATING,) or state == NodeState.UNUSABLE:
+                _set_state(node, state)
+            node.errors = [{"code": exc.code, "message": str(exc), "time": views.iso(time.time())}]
+            s.add(node)
+        if was_ready:
+            self._on_lost(self)
+
+    # -- connect and bootstrap ---------------------------------------------------------
+
+    def _target(self) -> tuple[Target, str, Pool, Node]:
+        with self.store.session() as s:
+            host = s.get(Host, self.node_id)
+            node = s.get(Node, self.node_id)
+            if host is None or node is None:
+                raise FleetError("node was removed", code="NodeRemoved")
+            pool = s.get(Pool, node.pool_id)
+            assert pool is not None
+            key = s.get(HostKey, self.node_id)
+        target = Target(
+            host_id=host.id,
+            address=host.address,
+            port=host.port,
+            user=host.user,
+            key_file=host.key_file,
+            host_key_policy=host.host_key_policy,
+            known_key=key.public_key if key else None,
+        )
+        root = host.node_root or default_node_root(host.user)
+        if root.startswith("~/"):
+            root = root[2:]
+        return target, root, pool, node
+
+    async def _connect_and_bootstrap(self) -> None:
+        target, root, pool, node = self._target()
+
+        def remember(line: str, fp: str) -> None:
+            record_host_key(self.store, target.host_id, line, fp)
+
+        self.conn = await Connection.open(target, on_new_key=remember)
+        if node.state in (NodeState.CREATING, NodeState.UNKNOWN, NodeState.UNUSABLE):
+            self._write_node(state=NodeState.STARTING)
+        self.agent = await AgentClient.launch(self.conn, root, self._agent_event)
+        hello = self.agent.hello
+        self.boot_id_changed = bool(node.boot_id and node.boot_id != hello.get("bootId"))
+        start_needed = pool.spec.get("startTask") is not None and (
+            self.boot_id_changed
+            or node.start_task_info is None
+            or node.start_task_info.get("state") != "completed"
+            or node.state in (NodeState.CREATING, NodeState.STARTING)
+        )
+        self._write_node(boot_id=hello.get("bootId"), root=hello.get("root"), errors=[])
+        self.lost_at = None
+        if start_needed:
+            ok = await self._run_start_task(pool, hello.get("root", root))
+            if not ok:
+                return  # node stays starttaskfailed; the agent channel stays open
+        elif node.state != NodeState.START_TASK_FAILED:
+            self._write_node(state=NodeState.IDLE)
+        else:
+            return
+        self.ready = True
+        await self._on_ready(self)
+
+    def _write_node(self, state: NodeState | None = None, **fields: Any) -> None:
+        with self.store.session() as s:
+            node = s.get(Node, self.node_id)
+            if node is None:
+                return
+            if state is not None:
+                _set_state(node, state)
+            for name, value in fields.items():
+                setattr(node, name, value)
+            s.add(node)
+
+    # -- start task -------------------------------------------------------------------
+
+    async def _run_start_task(self, pool: Pool, root: str) -> bool:
+        """Run the pool's start task with its retries; return whether it succeeded."""
+        spec = pool.spec["startTask"]
+        wait = spec.get("waitForSuccess", True)
+        max_retries = spec.get("maxTaskRetryCount", 0)
+        retries = 0
+        while True:
+            with self.store.session() as s:
+                node = s.get(Node, self.node_id)
+                assert node is not None
+                node.start_task_attempt += 1
+                attempt = node.start_task_attempt
+                node.start_task_info = {
+                    "state": "running",
+                    "startTime": views.iso(time.time()),
+                    "retryCount": retries,
+                }
+                _set_state(node, NodeState.WAITING_FOR_START_TASK if wait else NodeState.IDLE)
+                s.add(node)
+            if not wait and retries == 0:
+                self.ready = True
+                await self._on_ready(self)
+            record = await self._start_task_attempt(pool, root, spec, attempt)
+            exit_code = record.get("exitCode")
+            await self._collect_start_output(root)
+            info: dict[str, Any] = {
+                "state": "completed",
+                "startTime": record.get("startTime"),
+                "endTime": record.get("endTime"),
+                "exitCode": exit_code,
+                "retryCount": retries,
+                "result": "success" if exit_code == 0 else "failure",
+            }
+            if exit_code == 0:
+                self._write_node(state=NodeState.IDLE if wait else None, start_task_info=info)
+                return True
+            error = record.get("error") or {
+                "code": "FailureExitCode",
+                "message": f"the start task exited with {exit_code}",
+            }
+            info["failureInfo"] = {"category": "usererror", **error}
+            start_failed = error.get("code") != "FailureExitCode"
+            if start_failed or (max_retries != -1 and retries >= max_retries):
+                self.ready = False
+                self._write_node(
+                    state=NodeState.START_TASK_FAILED,
+                    start_task_info=info,
+                    errors=[
+                        {
+                            "code": "StartTaskFailed",
+                            "message": f"start task failed: {error['message']} (exit code {exit_code}, "
+                            f"after {retries} retries)",
+                            "time": views.iso(time.time()),
+                        }
+                    ],
+                )
+                return False
+            retries += 1
+
+    async def _start_task_attempt(
+        self, pool: Pool, root: str, spec: dict[str, Any], attempt: int
+    ) -> dict[str, Any]:
+        assert self.agent is not None
+        env = environment.build(
+            root=root,
+            pool_id=pool.id,
+            node_id=self.node_id,
+            task_dir_rel=START_TASK_DIR,
+            attempt=attempt,
+            user_env=spec.get("environmentSettings", []),
+        )
+        loop = asyncio.get_running_loop()
+        self._start_waiter = loop.create_future()
+        try:
+            await self.agent.request(
+                "spawn",
+                key=START_TASK_KEY,
+                taskDir=START_TASK_DIR,
+                attempt=attempt,
+                argv=shlex.split(spec["commandLine"]),
+                env=env,
+                maxWallClockSeconds=None,
+            )
+        except AgentError as exc:
+            if exc.code not in ("CommandProgramNotFound", "CommandProgramNotExecutable"):
+                raise
+            return {"exitCode": None, "error": {"code": exc.code, "message": exc.message}}
+        return await self._start_waiter
+
+    async def _collect_start_output(self, root: str) -> None:
+        assert self.conn is not None
+        dest = self.settings.node_files / self.node_id / START_TASK_DIR
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("stdout.txt", "stderr.txt", "exit.json"):
+            with contextlib.suppress(RemoteError):
+                await self.conn.download(f"{root}/{START_TASK_DIR}/{name}", str(dest / name))
+
+    def _agent_event(self, msg: dict[str, Any]) -> None:
+        if msg.get("event") != "exited":
+            return
+        if msg.get("key") == START_TASK_KEY:
+            waiter = self._start_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg.get("exit") or {})
+            return
+        self._on_event(self, msg)
+
+
+def _set_state(node: Node, state: NodeState) -> None:
+    if node.state != state:
+        node.state = state
+        node.state_changed_at = time.time()
+
+
+def start_task_output(settings: Settings, node_id: str, name: str) -> Path:
+    """Return where a node's collected start task file lives."""
+    return settings.node_files / node_id / START_TASK_DIR / name

@@ -1,0 +1,93 @@
+"""Task placement: a pure function from a snapshot of free slots and pending tasks to a plan.
+
+No I/O, no clock. The controller builds the snapshot from the store, calls
+:func:`plan`, writes the plan ahead (``dispatching``) and then acts on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from fleet.domain import FillType
+
+
+@dataclass(frozen=True)
+class NodeSlots:
+    """A schedulable node and how many of its task slots are taken."""
+
+    id: str
+    pool_id: str
+    capacity: int
+    used: int = 0
+
+
+@dataclass(frozen=True)
+class PendingTask:
+    """A task waiting for a node. ``seq`` is its submission order within the store."""
+
+    job_id: str
+    task_id: str
+    pool_id: str
+    priority: int = 0
+    job_seq: float = 0.0
+    seq: int = 0
+    required_slots: int = 1
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Place task ``job_id/task_id`` on node ``node_id``."""
+
+    job_id: str
+    task_id: str
+    node_id: str
+
+
+def order(tasks: Sequence[PendingTask]) -> list[PendingTask]:
+    """Return tasks in the order they are considered: higher job priority first, then
+    older jobs, then submission order within a job."""
+    return sorted(tasks, key=lambda t: (-t.priority, t.job_seq, t.job_id, t.seq))
+
+
+def plan(
+    nodes: Sequence[NodeSlots],
+    tasks: Sequence[PendingTask],
+    fill_types: Mapping[str, str] | None = None,
+) -> list[Assignment]:
+    """Return the assignments to make now.
+
+    Tasks are taken in :func:`order`. Each goes to a node of its own pool with enough
+    free slots: with ``spread`` (the default) the node with the most free slots,
+    with ``pack`` the fullest node that still fits, ties broken by node id. A task
+    that fits nowhere is passed over, and smaller tasks behind it may still be placed.
+    Running tasks are never moved.
+    """
+    fill_types = fill_types or {}
+    free: dict[str, dict[str, int]] = {}
+    for node in nodes:
+        room = node.capacity - node.used
+        if room > 0:
+            free.setdefault(node.pool_id, {})[node.id] = room
+    result: list[Assignment] = []
+    for task in order(tasks):
+        pool_free = free.get(task.pool_id)
+        if not pool_free:
+            continue
+        node_id = _choose(pool_free, task.required_slots, fill_types.get(task.pool_id))
+        if node_id is None:
+            continue
+        pool_free[node_id] -= task.required_slots
+        if pool_free[node_id] == 0:
+            del pool_free[node_id]
+        result.append(Assignment(task.job_id, task.task_id, node_id))
+    return result
+
+
+def _choose(pool_free: dict[str, int], need: int, fill_type: str | None) -> str | None:
+    fits = [(room, node_id) for node_id, room in pool_free.items() if room >= need]
+    if not fits:
+        return None
+    if fill_type == FillType.PACK:
+        return min(fits)[1]
+    return min(fits, key=lambda f: (-f[0], f[1]))[1]

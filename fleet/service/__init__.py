@@ -1,0 +1,1 @@
+"""The service layer: every request the CLI (or a later REST API) makes, validated and stored."""

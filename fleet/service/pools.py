@@ -1,0 +1,135 @@
+"""Pool and node requests: create, list, show and delete pools; list and show nodes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlmodel import Session, select
+
+from fleet import specs
+from fleet.domain import JobState, NodeState
+from fleet.errors import Conflict, NotFound
+from fleet.store import Store
+from fleet.tables import Host, Job, Node, Pool
+
+
+def create_pool(store: Store, data: dict[str, Any]) -> Pool:
+    """Validate an Azure-style pool spec, then store the pool and one node per host.
+
+    Raises BadInput (bad spec), NotFound (unknown host) or Conflict (pool id taken,
+    host already in a pool). Nothing is stored on error.
+    """
+    spec = specs.parse_pool(data)
+    now = time.time()
+    with store.session() as s:
+        if s.get(Pool, spec["id"]) is not None:
+            raise Conflict(
+                "a pool with this id exists already", code="PoolExists", target=f"pool {spec['id']}"
+            )
+        for host_id in spec["hosts"]:
+            if s.get(Host, host_id) is None:
+                raise NotFound(
+                    f"no host with id {host_id!r} in the inventory",
+                    code="HostNotFound",
+                    target=f"pool {spec['id']}",
+                    field="hosts",
+                )
+            node = s.get(Node, host_id)
+            if node is not None:
+                raise Conflict(
+                    f"host {host_id} is already a node of pool {node.pool_id}",
+                    code="HostInUse",
+                    target=f"pool {spec['id']}",
+                    field="hosts",
+                )
+        pool = Pool(
+            id=spec["id"],
+            display_name=spec["displayName"],
+            task_slots_per_node=spec["taskSlotsPerNode"],
+            node_fill_type=spec["taskSchedulingPolicy"]["nodeFillType"],
+            spec=spec,
+            created_at=now,
+            state_changed_at=now,
+        )
+        s.add(pool)
+        for host_id in spec["hosts"]:
+            s.add(Node(id=host_id, pool_id=pool.id, created_at=now, state_changed_at=now))
+    return pool
+
+
+def get_pool(session: Session, pool_id: str) -> Pool:
+    """Return the pool; Raises NotFound (PoolNotFound)."""
+    pool = session.get(Pool, pool_id)
+    if pool is None:
+        raise NotFound(
+            f"no pool with id {pool_id!r}", code="PoolNotFound", target=f"pool {pool_id}"
+        )
+    return pool
+
+
+def list_pools(store: Store) -> list[tuple[Pool, list[Node]]]:
+    """Return every pool with its nodes."""
+    with store.session() as s:
+        pools = list(s.exec(select(Pool).order_by(Pool.id)))
+        nodes = list(s.exec(select(Node).order_by(Node.id)))
+    by_pool: dict[str, list[Node]] = {}
+    for node in nodes:
+        by_pool.setdefault(node.pool_id, []).append(node)
+    return [(p, by_pool.get(p.id, [])) for p in pools]
+
+
+def show_pool(store: Store, pool_id: str) -> tuple[Pool, list[Node]]:
+    """Return the pool and its nodes; Raises NotFound."""
+    with store.session() as s:
+        pool = get_pool(s, pool_id)
+        return pool, list(s.exec(select(Node).where(Node.pool_id == pool_id).order_by(Node.id)))
+
+
+def delete_pool(store: Store, pool_id: str) -> None:
+    """Delete a pool and release its hosts to the free inventory.
+
+    Raises NotFound, or Conflict while a job that is not completed uses the pool.
+    The controller closes its connections to nodes that are gone.
+    """
+    with store.session() as s:
+        get_pool(s, pool_id)
+        jobs = list(
+            s.exec(select(Job.id).where(Job.pool_id == pool_id, Job.state != JobState.COMPLETED))
+        )
+        if jobs:
+            raise Conflict(
+                f"pool is used by jobs that are not completed: {', '.join(jobs)}",
+                code="PoolInUse",
+                target=f"pool {pool_id}",
+            )
+        for node in s.exec(select(Node).where(Node.pool_id == pool_id)):
+            s.delete(node)
+        pool = s.get(Pool, pool_id)
+        s.delete(pool)
+
+
+def list_nodes(store: Store, pool_id: str) -> list[Node]:
+    """Return the pool's nodes; Raises NotFound for an unknown pool."""
+    return show_pool(store, pool_id)[1]
+
+
+def show_node(store: Store, pool_id: str, node_id: str) -> tuple[Node, Host]:
+    """Return one node and its host; Raises NotFound."""
+    with store.session() as s:
+        get_pool(s, pool_id)
+        node = s.get(Node, node_id)
+        if node is None or node.pool_id != pool_id:
+            raise NotFound(
+                f"pool {pool_id} has no node {node_id!r}",
+                code="NodeNotFound",
+                target=f"node {node_id}",
+            )
+        host = s.get(Host, node_id)
+        assert host is not None
+        return node, host
+
+
+def node_is_ready(node: Node) -> bool:
+    """Return whether the node may take tasks now."""
+    return node.state in (NodeState.IDLE, NodeState.RUNNING) and node.scheduling_state == "enabled"

@@ -1,0 +1,338 @@
+"""Validation of pool, job and task specs in Azure Batch's REST JSON shape.
+
+Each ``parse_*`` function takes the user's object (camelCase, as Azure writes it)
+and returns a normalized copy, or raises :class:`BadInput` naming the object, the
+field path and the reason. Fields fleet does not support yet are reported by
+name (``UnsupportedProperty``), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from fleet.domain import FillType
+from fleet.errors import BadInput
+
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+MAX_TASKS_PER_ADD = 100
+
+#: Accepted so Azure specs load unchanged, kept in the spec, with no effect yet or ever.
+_ACCEPTED_POOL = {
+    "vmSize",
+    "virtualMachineConfiguration",
+    "metadata",
+    "url",
+    "eTag",
+    "odata.metadata",
+}
+
+#: Azure fields that fleet knows but does not implement yet: reported by name.
+_NOT_YET = {
+    "pool": {
+        "hostSelector",
+        "targetDedicatedNodes",
+        "targetLowPriorityNodes",
+        "certificateReferences",
+        "applicationPackageReferences",
+        "enableInterNodeCommunication",
+        "userAccounts",
+        "enableAutoScale",
+        "autoScaleFormula",
+        "autoScaleEvaluationInterval",
+        "mountConfiguration",
+        "networkConfiguration",
+        "resizeTimeout",
+    },
+    "job": {
+        "constraints",
+        "jobManagerTask",
+        "jobPreparationTask",
+        "jobReleaseTask",
+        "commonEnvironmentSettings",
+        "usesTaskDependencies",
+        "onAllTasksComplete",
+        "onTaskFailure",
+        "maxParallelTasks",
+        "autoPoolSpecification",
+        "networkConfiguration",
+    },
+    "task": {
+        "resourceFiles",
+        "outputFiles",
+        "constraints",
+        "userIdentity",
+        "multiInstanceSettings",
+        "dependsOn",
+        "exitConditions",
+        "applicationPackageReferences",
+        "containerSettings",
+        "affinityInfo",
+        "authenticationTokenSettings",
+    },
+    "startTask": {"resourceFiles", "userIdentity", "containerSettings"},
+}
+
+
+def _fail(target: str, field: str, reason: str, code: str = "InvalidPropertyValue") -> BadInput:
+    return BadInput(reason, code=code, target=target, field=field)
+
+
+def _check_fields(obj: Any, target: str, prefix: str, kind: str, allowed: set[str]) -> None:
+    if not isinstance(obj, dict):
+        raise _fail(target, prefix or kind, f"expected a JSON object, got {type(obj).__name__}")
+    for name in obj:
+        path = f"{prefix}.{name}" if prefix else name
+        if name in _NOT_YET.get(kind, ()):
+            raise _fail(
+                target,
+                path,
+                f"{path} is not supported by this version of fleet yet",
+                code="UnsupportedProperty",
+            )
+        if name not in allowed:
+            raise _fail(target, path, f"unknown property {path!r}", code="UnknownProperty")
+
+
+def validate_id(kind: str, value: Any) -> str:
+    """Return ``value`` if it is a valid id (letters, digits, '-' and '_', at most 64)."""
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise BadInput(
+            f"{kind} id {value!r} must be 1-64 letters, digits, hyphens or underscores",
+            code="InvalidId",
+            target=kind,
+            field="id",
+        )
+    return value
+
+
+def _typed(
+    obj: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    target: str,
+    prefix: str = "",
+    default: Any = None,
+    required: bool = False,
+) -> Any:
+    path = f"{prefix}.{name}" if prefix else name
+    if name not in obj or obj[name] is None:
+        if required:
+            raise _fail(target, path, f"{path} is required", code="MissingRequiredProperty")
+        return default
+    value = obj[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise _fail(target, path, f"{path} must be {names}, got {value!r}")
+    return value
+
+
+def _int_in(
+    obj: dict[str, Any], name: str, target: str, lo: int, hi: int, default: int, prefix: str = ""
+) -> int:
+    value = _typed(obj, name, int, target, prefix, default)
+    if not lo <= value <= hi:
+        path = f"{prefix}.{name}" if prefix else name
+        raise _fail(target, path, f"{path} must be between {lo} and {hi}, got {value}")
+    return int(value)
+
+
+def parse_command_line(value: Any, target: str, field: str = "commandLine") -> str:
+    """Return the command line if it is a non-empty string that splits like a shell would."""
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(
+            target,
+            field,
+            f"{field} must be a non-empty string",
+            code="MissingRequiredProperty" if value is None else "InvalidPropertyValue",
+        )
+    try:
+        shlex.split(value)
+    except ValueError as exc:
+        raise _fail(target, field, f"{field} cannot be split into arguments: {exc}") from exc
+    return value
+
+
+def parse_env(value: Any, target: str, field: str = "environmentSettings") -> list[dict[str, str]]:
+    """Return ``[{name, value}]`` after checking names and string values."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(target, field, f"{field} must be a list of {{name, value}}")
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(value):
+        path = f"{field}[{i}]"
+        _check_fields(item, target, path, "env", {"name", "value"})
+        name = _typed(item, "name", str, target, path, required=True)
+        if not ENV_NAME_RE.match(name):
+            raise _fail(
+                target, f"{path}.name", f"{name!r} is not a valid environment variable name"
+            )
+        if name in seen:
+            raise _fail(target, f"{path}.name", f"environment variable {name!r} is set twice")
+        seen.add(name)
+        val = _typed(item, "value", str, target, path, default="")
+        if "\0" in val:
+            raise _fail(target, f"{path}.value", "environment values cannot contain NUL")
+        out.append({"name": name, "value": val})
+    return out
+
+
+def env_pairs(pairs: list[str], target: str) -> list[dict[str, str]]:
+    """Return ``[{name, value}]`` from ``K=V`` strings given on the command line."""
+    items = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise _fail(target, "environmentSettings", f"--env {pair!r} must look like NAME=VALUE")
+        items.append({"name": name, "value": value})
+    return parse_env(items, target)
+
+
+def _retry_count(obj: dict[str, Any], target: str, prefix: str) -> int:
+    return _int_in(obj, "maxTaskRetryCount", target, -1, 1_000_000, 0, prefix)
+
+
+def parse_start_task(value: Any, target: str) -> dict[str, Any] | None:
+    """Return a normalized ``startTask`` or None when absent."""
+    if value is None:
+        return None
+    allowed = {"commandLine", "environmentSettings", "waitForSuccess", "maxTaskRetryCount"}
+    _check_fields(value, target, "startTask", "startTask", allowed)
+    return {
+        "commandLine": parse_command_line(
+            value.get("commandLine"), target, "startTask.commandLine"
+        ),
+        "environmentSettings": parse_env(
+            value.get("environmentSettings"), target, "startTask.environmentSettings"
+        ),
+        "waitForSuccess": _typed(value, "waitForSuccess", bool, target, "startTask", True),
+        "maxTaskRetryCount": _retry_count(value, target, "startTask"),
+    }
+
+
+def parse_pool(data: Any) -> dict[str, Any]:
+    """Return a normalized pool spec: id, displayName, hosts, taskSlotsPerNode,
+    taskSchedulingPolicy, startTask, metadata and the Azure fields kept as given."""
+    pid = validate_id("pool", data.get("id") if isinstance(data, dict) else None)
+    target = f"pool {pid}"
+    allowed = {
+        "id",
+        "displayName",
+        "hosts",
+        "taskSlotsPerNode",
+        "maxTasksPerNode",
+        "taskSchedulingPolicy",
+        "startTask",
+    } | _ACCEPTED_POOL
+    _check_fields(data, target, "", "pool", allowed)
+    hosts = _typed(data, "hosts", list, target, required=True)
+    if not hosts or not all(isinstance(h, str) and h for h in hosts):
+        raise _fail(target, "hosts", "hosts must be a non-empty list of host ids")
+    if len(set(hosts)) != len(hosts):
+        raise _fail(target, "hosts", "hosts lists a host twice")
+    slots = _int_in(
+        data,
+        "taskSlotsPerNode",
+        target,
+        1,
+        256,
+        _typed(data, "maxTasksPerNode", int, target, default=1),
+    )
+    policy = _typed(data, "taskSchedulingPolicy", dict, target, default={})
+    _check_fields(policy, target, "taskSchedulingPolicy", "policy", {"nodeFillType"})
+    fill = _typed(policy, "nodeFillType", str, target, "taskSchedulingPolicy", "spread")
+    if fill.lower() not in set(FillType):
+        raise _fail(
+            target,
+            "taskSchedulingPolicy.nodeFillType",
+            f"nodeFillType must be 'spread' or 'pack', got {fill!r}",
+        )
+    out = {k: data[k] for k in _ACCEPTED_POOL if k in data}
+    out.update(
+        id=pid,
+        displayName=_typed(data, "displayName", str, target),
+        hosts=list(hosts),
+        taskSlotsPerNode=slots,
+        taskSchedulingPolicy={"nodeFillType": fill.lower()},
+        startTask=parse_start_task(data.get("startTask"), target),
+    )
+    return out
+
+
+def parse_job(data: Any) -> dict[str, Any]:
+    """Return a normalized job spec: id, displayName, poolInfo.poolId, priority, metadata."""
+    jid = validate_id("job", data.get("id") if isinstance(data, dict) else None)
+    target = f"job {jid}"
+    _check_fields(
+        data,
+        target,
+        "",
+        "job",
+        {"id", "displayName", "poolInfo", "priority", "metadata", "url", "eTag"},
+    )
+    pool_info = _typed(data, "poolInfo", dict, target, required=True)
+    _check_fields(pool_info, target, "poolInfo", "poolInfo", {"poolId"})
+    return {
+        "id": jid,
+        "displayName": _typed(data, "displayName", str, target),
+        "poolInfo": {"poolId": validate_id("pool", pool_info.get("poolId"))},
+        "priority": _int_in(data, "priority", target, -1000, 1000, 0),
+        "metadata": _typed(data, "metadata", list, target, default=[]),
+    }
+
+
+def parse_task(data: Any, job_id: str) -> dict[str, Any]:
+    """Return a normalized task spec: id, displayName, commandLine, environmentSettings,
+    requiredSlots."""
+    tid = validate_id("task", data.get("id") if isinstance(data, dict) else None)
+    target = f"task {job_id}/{tid}"
+    _check_fields(
+        data,
+        target,
+        "",
+        "task",
+        {"id", "displayName", "commandLine", "environmentSettings", "requiredSlots", "url", "eTag"},
+    )
+    return {
+        "id": tid,
+        "displayName": _typed(data, "displayName", str, target),
+        "commandLine": parse_command_line(data.get("commandLine"), target),
+        "environmentSettings": parse_env(data.get("environmentSettings"), target),
+        "requiredSlots": _int_in(data, "requiredSlots", target, 1, 256, 1),
+    }
+
+
+def parse_task_collection(data: Any, job_id: str) -> list[dict[str, Any]]:
+    """Return normalized task specs from one task object, a list of them, or
+    ``{"value": [...]}`` (Azure's addcollection body); at most 100 at a time."""
+    items: Any = data
+    if isinstance(data, dict):
+        items = data["value"] if set(data) == {"value"} else [data]
+    if not isinstance(items, list) or not items:
+        raise BadInput(
+            "expected a task object or a non-empty list of them",
+            code="InvalidPropertyValue",
+            target=f"job {job_id}",
+        )
+    if len(items) > MAX_TASKS_PER_ADD:
+        raise BadInput(
+            f"at most {MAX_TASKS_PER_ADD} tasks can be added at once, got {len(items)}",
+            code="TooManyTasks",
+            target=f"job {job_id}",
+        )
+    tasks = [parse_task(item, job_id) for item in items]
+    seen: set[str] = set()
+    for task in tasks:
+        if task["id"] in seen:
+            raise BadInput(
+                f"task id {task['id']!r} appears twice in the collection",
+                code="DuplicateTaskId",
+                target=f"task {job_id}/{task['id']}",
+                field="id",
+            )
+        seen.add(task["id"])
+    return tasks

@@ -1,0 +1,324 @@
+"""The SSH layer: the only module that imports asyncssh.
+
+One :class:`Connection` per node, with keepalives, carrying command runs, the
+long-lived agent process and SFTP. Host keys are always checked against fleet's
+own store (never ``~/.ssh/known_hosts``, never ``~/.ssh/config``, never agent
+forwarding); asyncssh's exceptions become fleet's own (see :mod:`fleet.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+
+import asyncssh
+
+from fleet.errors import (
+    AuthenticationFailed,
+    FleetError,
+    HostKeyMismatch,
+    HostKeyUnknown,
+    RemoteError,
+    Unreachable,
+)
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 15.0
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_COUNT_MAX = 3
+#: Concurrent handshakes allowed per sshd (address, port); below MaxStartups' 10.
+HANDSHAKES_PER_SSHD = 8
+
+_handshake_limits: dict[tuple[asyncio.AbstractEventLoop, str, int], asyncio.Semaphore] = {}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how to log in to one node, and the host key fleet expects there."""
+
+    host_id: str
+    address: str
+    port: int = 22
+    user: str | None = None
+    key_file: str | None = None
+    host_key_policy: str = "accept-new"
+    known_key: str | None = None  # OpenSSH one-line public key, if recorded
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one command run over SSH."""
+
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    signal: str | None = None
+
+
+NewKeyCallback = Callable[[str, str], None]  # (public key line, SHA256 fingerprint)
+
+
+def fingerprint(public_key_line: str) -> str:
+    """Return the ``SHA256:...`` fingerprint of an OpenSSH public key line."""
+    return str(asyncssh.import_public_key(public_key_line).get_fingerprint("sha256"))
+
+
+def _trust_nothing(_host: str, _addr: str, _port: int | None) -> tuple[list, list, list]:
+    # Every key then goes through _Client.validate_host_public_key: fleet decides.
+    return [], [], []
+
+
+class _Client(asyncssh.SSHClient):
+    def __init__(self, target: Target, on_new_key: NewKeyCallback | None) -> None:
+        self.target = target
+        self.on_new_key = on_new_key
+        self.presented: str | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        line = key.export_public_key("openssh").decode().strip()
+        self.presented = line
+        known = self.target.known_key
+        if known is None:
+            if self.target.host_key_policy != "accept-new":
+                return False
+            if self.on_new_key is not None:
+                self.on_new_key(line, str(key.get_fingerprint("sha256")))
+            return True
+        return _same_key(known, line)
+
+
+def _same_key(a: str, b: str) -> bool:
+    return a.split()[:2] == b.split()[:2]
+
+
+def _host_key_error(target: Target, presented: str | None) -> FleetError:
+    if target.known_key is None:
+        return HostKeyUnknown(
+            f"no host key recorded for this node and the policy is strict; it presented "
+            f"{fingerprint(presented) if presented else 'no key'}",
+            target=f"node {target.host_id}",
+        )
+    return HostKeyMismatch(
+        f"host key changed: recorded {fingerprint(target.known_key)}, presented "
+        f"{fingerprint(presented) if presented else 'unknown'}; if the host was really "
+        f"reinstalled, run 'fleet host forget-key {target.host_id}'",
+        target=f"node {target.host_id}",
+        details={
+            "expected": fingerprint(target.known_key),
+            "presented": fingerprint(presented) if presented else None,
+        },
+    )
+
+
+@asynccontextmanager
+async def _translated(target: Target) -> AsyncIterator[None]:
+    """Map asyncssh and socket errors raised inside the block to fleet's errors."""
+    where = f"node {target.host_id}"
+    try:
+        yield
+    except FleetError:
+        raise
+    except asyncssh.PermissionDenied as exc:
+        raise AuthenticationFailed(
+            f"{target.user or 'the login user'}@{target.address}:{target.port} refused our key: "
+            f"{exc.reason}",
+            target=where,
+        ) from exc
+    except (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError) as exc:
+        raise Unreachable(f"connection lost: {exc}", target=where) from exc
+    except (TimeoutError, OSError) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise Unreachable(
+            f"cannot reach {target.address}:{target.port}: {reason}", target=where
+        ) from exc
+    except asyncssh.Error as exc:
+        raise RemoteError(f"SSH error: {exc}", target=where) from exc
+
+
+class Connection:
+    """One SSH connection to one node."""
+
+    def __init__(self, target: Target, conn: asyncssh.SSHClientConnection) -> None:
+        self.target = target
+        self._conn = conn
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._sftp_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        target: Target,
+        on_new_key: NewKeyCallback | None = None,
+        timeout: float = CONNECT_TIMEOUT,
+    ) -> Connection:
+        """Connect and authenticate; return the connection.
+
+        Raises HostKeyMismatch or HostKeyUnknown when the host key is not the
+        recorded one, AuthenticationFailed, or Unreachable.
+        """
+        client = _Client(target, on_new_key)
+        options = {
+            "port": target.port,
+            "username": target.user or None,
+            "known_hosts": _trust_nothing,
+            "config": [],
+            "agent_path": None,
+            "agent_forwarding": False,
+            "client_keys": [os.path.expanduser(target.key_file)] if target.key_file else None,
+            "keepalive_interval": KEEPALIVE_INTERVAL,
+            "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+            "connect_timeout": timeout,
+            "login_timeout": timeout,
+        }
+        if target.key_file is None:
+            options.pop("client_keys")
+        async with _handshake_slot(target), _translated(target):
+            try:
+                conn = await asyncssh.connect(
+                    target.address, client_factory=lambda: client, **options
+                )
+            except asyncssh.HostKeyNotVerifiable as exc:
+                raise _host_key_error(target, client.presented) from exc
+            except (ValueError, asyncssh.KeyImportError) as exc:
+                raise AuthenticationFailed(
+                    f"cannot use key {target.key_file}: {exc}", target=f"node {target.host_id}"
+                ) from exc
+        return cls(target, conn)
+
+    @property
+    def closed(self) -> bool:
+        """True once the transport is gone."""
+        return self._conn.is_closed()
+
+    async def run(
+        self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float | None = None
+    ) -> RunResult:
+        """Run ``argv`` (quoted with shlex.join, never interpolated) and return its result.
+
+        Raises Unreachable if the connection drops, TimedOut-style Unreachable on timeout.
+        """
+        async with _translated(self.target):
+            proc = await asyncio.wait_for(
+                self._conn.run(shlex.join(argv), input=stdin, encoding=None, check=False),
+                timeout,
+            )
+        return RunResult(
+            exit_code=proc.exit_status
+            if proc.exit_status is not None and proc.exit_status >= 0
+            else None,
+            stdout=proc.stdout or b"",
+            stderr=proc.stderr or b"",
+            signal=proc.exit_signal[0] if proc.exit_signal else None,
+        )
+
+    async def start_process(self, argv: Sequence[str]) -> Process:
+        """Start a long-lived process (the node agent) and return its byte streams."""
+        async with _translated(self.target):
+            proc = await self._conn.create_process(shlex.join(argv), encoding=None)
+        return Process(self.target, proc)
+
+    async def sftp(self) -> asyncssh.SFTPClient:
+        async with self._sftp_lock:
+            if self._sftp is None:
+                async with _translated(self.target):
+                    self._sftp = await self._conn.start_sftp_client()
+            return self._sftp
+
+    async def makedirs(self, path: str) -> None:
+        """Create ``path`` and its parents over SFTP if missing."""
+        sftp = await self.sftp()
+        async with _translated(self.target):
+            await sftp.makedirs(path, exist_ok=True)
+
+    async def exists(self, path: str) -> bool:
+        """Return whether ``path`` exists on the node."""
+        sftp = await self.sftp()
+        async with _translated(self.target):
+            return bool(await sftp.exists(path))
+
+    async def upload_bytes(self, data: bytes, path: str, mode: int = 0o644) -> None:
+        """Write ``data`` to ``path`` atomically (temporary name, then rename)."""
+        sftp = await self.sftp()
+        tmp = f"{path}.tmp{os.getpid()}"
+        async with _translated(self.target):
+            async with sftp.open(tmp, "wb", attrs=asyncssh.SFTPAttrs(permissions=mode)) as f:
+                await f.write(data)
+            await sftp.posix_rename(tmp, path)
+
+    async def download(self, remote: str, local: str) -> None:
+        """Copy ``remote`` to the local path ``local``; Raises NotFound-like RemoteError."""
+        sftp = await self.sftp()
+        async with _translated(self.target):
+            try:
+                await sftp.get(remote, local)
+            except asyncssh.SFTPNoSuchFile as exc:
+                raise RemoteError(
+                    f"{remote} does not exist",
+                    code="FileNotFound",
+                    target=f"node {self.target.host_id}",
+                ) from exc
+
+    async def close(self) -> None:
+        """Close the connection and wait for it to go."""
+        self._conn.close()
+        with suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(self._conn.wait_closed(), 5)
+
+    async def wait_closed(self) -> None:
+        """Return when the connection is gone, for any reason."""
+        await self._conn.wait_closed()
+
+
+class Process:
+    """A remote process's stdin and stdout as byte lines."""
+
+    def __init__(self, target: Target, proc: asyncssh.SSHClientProcess) -> None:
+        self._target = target
+        self._proc = proc
+
+    async def readline(self) -> bytes:
+        """Return the next line, or b'' at end of stream (the channel closed)."""
+        try:
+            return bytes(await self._proc.stdout.readline())
+        except (asyncssh.Error, OSError):
+            return b""
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the process's stdin; Raises Unreachable if the channel is gone."""
+        try:
+            self._proc.stdin.write(data)
+        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            raise Unreachable(
+                f"agent channel closed: {exc}", target=f"node {self._target.host_id}"
+            ) from exc
+
+    async def stderr_text(self) -> str:
+        """Return what the process wrote to stderr (read after it ended)."""
+        try:
+            return (await asyncio.wait_for(self._proc.stderr.read(), 2)).decode(errors="replace")
+        except (asyncssh.Error, OSError, TimeoutError):
+            return ""
+
+    def close(self) -> None:
+        """Close stdin so the process sees EOF."""
+        with suppress(asyncssh.Error, OSError):
+            self._proc.stdin.write_eof()
+        self._proc.close()
+
+
+@asynccontextmanager
+async def _handshake_slot(target: Target) -> AsyncIterator[None]:
+    key = (asyncio.get_running_loop(), target.address, target.port)
+    sem = _handshake_limits.get(key)
+    if sem is None:
+        sem = _handshake_limits[key] = asyncio.Semaphore(HANDSHAKES_PER_SSHD)
+    async with sem:
+        yield

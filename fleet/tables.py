@@ -1,0 +1,138 @@
+"""Database rows: hosts, host keys, pools, nodes, jobs and tasks (SQLModel tables).
+
+Times are UTC epoch seconds (floats); the views render them as ISO 8601. Specs
+that users wrote are kept whole in a JSON ``spec`` column next to the columns the
+controller queries on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _json(default: Any = None) -> Any:
+    return Field(default=default, sa_column=Column(JSON, nullable=default is None))
+
+
+class Host(SQLModel, table=True):
+    """One inventory entry: a machine fleet can reach over SSH."""
+
+    __tablename__ = "hosts"
+
+    id: str = Field(primary_key=True)
+    address: str
+    port: int = 22
+    user: str | None = None
+    key_file: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    node_root: str | None = None
+    host_key_policy: str = "accept-new"
+    source: str = ""
+    created_at: float = 0.0
+
+
+class HostKey(SQLModel, table=True):
+    """The SSH host key fleet recorded for a host (fleet's own known_hosts)."""
+
+    __tablename__ = "host_keys"
+
+    host_id: str = Field(primary_key=True)
+    public_key: str  # OpenSSH one-line form: "ssh-ed25519 AAAA..."
+    fingerprint: str  # "SHA256:..." as ssh-keygen -l prints it
+    recorded_at: float = 0.0
+
+
+class Pool(SQLModel, table=True):
+    """A named set of nodes that jobs run on."""
+
+    __tablename__ = "pools"
+
+    id: str = Field(primary_key=True)
+    display_name: str | None = None
+    state: str = "active"
+    allocation_state: str = "steady"
+    task_slots_per_node: int = 1
+    node_fill_type: str = "spread"
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: float = 0.0
+    state_changed_at: float = 0.0
+
+
+class Node(SQLModel, table=True):
+    """A host while it is in a pool. Its id is the host id, so a host is in one pool at most."""
+
+    __tablename__ = "nodes"
+
+    id: str = Field(primary_key=True)
+    pool_id: str = Field(index=True)
+    state: str = "creating"
+    scheduling_state: str = "enabled"
+    boot_id: str | None = None
+    root: str | None = None  # absolute node root, as the agent reported it
+    errors: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    start_task_info: dict[str, Any] | None = _json()
+    start_task_attempt: int = 0
+    created_at: float = 0.0
+    state_changed_at: float = 0.0
+
+
+class Job(SQLModel, table=True):
+    """A collection of tasks bound to one pool."""
+
+    __tablename__ = "jobs"
+
+    id: str = Field(primary_key=True)
+    pool_id: str = Field(index=True)
+    priority: int = 0
+    state: str = "active"
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    termination_reason: str | None = None
+    created_at: float = 0.0
+    state_changed_at: float = 0.0
+    end_time: float | None = None
+
+
+class Task(SQLModel, table=True):
+    """One command line to run on a node, with its execution record.
+
+    ``attempt`` counts dispatches (it is ``FLEET_TASK_ATTEMPT``); ``attempt_state`` is
+    the write-ahead marker: ``dispatching`` before the spawn is sent, ``running``
+    once the agent confirmed it.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "id", name="uq_tasks_job_id"),
+        Index("ix_tasks_state_job", "state", "job_id"),
+        Index("ix_tasks_node", "node_id"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    job_id: str
+    id: str
+    command_line: str
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    required_slots: int = 1
+    state: str = "active"
+    attempt: int = 0
+    attempt_state: str | None = None
+    node_id: str | None = None
+    pool_id: str | None = None
+    retry_count: int = 0
+    requeue_count: int = 0
+    exit_code: int | None = None
+    result: str | None = None
+    failure_info: dict[str, Any] | None = _json()
+    start_time: float | None = None
+    end_time: float | None = None
+    last_retry_time: float | None = None
+    last_requeue_time: float | None = None
+    task_root: str | None = None
+    created_at: float = 0.0
+    state_changed_at: float = 0.0
+
+
+ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task)

@@ -1,0 +1,143 @@
+"""Rows rendered as Azure Batch REST JSON (camelCase field names, ISO 8601 times)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fleet.domain import NodeState
+from fleet.tables import Host, HostKey, Job, Node, Pool, Task
+
+
+def iso(ts: float | None) -> str | None:
+    """Return an epoch time as ISO 8601 UTC with a 'Z', or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def host(row: Host, key: HostKey | None = None, node: Node | None = None) -> dict[str, Any]:
+    return _drop_none(
+        {
+            "id": row.id,
+            "address": row.address,
+            "port": row.port,
+            "user": row.user,
+            "keyFile": row.key_file,
+            "labels": row.labels,
+            "nodeRoot": row.node_root,
+            "hostKeyPolicy": row.host_key_policy,
+            "hostKeyFingerprint": key.fingerprint if key else None,
+            "poolId": node.pool_id if node else None,
+            "source": row.source or None,
+        }
+    )
+
+
+def node(row: Node, address: str | None = None) -> dict[str, Any]:
+    return _drop_none(
+        {
+            "id": row.id,
+            "poolId": row.pool_id,
+            "state": row.state,
+            "schedulingState": row.scheduling_state,
+            "stateTransitionTime": iso(row.state_changed_at),
+            "ipAddress": address,
+            "nodeRootDirectory": row.root,
+            "startTaskInfo": row.start_task_info,
+            "errors": row.errors or [],
+        }
+    )
+
+
+def pool(row: Pool, nodes: list[Node]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n.state] = counts.get(n.state, 0) + 1
+    spec = row.spec
+    return _drop_none(
+        {
+            "id": row.id,
+            "displayName": row.display_name,
+            "state": row.state,
+            "allocationState": row.allocation_state,
+            "creationTime": iso(row.created_at),
+            "stateTransitionTime": iso(row.state_changed_at),
+            "currentDedicatedNodes": len(nodes),
+            "targetDedicatedNodes": len(spec.get("hosts", [])),
+            "taskSlotsPerNode": row.task_slots_per_node,
+            "taskSchedulingPolicy": {"nodeFillType": row.node_fill_type},
+            "startTask": spec.get("startTask"),
+            "hosts": spec.get("hosts"),
+            "vmSize": spec.get("vmSize"),
+            "metadata": spec.get("metadata"),
+            "nodeCounts": {s: counts.get(s, 0) for s in NodeState if counts.get(s)},
+        }
+    )
+
+
+def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    return _drop_none(
+        {
+            "id": row.id,
+            "displayName": row.spec.get("displayName"),
+            "state": row.state,
+            "priority": row.priority,
+            "poolInfo": {"poolId": row.pool_id},
+            "creationTime": iso(row.created_at),
+            "stateTransitionTime": iso(row.state_changed_at),
+            "executionInfo": _drop_none(
+                {
+                    "startTime": iso(row.created_at),
+                    "endTime": iso(row.end_time),
+                    "terminateReason": row.termination_reason,
+                }
+            ),
+            "taskCounts": counts,
+            "metadata": row.spec.get("metadata") or None,
+        }
+    )
+
+
+def task(row: Task) -> dict[str, Any]:
+    execution = _drop_none(
+        {
+            "startTime": iso(row.start_time),
+            "endTime": iso(row.end_time),
+            "exitCode": row.exit_code,
+            "result": row.result,
+            "retryCount": row.retry_count,
+            "requeueCount": row.requeue_count,
+            "lastRetryTime": iso(row.last_retry_time),
+            "lastRequeueTime": iso(row.last_requeue_time),
+            "failureInfo": row.failure_info,
+        }
+    )
+    node_info = None
+    if row.node_id:
+        node_info = _drop_none(
+            {
+                "poolId": row.pool_id,
+                "nodeId": row.node_id,
+                "taskRootDirectory": row.task_root,
+            }
+        )
+    return _drop_none(
+        {
+            "id": row.id,
+            "jobId": row.job_id,
+            "displayName": row.spec.get("displayName"),
+            "state": row.state,
+            "commandLine": row.command_line,
+            "creationTime": iso(row.created_at),
+            "stateTransitionTime": iso(row.state_changed_at),
+            "environmentSettings": row.spec.get("environmentSettings") or None,
+            "requiredSlots": row.required_slots,
+            "executionInfo": execution,
+            "nodeInfo": node_info,
+        }
+    )

@@ -1,0 +1,542 @@
+"""Tests of the node agent (agent_bootstrap/fleet_agent.py), run as a local subprocess.
+
+The agent speaks docs/agent-protocol.md over its stdin/stdout; no SSH is involved.
+FLEET_TEST_AGENT_PYTHON selects the interpreter that runs the agent (for example a
+Python 3.8 to check the oldest supported node Python); the default is this one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import pwd
+import queue
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent_bootstrap import agent_hash, agent_source
+
+AGENT = Path(__file__).resolve().parent.parent / "agent_bootstrap" / "fleet_agent.py"
+AGENT_PYTHON = os.environ.get("FLEET_TEST_AGENT_PYTHON", sys.executable)
+LAYOUT = ("startup", "shared", "applications", "certs", "fsmounts", "volatile", "workitems")
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+TIMEOUT = 10.0
+
+
+class AgentClient:
+    """One agent subprocess and the protocol spoken with it."""
+
+    def __init__(self, root, stderr_path, env=None, cwd=None, read_hello=True):
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.stderr_path = stderr_path
+        with open(stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [AGENT_PYTHON, str(AGENT), str(root)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=full_env,
+                cwd=cwd,
+            )
+        self.incoming = queue.Queue()
+        self.transcript = []  # every message received, in order
+        self.backlog = []  # received but not yet claimed by a wait
+        self.next_id = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.hello = self.next_message() if read_hello else None
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.incoming.put(json.loads(line))
+        self.incoming.put(None)
+
+    def stderr_text(self):
+        return Path(self.stderr_path).read_text(errors="replace")
+
+    def next_message(self, timeout=TIMEOUT):
+        """Return the next message, or None once stdout is closed."""
+        try:
+            message = self.incoming.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no message in {timeout} s; stderr:\n{self.stderr_text()}")
+        if message is not None:
+            self.transcript.append(message)
+        return message
+
+    def send_raw(self, data: bytes):
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, op, args=None, **extra):
+        """Send a request without waiting; return its id."""
+        self.next_id += 1
+        message = {"type": "request", "id": self.next_id, "op": op, **extra}
+        if args is not None:
+            message["args"] = args
+        self.send_raw(json.dumps(message).encode() + b"\n")
+        return self.next_id
+
+    def wait_for(self, predicate, timeout=TIMEOUT):
+        """Return the first message (backlog first) that matches predicate."""
+        for message in self.backlog:
+            if predicate(message):
+                self.backlog.remove(message)
+                return message
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.next_message(max(0.0, deadline - time.monotonic()))
+            assert message is not None, f"agent stdout closed; stderr:\n{self.stderr_text()}"
+            if predicate(message):
+                return message
+            self.backlog.append(message)
+
+    def wait_reply(self, request_id, timeout=TIMEOUT):
+        return self.wait_for(lambda m: m["type"] == "reply" and m["id"] == request_id, timeout)
+
+    def request(self, op, args=None, timeout=TIMEOUT):
+        """Send a request and return its reply."""
+        return self.wait_reply(self.send(op, args), timeout)
+
+    def call(self, op, args=None, timeout=TIMEOUT):
+        """Send a request and return its result, asserting it succeeded."""
+        reply = self.request(op, args, timeout)
+        assert reply["ok"], reply
+        return reply["result"]
+
+    def error_code(self, op, args=None):
+        reply = self.request(op, args)
+        assert not reply["ok"], reply
+        return reply["error"]["code"]
+
+    def wait_exited(self, task_dir, timeout=TIMEOUT):
+        return self.wait_for(
+            lambda m: m["type"] == "event" and m["event"] == "exited" and m["taskDir"] == task_dir,
+            timeout,
+        )
+
+    def wait_event(self, name, timeout=TIMEOUT):
+        return self.wait_for(lambda m: m["type"] == "event" and m["event"] == name, timeout)
+
+    def close(self):
+        """Close stdin (the agent exits on EOF), reap it and stop reading."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except BrokenPipeError:
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdin.close()
+        self.reader.join(5)
+        self.proc.stdout.close()
+
+
+def spawn_args(name, argv, attempt=1, **extra):
+    args = {"key": f"job/{name}", "taskDir": f"workitems/job/{name}", "attempt": attempt}
+    args.update(argv=argv, env={}, maxWallClockSeconds=None)
+    args.update(extra)
+    return args
+
+
+def process_gone(pid):
+    """True if pid no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return data.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_until(predicate, timeout=TIMEOUT, what="condition"):
+    """Poll predicate (for conditions that no message announces)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def agents(tmp_path, root):
+    """Start agents on a node root; close them and kill leftover tasks afterwards."""
+    started = []
+
+    def start(env=None, node_root=None, cwd=None, read_hello=True):
+        stderr_path = tmp_path / f"agent{len(started)}.stderr"
+        node_root = root if node_root is None else node_root
+        client = AgentClient(node_root, stderr_path, env=env, cwd=cwd, read_hello=read_hello)
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        client.close()
+    for attempt_file in root.rglob("attempt.json"):
+        if not (attempt_file.parent / "exit.json").exists():
+            try:
+                os.killpg(json.loads(attempt_file.read_text())["pid"], signal.SIGKILL)
+            except (ProcessLookupError, ValueError, KeyError):
+                pass
+
+
+def test_package_helpers_return_the_agent_file():
+    assert agent_source() == AGENT.read_bytes()
+    assert re.fullmatch(r"[0-9a-f]{64}", agent_hash())
+    assert agent_source().startswith(b'"""') and agent_source().count(b"\n", 0, 120) >= 1
+
+
+def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
+    agent = agents(node_root="root", cwd=tmp_path)  # a relative root resolves against cwd
+    hello = agent.hello
+    assert hello["type"] == "hello" and hello["protocol"] == 1 and "error" not in hello
+    assert hello["pid"] == agent.proc.pid
+    assert hello["bootId"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert hello["root"] == os.path.realpath(root)
+    assert hello["uid"] == os.getuid()
+    assert hello["user"] == pwd.getpwuid(os.getuid()).pw_name
+    if AGENT_PYTHON == sys.executable:
+        assert hello["python"] == platform.python_version()
+    for name in LAYOUT:
+        assert (root / name).is_dir(), name
+    assert stat.S_ISSOCK((root / "volatile" / "agent.sock").stat().st_mode)
+
+    ping = agent.call("ping")
+    assert ping["bootId"] == hello["bootId"] and ISO_UTC.fullmatch(ping["time"])
+
+    shutil.rmtree(root / "shared")
+    assert agent.call("setup") == {"bootId": hello["bootId"], "root": hello["root"]}
+    assert (root / "shared").is_dir()
+
+
+def test_spawn_records_output_exit_code_and_event(agents, root):
+    agent = agents()
+    task = root / "workitems/job/t1"
+    script = "printf 'out\\n'; printf 'err\\n' >&2; exit 3"
+    spawn_id = agent.send("spawn", spawn_args("t1", ["sh", "-c", script]))
+    started = agent.wait_reply(spawn_id)
+    assert started["ok"], started
+    event = agent.wait_exited("workitems/job/t1")
+    assert agent.transcript.index(started) < agent.transcript.index(event)
+
+    record = event["exit"]
+    assert event["key"] == "job/t1" and event["attempt"] == 1
+    assert record == json.loads((task / "exit.json").read_text())
+    assert record["protocol"] == 1 and record["key"] == "job/t1" and record["attempt"] == 1
+    assert record["exitCode"] == 3 and record["signal"] is None
+    assert record["timedOut"] is False and record["error"] is None
+    assert record["pid"] == started["result"]["pid"]
+    assert record["startTime"] == started["result"]["startTime"]
+    assert ISO_UTC.fullmatch(record["startTime"]) and ISO_UTC.fullmatch(record["endTime"])
+    assert record["endTime"] >= record["startTime"]
+    assert (task / "stdout.txt").read_text() == "out\n"
+    assert (task / "stderr.txt").read_text() == "err\n"
+    assert (task / "wd").is_dir() and not (task / "exit.json.tmp").exists()
+
+    attempt = json.loads((task / "attempt.json").read_text())
+    assert attempt["key"] == "job/t1" and attempt["attempt"] == 1
+    assert attempt["pid"] == record["pid"] and attempt["startTime"] == record["startTime"]
+    assert isinstance(attempt["wrapperPid"], int) and isinstance(attempt["wrapperStartTicks"], int)
+
+    query = {"key": "job/t1", "taskDir": "workitems/job/t1", "attempt": 1}
+    status = agent.call("status", {"tasks": [query]})
+    assert status == {"tasks": [{"key": "job/t1", "state": "exited", "exit": record}]}
+
+    # A second attempt truncates the output and replaces the records.
+    assert agent.call("spawn", spawn_args("t1", ["true"], attempt=2))["pid"] > 0
+    assert agent.wait_exited("workitems/job/t1")["exit"]["attempt"] == 2
+    assert (task / "stdout.txt").read_bytes() == b"" and (task / "stderr.txt").read_bytes() == b""
+    states = agent.call("status", {"tasks": [query, {**query, "attempt": 2}]})["tasks"]
+    assert [s["state"] for s in states] == ["missing", "exited"]
+
+
+def test_argv_runs_without_a_shell(agents, root):
+    agent = agents()
+    agent.call("spawn", spawn_args("meta", ["echo", "$(id)", ";", "*", "`id`", "|", "&&"]))
+    assert agent.wait_exited("workitems/job/meta")["exit"]["exitCode"] == 0
+    assert (root / "workitems/job/meta/stdout.txt").read_text() == "$(id) ; * `id` | &&\n"
+
+
+def test_environment_and_working_directory(agents, root):
+    agent = agents(env={"FLEET_TEST_INHERITED": "from-agent", "FLEET_TEST_OVERRIDE": "old"})
+    script = 'pwd; echo "$FLEET_TEST_INHERITED $FLEET_TEST_OVERRIDE $FLEET_TASK_ATTEMPT"'
+    env = {"FLEET_TEST_OVERRIDE": "new", "FLEET_TASK_ATTEMPT": "1"}
+    agent.call("spawn", spawn_args("env", ["sh", "-c", script], env=env))
+    agent.call("spawn", spawn_args("cwd", ["pwd"], workingDir="sub/dir"))
+    agent.wait_exited("workitems/job/env")
+    agent.wait_exited("workitems/job/cwd")
+    task = Path(os.path.realpath(root / "workitems/job"))
+    assert (task / "env/stdout.txt").read_text() == f"{task / 'env/wd'}\nfrom-agent new 1\n"
+    assert (task / "cwd/stdout.txt").read_text() == f"{task / 'cwd/sub/dir'}\n"
+
+
+def test_program_that_cannot_start(agents, root):
+    agent = agents()
+    assert agent.error_code("spawn", spawn_args("nf", ["/nonexistent/prog"])) == (
+        "CommandProgramNotFound"
+    )
+    record = json.loads((root / "workitems/job/nf/exit.json").read_text())
+    assert record["error"]["code"] == "CommandProgramNotFound"
+    assert record["exitCode"] is None and record["pid"] is None and record["attempt"] == 1
+    query = {"key": "job/nf", "taskDir": "workitems/job/nf", "attempt": 1}
+    assert agent.call("status", {"tasks": [query]})["tasks"][0] == {
+        "key": "job/nf",
+        "state": "exited",
+        "exit": record,
+    }
+
+    script = root / "shared" / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    code = agent.error_code("spawn", spawn_args("nx", [str(script)]))
+    assert code == "CommandProgramNotExecutable"
+
+
+def test_paths_outside_the_root_are_refused(agents, root, tmp_path):
+    agent = agents()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "workitems" / "escape").symlink_to(outside)
+    bad_task_dirs = ["../x", "/tmp/x", str(root / "workitems/x"), "workitems/../../x", "", "."]
+    bad_task_dirs += ["workitems/escape/t", 7, None]
+    for task_dir in bad_task_dirs:
+        args = spawn_args("t", ["true"], taskDir=task_dir)
+        assert agent.error_code("spawn", args) == "BadPath", task_dir
+        query = {"key": "k", "taskDir": task_dir, "attempt": 1}
+        assert agent.error_code("status", {"tasks": [query]}) == "BadPath", task_dir
+        assert agent.error_code("kill", query) == "BadPath", task_dir
+    for working_dir in ["../y", "/tmp", "a/../../y", "../../escape/y"]:
+        args = spawn_args("t", ["true"], workingDir=working_dir)
+        assert agent.error_code("spawn", args) == "BadPath", working_dir
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert not (root / "workitems/job/t").exists()
+
+
+def test_wall_clock_limit_kills_the_process_tree(agents, root):
+    agent = agents()
+    script = "sleep 60 & echo $! > pids; sleep 60 & echo $! >> pids; echo $$ >> pids; wait"
+    began = time.monotonic()
+    agent.call("spawn", spawn_args("slow", ["sh", "-c", script], maxWallClockSeconds=1))
+    record = agent.wait_exited("workitems/job/slow")["exit"]
+    elapsed = time.monotonic() - began
+    assert record["timedOut"] is True
+    assert record["signal"] in (signal.SIGTERM, signal.SIGKILL)
+    assert record["exitCode"] == 128 + record["signal"]
+    assert 0.9 < elapsed < 3.0  # everything died on SIGTERM: no wait for the SIGKILL grace
+    pids = [int(p) for p in (root / "workitems/job/slow/wd/pids").read_text().split()]
+    assert len(pids) == 3
+    for pid in pids:
+        assert process_gone(pid), pid
+
+
+def test_kill_op_terminates_a_running_task(agents, root):
+    agent = agents()
+    args = spawn_args("sleeper", ["sleep", "60"])
+    query = {"key": args["key"], "taskDir": args["taskDir"], "attempt": 1}
+    pid = agent.call("spawn", args)["pid"]
+    assert agent.call("status", {"tasks": [query]})["tasks"][0]["state"] == "running"
+    assert agent.error_code("spawn", args) == "TaskAlreadyRunning"
+    assert agent.call("kill", {**query, "attempt": 2}) == {"killed": False}
+    assert agent.call("kill", {**query, "key": "other"}) == {"killed": False}
+    assert agent.call("kill", query) == {"killed": True}
+    record = agent.wait_exited(args["taskDir"])["exit"]
+    assert record["signal"] == signal.SIGTERM and record["exitCode"] == 128 + signal.SIGTERM
+    assert record["timedOut"] is False and process_gone(pid)
+    assert agent.call("kill", query) == {"killed": False}
+    never = {"key": "job/none", "taskDir": "workitems/job/none", "attempt": 1}
+    assert agent.call("kill", never) == {"killed": False}
+
+
+def spawn_term_ignoring_task(agent, root, name):
+    """Start a task that ignores SIGTERM and wait until it does."""
+    script = "trap '' TERM; echo ready; exec sleep 60"
+    args = spawn_args(name, ["sh", "-c", script])
+    agent.call("spawn", args)
+    stdout = root / args["taskDir"] / "stdout.txt"
+    wait_until(lambda: stdout.read_text() == "ready\n", what="the task to trap SIGTERM")
+    return {"key": args["key"], "taskDir": args["taskDir"], "attempt": 1}
+
+
+def test_kill_op_escalates_to_sigkill_after_the_grace(agents, root):
+    agent = agents()
+    query = spawn_term_ignoring_task(agent, root, "stubborn")
+    began = time.monotonic()
+    assert agent.call("kill", query) == {"killed": True}
+    assert agent.call("ping")  # the loop keeps serving during the grace
+    assert time.monotonic() - began < 1
+    record = agent.wait_exited(query["taskDir"])["exit"]
+    assert time.monotonic() - began > 2.5
+    assert record["signal"] == signal.SIGKILL and record["exitCode"] == 137
+
+
+def test_kill_grace_is_kept_after_the_agent_exits(agents, root):
+    first = agents()
+    query = spawn_term_ignoring_task(first, root, "stubborn")
+    assert first.call("kill", query) == {"killed": True}
+    assert first.call("shutdown") == {}
+    assert first.proc.wait(5) == 0
+    second = agents()
+    record = second.wait_exited(query["taskDir"])["exit"]
+    assert record["signal"] == signal.SIGKILL
+
+
+def gated_task(root, name):
+    """Spawn args of a task that runs until the test writes a line to its FIFO."""
+    gate = root / "shared" / f"{name}.gate"
+    os.mkfifo(gate)
+    return gate, spawn_args(name, ["sh", "-c", f'read line < "{gate}"; echo "got $line"'])
+
+
+def test_task_outlives_a_killed_agent_and_the_next_agent_reports_it(agents, root):
+    first = agents()
+    gate, args = gated_task(root, "gated")
+    query = {"key": args["key"], "taskDir": args["taskDir"], "attempt": 1}
+    pid = first.call("spawn", args)["pid"]
+    first.proc.kill()
+    first.proc.wait()
+    # No wrapper or task holds the agent's stdout: it reaches EOF at once.
+    assert first.next_message(timeout=5) is None
+    assert not process_gone(pid)
+
+    second = agents()
+    assert "error" not in second.hello
+    assert second.call("status", {"tasks": [query]})["tasks"][0]["state"] == "running"
+    with open(gate, "w") as f:
+        f.write("go\n")
+    record = second.wait_exited(args["taskDir"])["exit"]
+    assert record["exitCode"] == 0 and record["pid"] == pid
+    assert (root / args["taskDir"] / "stdout.txt").read_text() == "got go\n"
+    status = second.call("status", {"tasks": [query]})
+    assert status["tasks"] == [{"key": args["key"], "state": "exited", "exit": record}]
+
+
+def test_task_that_ended_while_no_agent_ran_is_reported_by_status(agents, root):
+    first = agents()
+    gate, args = gated_task(root, "offline")
+    pid = first.call("spawn", args)["pid"]
+    first.close()  # EOF on stdin: the agent exits, the task keeps running
+    assert first.proc.returncode == 0
+    assert not (root / "volatile" / "agent.sock").exists()
+    assert not process_gone(pid)
+    with open(gate, "w") as f:
+        f.write("late\n")
+    exit_file = root / args["taskDir"] / "exit.json"
+    wait_until(exit_file.exists, what="the exit record")
+
+    second = agents()
+    query = {"key": args["key"], "taskDir": args["taskDir"], "attempt": 1}
+    [state] = second.call("status", {"tasks": [query]})["tasks"]
+    assert state["state"] == "exited"
+    assert state["exit"] == json.loads(exit_file.read_text()) and state["exit"]["exitCode"] == 0
+
+
+def test_second_agent_waits_for_the_lock(agents):
+    first = agents()
+    began = time.monotonic()
+    busy = agents(env={"FLEET_AGENT_LOCK_TIMEOUT": "0.5"})
+    assert busy.hello["protocol"] == 1 and busy.hello["error"]["code"] == "AgentBusy"
+    assert busy.proc.wait(5) == 3
+    assert time.monotonic() - began >= 0.45
+    assert first.call("ping")
+
+    waiting = agents(env={"FLEET_AGENT_LOCK_TIMEOUT": "10"}, read_hello=False)
+    with pytest.raises(queue.Empty):
+        waiting.incoming.get(timeout=0.3)  # still waiting for the lock
+    assert first.call("shutdown") == {}
+    hello = waiting.next_message()
+    assert "error" not in hello and hello["pid"] == waiting.proc.pid
+    assert waiting.call("ping")
+
+
+def test_malformed_input_never_stops_the_agent(agents):
+    agent = agents()
+    for line in [b"this is not json", b"\xff\xfe{}", b"[" * 100_000, b'{"type": "request"']:
+        agent.send_raw(line + b"\n")
+        assert agent.wait_event("protocolError")["message"]
+
+    agent.send_raw(b"[1, 2]\n{}\n")
+    for _ in range(2):
+        reply = agent.wait_for(lambda m: m["type"] == "reply")
+        assert reply["id"] is None and reply["error"]["code"] == "BadRequest"
+
+    assert agent.error_code("reboot") == "BadRequest"
+    agent.send_raw(b'{"type": "request", "id": "x", "op": ["spawn"]}\n')
+    assert agent.wait_reply("x")["error"]["code"] == "BadRequest"
+    agent.send_raw(b'{"type": "event", "id": 99, "op": "ping"}\n')
+    assert agent.wait_reply(99)["error"]["code"] == "BadRequest"
+    bad_spawns = [
+        {"argv": []},
+        {"argv": "echo hi"},
+        {"argv": ["echo", 1]},
+        {"argv": ["echo", "a\u0000b"]},
+        {"env": {"A": 1}},
+        {"env": {"A=B": "x"}},
+        {"env": ["A"]},
+        {"attempt": "1"},
+        {"attempt": True},
+        {"key": ""},
+        {"maxWallClockSeconds": -1},
+        {"maxWallClockSeconds": "10"},
+    ]
+    for change in bad_spawns:
+        args = {**spawn_args("t", ["true"]), **change}
+        assert agent.error_code("spawn", args) == "BadRequest", change
+    assert agent.error_code("spawn", [1]) == "BadRequest"
+    assert agent.error_code("status", {"tasks": "all"}) == "BadRequest"
+    assert agent.error_code("status", {"tasks": [{"taskDir": "workitems/a"}]}) == "BadRequest"
+
+    agent.send_raw(b"\n   \n")  # blank lines are ignored
+    ping_id = agent.send("ping")
+    assert agent.next_message()["id"] == ping_id
+    assert agent.proc.poll() is None
+
+
+def test_status_of_unknown_attempts_is_missing(agents):
+    agent = agents()
+    agent.call("spawn", spawn_args("done", ["true"]))
+    agent.wait_exited("workitems/job/done")
+    queries = [
+        {"key": "job/done", "taskDir": "workitems/job/done", "attempt": 2},
+        {"key": "job/other", "taskDir": "workitems/job/done", "attempt": 1},
+        {"key": "job/never", "taskDir": "workitems/job/never", "attempt": 1},
+    ]
+    states = agent.call("status", {"tasks": queries})["tasks"]
+    assert [(s["key"], s["state"]) for s in states] == [
+        ("job/done", "missing"),
+        ("job/other", "missing"),
+        ("job/never", "missing"),
+    ]
+    assert agent.call("status", {"tasks": []}) == {"tasks": []}
+
+
+def test_hundreds_of_spawns_are_served_quickly(agents):
+    agent = agents()
+    count = 300
+    began = time.monotonic()
+    ids = [agent.send("spawn", spawn_args(f"t{i}", ["true"])) for i in range(count)]
+    for request_id in ids:
+        reply = agent.wait_reply(request_id)
+        assert reply["ok"], reply
+    for i in range(count):
+        assert agent.wait_exited(f"workitems/job/t{i}")["exit"]["exitCode"] == 0
+    elapsed = time.monotonic() - began
+    assert elapsed < 6, f"{count} tasks took {elapsed:.2f} s"

@@ -1,0 +1,125 @@
+"""Bad input through the CLI: clear errors, stable codes and exit statuses, nothing stored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def with_pool(fleet, tmp_path):
+    inv = tmp_path / "inv.ini"
+    inv.write_text("[web]\nweb[1:3] ansible_host=127.0.0.1 ansible_port=1\n")
+    fleet("host", "import", str(inv))
+    fleet("pool", "create", "--id", "p", "--hosts", "web1,web2")
+    return fleet
+
+
+def _error(result) -> dict:
+    return json.loads(result.stderr)["error"]
+
+
+def test_bad_inventory_line_names_file_and_line_and_imports_nothing(fleet, tmp_path):
+    inv = tmp_path / "bad.ini"
+    inv.write_text("[web]\nweb1 ansible_host=10.0.0.1\nweb2 ansible_port=notaport\n")
+    result = fleet("host", "import", str(inv), "-o", "json", check=False)
+    assert result.code == 2
+    err = _error(result)
+    assert err["code"] == "InventoryParseError"
+    assert f"{inv}:3" in err["message"]
+    assert fleet.json("host", "list") == []
+
+
+def test_unknown_pool_is_not_found_with_exit_3(with_pool):
+    result = with_pool("pool", "show", "nope", "-o", "json", check=False)
+    assert result.code == 3
+    assert _error(result)["code"] == "PoolNotFound"
+
+
+def test_duplicate_pool_is_a_conflict_with_exit_4(with_pool):
+    result = with_pool("pool", "create", "--id", "p", "--hosts", "web3", "-o", "json", check=False)
+    assert result.code == 4
+    assert _error(result)["code"] == "PoolExists"
+
+
+def test_negative_task_slots_are_rejected_naming_the_field(with_pool, tmp_path):
+    spec = tmp_path / "pool.json"
+    spec.write_text(json.dumps({"id": "q", "hosts": ["web3"], "taskSlotsPerNode": -1}))
+    result = with_pool("pool", "create", "--json-file", str(spec), "-o", "json", check=False)
+    assert result.code == 2
+    err = _error(result)
+    assert err["field"] == "taskSlotsPerNode" and err["target"] == "pool q"
+    assert [p["id"] for p in with_pool.json("pool", "list")] == ["p"]
+
+
+def test_unsupported_azure_field_is_reported_by_name(with_pool, tmp_path):
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"id": "j", "poolInfo": {"poolId": "p"},
+                                "jobManagerTask": {"id": "jm", "commandLine": "true"}}))
+    result = with_pool("job", "create", "--json-file", str(spec), "-o", "json", check=False)
+    assert result.code == 2
+    err = _error(result)
+    assert err["code"] == "UnsupportedProperty" and err["field"] == "jobManagerTask"
+
+
+def test_task_collection_with_a_bad_task_stores_none(with_pool, tmp_path):
+    with_pool("job", "create", "--id", "j", "--pool", "p")
+    spec = tmp_path / "tasks.json"
+    spec.write_text(json.dumps([{"id": "a", "commandLine": "true"},
+                                {"id": "b", "commandLine": "echo 'unterminated"}]))
+    result = with_pool("task", "create", "--job", "j", "--json-file", str(spec), "-o", "json",
+                       check=False)
+    assert result.code == 2
+    assert _error(result)["target"] == "task j/b"
+    assert with_pool.json("task", "list", "--job", "j") == []
+
+
+def test_duplicate_task_ids_are_rejected(with_pool, tmp_path):
+    with_pool("job", "create", "--id", "j", "--pool", "p")
+    with_pool("task", "create", "--job", "j", "--id", "a", "--command-line", "true")
+    spec = tmp_path / "tasks.json"
+    spec.write_text(json.dumps([{"id": "b", "commandLine": "true"}, {"id": "b", "commandLine": "true"}]))
+    dup = with_pool("task", "create", "--job", "j", "--json-file", str(spec), "-o", "json", check=False)
+    assert dup.code == 2 and _error(dup)["code"] == "DuplicateTaskId"
+    again = with_pool("task", "create", "--job", "j", "--id", "a", "--command-line", "true",
+                      "-o", "json", check=False)
+    assert again.code == 4 and _error(again)["code"] == "TaskExists"
+    assert [t["id"] for t in with_pool.json("task", "list", "--job", "j")] == ["a"]
+
+
+def test_more_than_100_tasks_at_once_are_refused(with_pool, tmp_path):
+    with_pool("job", "create", "--id", "j", "--pool", "p")
+    spec = tmp_path / "tasks.json"
+    spec.write_text(json.dumps([{"id": f"t{i}", "commandLine": "true"} for i in range(101)]))
+    result = with_pool("task", "create", "--job", "j", "--json-file", str(spec), "-o", "json",
+                       check=False)
+    assert result.code == 2 and _error(result)["code"] == "TooManyTasks"
+
+
+def test_host_in_a_pool_cannot_be_removed(with_pool):
+    result = with_pool("host", "remove", "web1", "-o", "json", check=False)
+    assert result.code == 4 and _error(result)["code"] == "HostInUse"
+    with_pool("host", "remove", "web3")
+    assert [h["id"] for h in with_pool.json("host", "list")] == ["web1", "web2"]
+
+
+def test_azure_pool_json_loads_with_vm_size_kept(fleet, tmp_path):
+    inv = tmp_path / "inv.ini"
+    inv.write_text("n1 ansible_host=127.0.0.1\n")
+    fleet("host", "import", str(inv))
+    spec = tmp_path / "pool.json"
+    spec.write_text(json.dumps({
+        "id": "azure", "vmSize": "standard_d2s_v3", "hosts": ["n1"], "taskSlotsPerNode": 4,
+        "taskSchedulingPolicy": {"nodeFillType": "Pack"},
+        "virtualMachineConfiguration": {"imageReference": {"publisher": "canonical"}},
+        "startTask": {"commandLine": "/bin/true", "waitForSuccess": True, "maxTaskRetryCount": 2,
+                      "environmentSettings": [{"name": "A", "value": "1"}]},
+    }))
+    fleet("pool", "create", "--json-file", str(spec))
+    pool = fleet.json("pool", "show", "azure")
+    assert pool["taskSlotsPerNode"] == 4
+    assert pool["taskSchedulingPolicy"] == {"nodeFillType": "pack"}
+    assert pool["vmSize"] == "standard_d2s_v3"
+    assert pool["state"] == "active" and pool["allocationState"] == "steady"
+    assert pool["currentDedicatedNodes"] == 1

@@ -1,0 +1,110 @@
+"""Fault tests on the real lab: controller crashes, lost nodes, changed host keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from fleet import lab as lab_mod
+from tests.conftest import make_pool, wait_for
+
+pytestmark = pytest.mark.lab
+
+
+def _tasks(fleet, job):
+    return {t["id"]: t for t in fleet.json("task", "list", "--job", job)}
+
+
+def test_controller_sigkill_mid_job_loses_nothing(fleet, lab_inventory, lab, controller, tmp_path):
+    make_pool(fleet, lab_inventory, "p", 2, "--task-slots-per-node", "3")
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    runs = Path(tempfile.mkdtemp(dir=lab.dir / "nodes"))  # writable by the lab's login user
+    runs.chmod(0o777)
+    tasks = [{"id": f"t{i}", "commandLine":
+              f"/bin/sh -c 'sleep {1 + i % 3}; echo $FLEET_TASK_ID >> {runs}/{i}; echo ok{i}'"}
+             for i in range(12)]
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    fleet("task", "create", "--job", "j", "--json-file", str(tmp_path / "tasks.json"))
+    first = controller()
+    wait_for(lambda: sum(t["state"] == "running" for t in _tasks(fleet, "j").values()) >= 4,
+             60, message="tasks running")
+    first.kill()
+    states = {t["state"] for t in _tasks(fleet, "j").values()}
+    assert "running" in states  # the crash really happened mid-job
+    second = controller()
+    result = fleet("job", "wait", "j", "--timeout", "90", "-o", "json", check=False)
+    assert result.code == 0, second.log_text()[-3000:]
+    final = _tasks(fleet, "j")
+    for i in range(12):
+        task = final[f"t{i}"]
+        assert task["state"] == "completed"
+        assert task["executionInfo"]["exitCode"] == 0
+        assert fleet("task", "file", "download", "stdout.txt", "--job", "j", "--id",
+                     f"t{i}").stdout == f"ok{i}\n"
+        # Each ran exactly once: reattached after the crash, not run again.
+        assert (runs / str(i)).read_text() == f"t{i}\n"
+
+
+def test_node_lost_mid_task_requeues_it_onto_another_node(fleet, lab_inventory, lab, controller):
+    hosts = make_pool(fleet, lab_inventory, "p", 2)
+    controller()
+    wait_for(lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
+             60, message="nodes idle")
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    fleet("task", "create", "--job", "j", "--id", "t", "--command-line",
+          "/bin/sh -c 'sleep 3; echo finished on $FLEET_NODE_ID attempt $FLEET_TASK_ATTEMPT'")
+    task = wait_for(lambda: (t := _tasks(fleet, "j")["t"])["state"] == "running" and t,
+                    60, message="task running")
+    victim = task["nodeInfo"]["nodeId"]
+    survivor = next(h for h in hosts if h != victim)
+    try:
+        lab_mod.stop_node(lab, victim, kill_sessions=True)
+        wait_for(lambda: fleet.json("node", "show", "--pool", "p", "--node", victim)["state"]
+                 == "unknown", 30, message="node unknown")
+        assert fleet("job", "wait", "j", "--timeout", "60", check=False).code == 0
+    finally:
+        lab_mod.start_node(lab, victim)
+    done = _tasks(fleet, "j")["t"]
+    assert done["nodeInfo"]["nodeId"] == survivor
+    assert done["executionInfo"]["requeueCount"] == 1
+    assert done["executionInfo"]["retryCount"] == 0
+    out = fleet("task", "file", "download", "stdout.txt", "--job", "j", "--id", "t").stdout
+    assert out == f"finished on {survivor} attempt 2\n"
+
+
+def _fingerprint(pub: Path) -> str:
+    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()[1]
+
+
+def test_changed_host_key_is_refused_naming_node_and_both_fingerprints(fleet, lab_inventory, lab):
+    fleet("host", "import", str(lab_inventory))
+    node = lab.nodes[-1]
+    old = _fingerprint(node.host_key.with_suffix(".pub"))
+    fleet("exec", "--hosts", node.name, "--", "true")
+    assert fleet.json("host", "show", node.name)["hostKeyFingerprint"] == old
+    lab_mod.regenerate_host_key(lab, node.name)
+    new = _fingerprint(node.host_key.with_suffix(".pub"))
+    assert new != old
+    result = fleet("exec", "--hosts", node.name, "-o", "json", "--", "true", check=False)
+    assert result.code == 1
+    [host] = result.json()
+    assert host["error"]["code"] == "HostKeyMismatch"
+    assert node.name in host["error"]["message"]
+    assert old in host["error"]["message"] and new in host["error"]["message"]
+    # The recorded key is untouched: a changed key is never silently accepted.
+    assert fleet.json("host", "show", node.name)["hostKeyFingerprint"] == old
+
+
+def test_strict_policy_refuses_a_host_with_no_recorded_key(fleet, lab_inventory, lab):
+    fleet("host", "import", str(lab_inventory), "--host-key-policy", "strict")
+    name = lab.nodes[0].name
+    result = fleet("exec", "--hosts", name, "-o", "json", "--", "true", check=False)
+    assert result.code == 1
+    assert result.json()[0]["error"]["code"] == "HostKeyUnknown"
+    assert "hostKeyFingerprint" not in fleet.json("host", "show", name)

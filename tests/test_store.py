@@ -1,0 +1,159 @@
+"""The store and the service layer, run against every backend: SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from fleet.errors import Conflict, NotFound
+from fleet.inventory import HostSpec
+from fleet.service import hosts, jobs, pools
+from fleet.store import Store
+
+PG_URL = os.environ.get("FLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of a reachable PostgreSQL, or a clean skip saying why not."""
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("PostgreSQL tests skipped: psycopg is not installed")
+    try:
+        psycopg.connect(PG_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL tests skipped: no server reachable at {PG_URL} ({exc})")
+    return PG_URL
+
+
+def _pg_database(server: str) -> Iterator[str]:
+    import psycopg
+
+    name = f"fleet_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = server.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+    else:
+        yield from _pg_database(request.getfixturevalue("pg_server"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
+    yield s
+    s.close()
+
+
+def _seed(store: Store, n_hosts: int = 3) -> None:
+    hosts.import_hosts(store, [HostSpec(id=f"h{i}", address="127.0.0.1", port=2200 + i,
+                                        labels={"rack": "a"}) for i in range(n_hosts)])
+    pools.create_pool(store, {"id": "p", "hosts": ["h0", "h1"], "taskSlotsPerNode": 2})
+    jobs.create_job(store, {"id": "j", "poolInfo": {"poolId": "p"}, "priority": 5})
+
+
+def test_hosts_pools_jobs_and_tasks_round_trip(store):
+    _seed(store)
+    assert [h.id for h in hosts.list_hosts(store)] == ["h0", "h1", "h2"]
+    assert hosts.list_hosts(store)[0].labels == {"rack": "a"}
+    pool, nodes = pools.show_pool(store, "p")
+    assert pool.task_slots_per_node == 2 and [n.id for n in nodes] == ["h0", "h1"]
+    assert all(n.state == "creating" for n in nodes)
+    jobs.add_tasks(store, "j", [{"id": f"t{i}", "commandLine": f"echo {i}",
+                                 "environmentSettings": [{"name": "A", "value": str(i)}]}
+                                for i in range(5)])
+    listed = jobs.list_tasks(store, "j")
+    assert [t.id for t in listed] == [f"t{i}" for i in range(5)]
+    assert listed[3].spec["environmentSettings"] == [{"name": "A", "value": "3"}]
+    assert jobs.task_counts(store, "j") == {"active": 5, "running": 0, "completed": 0,
+                                            "succeeded": 0, "failed": 0}
+
+
+def test_a_conflicting_task_collection_stores_nothing(store):
+    _seed(store)
+    jobs.add_tasks(store, "j", {"id": "t1", "commandLine": "true"})
+    with pytest.raises(Conflict) as info:
+        jobs.add_tasks(store, "j", [{"id": "t2", "commandLine": "true"},
+                                    {"id": "t1", "commandLine": "true"}])
+    assert info.value.code == "TaskExists"
+    assert [t.id for t in jobs.list_tasks(store, "j")] == ["t1"]
+
+
+def test_a_host_is_in_one_pool_at_most(store):
+    _seed(store)
+    with pytest.raises(Conflict) as info:
+        pools.create_pool(store, {"id": "q", "hosts": ["h2", "h1"]})
+    assert info.value.code == "HostInUse"
+    with pytest.raises(NotFound):
+        pools.show_pool(store, "q")
+    pools.create_pool(store, {"id": "q", "hosts": ["h2"]})
+
+
+def test_deleting_a_pool_frees_its_hosts_only_when_no_job_is_open(store):
+    _seed(store)
+    with pytest.raises(Conflict):
+        pools.delete_pool(store, "p")
+    with store.session() as s:
+        s.execute(text("UPDATE jobs SET state = 'completed'"))
+    pools.delete_pool(store, "p")
+    pools.create_pool(store, {"id": "again", "hosts": ["h0", "h1"]})
+
+
+def test_host_keys_are_recorded_once_and_never_overwritten(store):
+    _seed(store)
+    hosts.record_host_key(store, "h0", "ssh-ed25519 AAAAfirst", "SHA256:first")
+    hosts.record_host_key(store, "h0", "ssh-ed25519 AAAAsecond", "SHA256:second")
+    _, key, _ = hosts.show_host(store, "h0")
+    assert key is not None and key.fingerprint == "SHA256:first"
+    assert hosts.forget_host_key(store, "h0") is True
+    assert hosts.show_host(store, "h0")[1] is None
+
+
+def test_concurrent_writers_do_not_lose_tasks(store_url):
+    first, second = Store(store_url), Store(store_url)
+    try:
+        _seed(first)
+        errors: list[BaseException] = []
+
+        def add(s: Store, prefix: str) -> None:
+            try:
+                for i in range(20):
+                    jobs.add_tasks(s, "j", {"id": f"{prefix}{i}", "commandLine": "true"})
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=add, args=(s, p)) for s, p in ((first, "a"), (second, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(jobs.list_tasks(first, "j")) == 40
+    finally:
+        first.close()
+        second.close()
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'f.db'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    store.close()
