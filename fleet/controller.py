@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select as sa_select
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -83,6 +84,7 @@ class Controller:
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, dict[str, Attempt]] = {}  # node -> key -> attempt
         self.stale: dict[str, list[Attempt]] = {}  # node -> requeued attempts to kill there
+        self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
         self._events = _Events()
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
@@ -385,21 +387,21 @@ class Controller:
 
     def _pending_tasks(self, pool_ids: set[str], limit: int) -> list[scheduler.PendingTask]:
         with self.store.session() as s:
-            rows = s.exec(
-                select(
-                    Task.pk,
-                    Task.job_id,
-                    Task.id,
-                    Task.required_slots,
-                    Job.pool_id,
-                    Job.priority,
-                    Job.created_at,
+            rows = s.execute(
+                sa_select(
+                    col(Task.pk),
+                    col(Task.job_id),
+                    col(Task.id),
+                    col(Task.required_slots),
+                    col(Job.pool_id),
+                    col(Job.priority),
+                    col(Job.created_at),
                 )
                 .join(Job, col(Job.id) == col(Task.job_id))
                 .where(
-                    Task.state == TaskState.ACTIVE,
+                    col(Task.state) == TaskState.ACTIVE,
                     col(Task.attempt_state).is_(None),
-                    Job.state == JobState.ACTIVE,
+                    col(Job.state) == JobState.ACTIVE,
                     col(Job.pool_id).in_(pool_ids),
                 )
                 .order_by(col(Job.priority).desc(), col(Job.created_at), col(Task.pk))
@@ -436,6 +438,7 @@ class Controller:
                     task.pk or 0, a.job_id, a.task_id, task.attempt, a.node_id, task.required_slots
                 )
                 self.inflight.setdefault(a.node_id, {})[att.key] = att
+                self.last_assigned[a.node_id] = time.monotonic()
                 env = environment.build(
                     root=root,
                     pool_id=task.pool_id,

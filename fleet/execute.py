@@ -155,7 +155,7 @@ def fold(names: Sequence[str]) -> str:
     for (prefix, width), nums in by_prefix.items():
         nums.sort()
         spans, start, prev = [], nums[0], nums[0]
-        for n in nums[1:] + [None]:  # type: ignore[list-item]
+        for n in nums[1:] + [None]:
             if n is not None and n == prev + 1:
                 prev = n
                 continue

@@ -134,7 +134,11 @@ class Lab:
 
 
 def default_dir() -> Path:
-    """Return $FLEET_HOME/lab; FLEET_HOME defaults to $XDG_DATA_HOME/fleet, ~/.local/share/fleet."""
+    """Return $FLEET_HOME/lab when FLEET_HOME is set; otherwise /var/lib/fleet-lab for root
+    (the lab user must reach the dir, and /root is private) and the XDG data dir's
+    fleet/lab for everyone else."""
+    if os.geteuid() == 0 and "FLEET_HOME" not in os.environ:
+        return Path("/var/lib/fleet-lab")
     return default_home() / "lab"
 
 

@@ -20,6 +20,7 @@ class NodeSlots:
     pool_id: str
     capacity: int
     used: int = 0
+    last_assigned: float = 0.0  # when it was last given a task; spread rotates by it
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,15 @@ def plan(
     """Return the assignments to make now.
 
     Tasks are taken in :func:`order`. Each goes to a node of its own pool with enough
-    free slots: with ``spread`` (the default) the node with the most free slots,
+    free slots: with ``spread`` (the default) the node with the most free slots, ties
+    going to the node given a task longest ago (then by id), so that work rotates;
     with ``pack`` the fullest node that still fits, ties broken by node id. A task
     that fits nowhere is passed over, and smaller tasks behind it may still be placed.
     Running tasks are never moved.
     """
     fill_types = fill_types or {}
     free: dict[str, dict[str, int]] = {}
+    rank = {n.id: (n.last_assigned, 0, n.id) for n in nodes}
     for node in nodes:
         room = node.capacity - node.used
         if room > 0:
@@ -74,20 +77,26 @@ def plan(
         pool_free = free.get(task.pool_id)
         if not pool_free:
             continue
-        node_id = _choose(pool_free, task.required_slots, fill_types.get(task.pool_id))
+        node_id = _choose(pool_free, task.required_slots, fill_types.get(task.pool_id), rank)
         if node_id is None:
             continue
         pool_free[node_id] -= task.required_slots
+        rank[node_id] = (float("inf"), len(result), node_id)  # just placed: last in line
         if pool_free[node_id] == 0:
             del pool_free[node_id]
         result.append(Assignment(task.job_id, task.task_id, node_id))
     return result
 
 
-def _choose(pool_free: dict[str, int], need: int, fill_type: str | None) -> str | None:
+def _choose(
+    pool_free: dict[str, int],
+    need: int,
+    fill_type: str | None,
+    rank: dict[str, tuple[float, int, str]],
+) -> str | None:
     fits = [(room, node_id) for node_id, room in pool_free.items() if room >= need]
     if not fits:
         return None
     if fill_type == FillType.PACK:
         return min(fits)[1]
-    return min(fits, key=lambda f: (-f[0], f[1]))[1]
+    return min(fits, key=lambda f: (-f[0], rank[f[1]]))[1]

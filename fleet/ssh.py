@@ -214,8 +214,8 @@ class Connection:
             exit_code=proc.exit_status
             if proc.exit_status is not None and proc.exit_status >= 0
             else None,
-            stdout=proc.stdout or b"",
-            stderr=proc.stderr or b"",
+            stdout=_as_bytes(proc.stdout),
+            stderr=_as_bytes(proc.stderr),
             signal=proc.exit_signal[0] if proc.exit_signal else None,
         )
 
@@ -312,6 +312,10 @@ class Process:
         with suppress(asyncssh.Error, OSError):
             self._proc.stdin.write_eof()
         self._proc.close()
+
+
+def _as_bytes(data: bytes | str | None) -> bytes:
+    return data if isinstance(data, bytes) else (data or "").encode()
 
 
 @asynccontextmanager

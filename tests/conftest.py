@@ -55,16 +55,22 @@ class Fleet:
         self.env = {**os.environ, "FLEET_HOME": str(home), **(extra_env or {})}
         self.env.pop("FLEET_DB_URL", None)
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120,
-                 input: str | None = None) -> Result:
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> Result:
         proc = subprocess.run(
-            [sys.executable, "-m", "fleet", *args], env=self.env, capture_output=True,
-            text=True, timeout=timeout, input=input,
+            [sys.executable, "-m", "fleet", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
         )
         result = Result(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            raise AssertionError(f"fleet {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"fleet {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
         return result
 
     def json(self, *args: str) -> Any:
@@ -96,9 +102,21 @@ class ControllerProcess:
     def start(self) -> ControllerProcess:
         logf = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet", "controller", "run", "--node-grace", "3",
-             "--log-level", "debug", *self.args],
-            env=self.fleet.env, stdout=logf, stderr=logf,
+            [
+                sys.executable,
+                "-m",
+                "fleet",
+                "controller",
+                "run",
+                "--node-grace",
+                "3",
+                "--log-level",
+                "debug",
+                *self.args,
+            ],
+            env=self.fleet.env,
+            stdout=logf,
+            stderr=logf,
         )
         logf.close()
         return self
@@ -141,8 +159,12 @@ def controller(fleet: Fleet, tmp_path: Path) -> Iterator[Callable[..., Controlle
             proc.stop()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.1,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 30,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; return that value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -154,8 +176,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
         time.sleep(interval)
 
 
-def make_pool(fleet: Fleet, inventory: Path, pool_id: str = "p", nodes: int = 2,
-              *extra: str) -> list[str]:
+def make_pool(
+    fleet: Fleet, inventory: Path, pool_id: str = "p", nodes: int = 2, *extra: str
+) -> list[str]:
     """Import the lab inventory and create a pool of its first ``nodes`` hosts."""
     fleet("host", "import", str(inventory))
     hosts = [h["id"] for h in fleet.json("host", "list")][:nodes]

@@ -55,8 +55,15 @@ def test_negative_task_slots_are_rejected_naming_the_field(with_pool, tmp_path):
 
 def test_unsupported_azure_field_is_reported_by_name(with_pool, tmp_path):
     spec = tmp_path / "job.json"
-    spec.write_text(json.dumps({"id": "j", "poolInfo": {"poolId": "p"},
-                                "jobManagerTask": {"id": "jm", "commandLine": "true"}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "id": "j",
+                "poolInfo": {"poolId": "p"},
+                "jobManagerTask": {"id": "jm", "commandLine": "true"},
+            }
+        )
+    )
     result = with_pool("job", "create", "--json-file", str(spec), "-o", "json", check=False)
     assert result.code == 2
     err = _error(result)
@@ -66,10 +73,14 @@ def test_unsupported_azure_field_is_reported_by_name(with_pool, tmp_path):
 def test_task_collection_with_a_bad_task_stores_none(with_pool, tmp_path):
     with_pool("job", "create", "--id", "j", "--pool", "p")
     spec = tmp_path / "tasks.json"
-    spec.write_text(json.dumps([{"id": "a", "commandLine": "true"},
-                                {"id": "b", "commandLine": "echo 'unterminated"}]))
-    result = with_pool("task", "create", "--job", "j", "--json-file", str(spec), "-o", "json",
-                       check=False)
+    spec.write_text(
+        json.dumps(
+            [{"id": "a", "commandLine": "true"}, {"id": "b", "commandLine": "echo 'unterminated"}]
+        )
+    )
+    result = with_pool(
+        "task", "create", "--job", "j", "--json-file", str(spec), "-o", "json", check=False
+    )
     assert result.code == 2
     assert _error(result)["target"] == "task j/b"
     assert with_pool.json("task", "list", "--job", "j") == []
@@ -79,11 +90,26 @@ def test_duplicate_task_ids_are_rejected(with_pool, tmp_path):
     with_pool("job", "create", "--id", "j", "--pool", "p")
     with_pool("task", "create", "--job", "j", "--id", "a", "--command-line", "true")
     spec = tmp_path / "tasks.json"
-    spec.write_text(json.dumps([{"id": "b", "commandLine": "true"}, {"id": "b", "commandLine": "true"}]))
-    dup = with_pool("task", "create", "--job", "j", "--json-file", str(spec), "-o", "json", check=False)
+    spec.write_text(
+        json.dumps([{"id": "b", "commandLine": "true"}, {"id": "b", "commandLine": "true"}])
+    )
+    dup = with_pool(
+        "task", "create", "--job", "j", "--json-file", str(spec), "-o", "json", check=False
+    )
     assert dup.code == 2 and _error(dup)["code"] == "DuplicateTaskId"
-    again = with_pool("task", "create", "--job", "j", "--id", "a", "--command-line", "true",
-                      "-o", "json", check=False)
+    again = with_pool(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--id",
+        "a",
+        "--command-line",
+        "true",
+        "-o",
+        "json",
+        check=False,
+    )
     assert again.code == 4 and _error(again)["code"] == "TaskExists"
     assert [t["id"] for t in with_pool.json("task", "list", "--job", "j")] == ["a"]
 
@@ -92,8 +118,9 @@ def test_more_than_100_tasks_at_once_are_refused(with_pool, tmp_path):
     with_pool("job", "create", "--id", "j", "--pool", "p")
     spec = tmp_path / "tasks.json"
     spec.write_text(json.dumps([{"id": f"t{i}", "commandLine": "true"} for i in range(101)]))
-    result = with_pool("task", "create", "--job", "j", "--json-file", str(spec), "-o", "json",
-                       check=False)
+    result = with_pool(
+        "task", "create", "--job", "j", "--json-file", str(spec), "-o", "json", check=False
+    )
     assert result.code == 2 and _error(result)["code"] == "TooManyTasks"
 
 
@@ -109,13 +136,24 @@ def test_azure_pool_json_loads_with_vm_size_kept(fleet, tmp_path):
     inv.write_text("n1 ansible_host=127.0.0.1\n")
     fleet("host", "import", str(inv))
     spec = tmp_path / "pool.json"
-    spec.write_text(json.dumps({
-        "id": "azure", "vmSize": "standard_d2s_v3", "hosts": ["n1"], "taskSlotsPerNode": 4,
-        "taskSchedulingPolicy": {"nodeFillType": "Pack"},
-        "virtualMachineConfiguration": {"imageReference": {"publisher": "canonical"}},
-        "startTask": {"commandLine": "/bin/true", "waitForSuccess": True, "maxTaskRetryCount": 2,
-                      "environmentSettings": [{"name": "A", "value": "1"}]},
-    }))
+    spec.write_text(
+        json.dumps(
+            {
+                "id": "azure",
+                "vmSize": "standard_d2s_v3",
+                "hosts": ["n1"],
+                "taskSlotsPerNode": 4,
+                "taskSchedulingPolicy": {"nodeFillType": "Pack"},
+                "virtualMachineConfiguration": {"imageReference": {"publisher": "canonical"}},
+                "startTask": {
+                    "commandLine": "/bin/true",
+                    "waitForSuccess": True,
+                    "maxTaskRetryCount": 2,
+                    "environmentSettings": [{"name": "A", "value": "1"}],
+                },
+            }
+        )
+    )
     fleet("pool", "create", "--json-file", str(spec))
     pool = fleet.json("pool", "show", "azure")
     assert pool["taskSlotsPerNode"] == 4

@@ -24,8 +24,16 @@ def test_task_stdout_stderr_and_exit_code_are_recorded_exactly(fleet, lab_invent
     make_pool(fleet, lab_inventory, "p", 2)
     controller()
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet("task", "create", "--job", "j", "--id", "t1", "--command-line",
-          "/bin/sh -c 'echo out; echo err >&2; exit 3'")
+    fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--id",
+        "t1",
+        "--command-line",
+        "/bin/sh -c 'echo out; echo err >&2; exit 3'",
+    )
     result = fleet("job", "wait", "j", "--timeout", "60", check=False)
     assert result.code == 1, result.stderr  # a failed task makes wait exit 1
 
@@ -53,7 +61,12 @@ def test_job_wait_exits_zero_when_every_task_succeeds(fleet, lab_inventory, cont
     spec.write_text(json.dumps(tasks))
     fleet("task", "create", "--job", "j", "--json-file", str(spec))
     assert fleet("job", "wait", "j", "--timeout", "60", "-o", "json").json()["taskCounts"] == {
-        "active": 0, "running": 0, "completed": 12, "succeeded": 12, "failed": 0}
+        "active": 0,
+        "running": 0,
+        "completed": 12,
+        "succeeded": 12,
+        "failed": 0,
+    }
     for i in range(12):
         assert _file(fleet, "j", f"t{i}", "stdout.txt") == f"task {i}\n"
     nodes = {t["nodeInfo"]["nodeId"] for t in fleet.json("task", "list", "--job", "j")}
@@ -64,8 +77,16 @@ def test_shell_metacharacters_reach_the_program_literally(fleet, lab_inventory, 
     make_pool(fleet, lab_inventory, "p", 1)
     controller()
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet("task", "create", "--job", "j", "--id", "t", "--command-line",
-          "echo '$(id)' ';' '`uname`' '&&' '|' '$HOME' '*'")
+    fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--id",
+        "t",
+        "--command-line",
+        "echo '$(id)' ';' '`uname`' '&&' '|' '$HOME' '*'",
+    )
     fleet("job", "wait", "j", "--timeout", "60")
     assert _file(fleet, "j", "t", "stdout.txt") == "$(id) ; `uname` && | $HOME *\n"
 
@@ -74,11 +95,24 @@ def test_tasks_get_fleet_and_azure_environment_variables(fleet, lab_inventory, c
     make_pool(fleet, lab_inventory, "p", 1)
     controller()
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet("task", "create", "--job", "j", "--id", "t", "--env", "GREETING=hello world",
-          "--command-line", "/bin/sh -c 'env; echo CWD=$(pwd -P)'")
+    fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--id",
+        "t",
+        "--env",
+        "GREETING=hello world",
+        "--command-line",
+        "/bin/sh -c 'env; echo CWD=$(pwd -P)'",
+    )
     fleet("job", "wait", "j", "--timeout", "60")
-    env = dict(line.split("=", 1) for line in _file(fleet, "j", "t", "stdout.txt").splitlines()
-               if "=" in line)
+    env = dict(
+        line.split("=", 1)
+        for line in _file(fleet, "j", "t", "stdout.txt").splitlines()
+        if "=" in line
+    )
     assert env["GREETING"] == "hello world"
     for name, value in [("JOB_ID", "j"), ("TASK_ID", "t"), ("POOL_ID", "p"), ("TASK_ATTEMPT", "1")]:
         assert env[f"FLEET_{name}"] == value
@@ -94,26 +128,42 @@ def test_tasks_get_fleet_and_azure_environment_variables(fleet, lab_inventory, c
 
 
 def test_start_task_runs_before_tasks_and_node_becomes_idle(fleet, lab_inventory, controller):
-    make_pool(fleet, lab_inventory, "p", 2, "--start-task",
-              "/bin/sh -c 'echo started > $FLEET_NODE_SHARED_DIR/marker'")
+    make_pool(
+        fleet,
+        lab_inventory,
+        "p",
+        2,
+        "--start-task",
+        "/bin/sh -c 'echo started > $FLEET_NODE_SHARED_DIR/marker'",
+    )
     controller()
     fleet("pool", "show", "p")
-    wait_for(lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
-             60, message="nodes idle")
+    wait_for(
+        lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
+        60,
+        message="nodes idle",
+    )
     for node in fleet.json("node", "list", "--pool", "p"):
         info = node["startTaskInfo"]
-        assert info["state"] == "completed" and info["exitCode"] == 0 and info["result"] == "success"
+        assert (
+            info["state"] == "completed" and info["exitCode"] == 0 and info["result"] == "success"
+        )
         assert Path(node["nodeRootDirectory"], "shared", "marker").read_text() == "started\n"
 
 
-def test_failing_start_task_leaves_node_starttaskfailed_with_no_tasks(fleet, lab_inventory, controller, tmp_path):
+def test_failing_start_task_leaves_node_starttaskfailed_with_no_tasks(
+    fleet, lab_inventory, controller, tmp_path
+):
     fleet("host", "import", str(lab_inventory))
     good, bad = [h["id"] for h in fleet.json("host", "list")][:2]
     pool = {
-        "id": "p", "hosts": [good, bad], "taskSlotsPerNode": 4,
+        "id": "p",
+        "hosts": [good, bad],
+        "taskSlotsPerNode": 4,
         "startTask": {
             "commandLine": f"/bin/sh -c 'test $FLEET_NODE_ID != {bad} || exit 7'",
-            "waitForSuccess": True, "maxTaskRetryCount": 1,
+            "waitForSuccess": True,
+            "maxTaskRetryCount": 1,
         },
     }
     (tmp_path / "pool.json").write_text(json.dumps(pool))
@@ -144,12 +194,17 @@ def test_priority_orders_jobs_on_a_busy_pool(fleet, lab_inventory, controller):
     controller()
     fleet("job", "wait", "low", "--timeout", "60")
     fleet("job", "wait", "high", "--timeout", "60")
-    starts = sorted((t["executionInfo"]["startTime"], job)
-                    for job in ("low", "high") for t in fleet.json("task", "list", "--job", job))
+    starts = sorted(
+        (t["executionInfo"]["startTime"], job)
+        for job in ("low", "high")
+        for t in fleet.json("task", "list", "--job", job)
+    )
     assert [job for _, job in starts] == ["high"] * 3 + ["low"] * 3
 
 
-def test_command_that_does_not_exist_fails_with_command_program_not_found(fleet, lab_inventory, controller):
+def test_command_that_does_not_exist_fails_with_command_program_not_found(
+    fleet, lab_inventory, controller
+):
     make_pool(fleet, lab_inventory, "p", 1)
     controller()
     fleet("job", "create", "--id", "j", "--pool", "p")

@@ -27,7 +27,9 @@ def test_exec_groups_identical_output(fleet, lab_inventory, lab):
 
 def test_exec_arguments_are_not_interpreted_by_a_shell(fleet, lab_inventory):
     fleet("host", "import", str(lab_inventory))
-    rows = fleet("exec", "--hosts", "node01", "-o", "json", "--", "echo", "$(id)", ";", "`ls`").json()
+    rows = fleet(
+        "exec", "--hosts", "node01", "-o", "json", "--", "echo", "$(id)", ";", "`ls`"
+    ).json()
     assert rows[0]["stdout"] == "$(id) ; `ls`\n"
 
 
@@ -36,8 +38,18 @@ def test_exec_exits_nonzero_when_any_host_fails_or_is_unreachable(fleet, lab_inv
     victim = lab.nodes[1]
     lab_mod.stop_node(lab, victim.name)
     try:
-        result = fleet("exec", "--hosts", "node01,node02", "-o", "json", "--timeout", "10",
-                       "--", "true", check=False)
+        result = fleet(
+            "exec",
+            "--hosts",
+            "node01,node02",
+            "-o",
+            "json",
+            "--timeout",
+            "10",
+            "--",
+            "true",
+            check=False,
+        )
     finally:
         lab_mod.start_node(lab, victim.name)
     assert result.code == 1
@@ -55,11 +67,14 @@ def test_exec_on_unknown_host_is_not_found(fleet, lab_inventory):
     assert "nosuch" in result.stderr
 
 
-@pytest.mark.parametrize(("names", "folded"), [
-    (["node01", "node02", "node03"], "node[01-03]"),
-    (["node1", "node3", "node4"], "node[1,3-4]"),
-    (["web", "db1"], "db1,web"),
-    (["a7"], "a7"),
-])
+@pytest.mark.parametrize(
+    ("names", "folded"),
+    [
+        (["node01", "node02", "node03"], "node[01-03]"),
+        (["node1", "node3", "node4"], "node[1,3-4]"),
+        (["web", "db1"], "db1,web"),
+        (["a7"], "a7"),
+    ],
+)
 def test_fold_names_host_ranges(names, folded):
     assert fold(names) == folded

@@ -24,14 +24,21 @@ def test_controller_sigkill_mid_job_loses_nothing(fleet, lab_inventory, lab, con
     fleet("job", "create", "--id", "j", "--pool", "p")
     runs = Path(tempfile.mkdtemp(dir=lab.dir / "nodes"))  # writable by the lab's login user
     runs.chmod(0o777)
-    tasks = [{"id": f"t{i}", "commandLine":
-              f"/bin/sh -c 'sleep {1 + i % 3}; echo $FLEET_TASK_ID >> {runs}/{i}; echo ok{i}'"}
-             for i in range(12)]
+    tasks = [
+        {
+            "id": f"t{i}",
+            "commandLine": f"/bin/sh -c 'sleep {1 + i % 3}; echo $FLEET_TASK_ID >> {runs}/{i}; echo ok{i}'",
+        }
+        for i in range(12)
+    ]
     (tmp_path / "tasks.json").write_text(json.dumps(tasks))
     fleet("task", "create", "--job", "j", "--json-file", str(tmp_path / "tasks.json"))
     first = controller()
-    wait_for(lambda: sum(t["state"] == "running" for t in _tasks(fleet, "j").values()) >= 4,
-             60, message="tasks running")
+    wait_for(
+        lambda: sum(t["state"] == "running" for t in _tasks(fleet, "j").values()) >= 4,
+        60,
+        message="tasks running",
+    )
     first.kill()
     states = {t["state"] for t in _tasks(fleet, "j").values()}
     assert "running" in states  # the crash really happened mid-job
@@ -43,8 +50,10 @@ def test_controller_sigkill_mid_job_loses_nothing(fleet, lab_inventory, lab, con
         task = final[f"t{i}"]
         assert task["state"] == "completed"
         assert task["executionInfo"]["exitCode"] == 0
-        assert fleet("task", "file", "download", "stdout.txt", "--job", "j", "--id",
-                     f"t{i}").stdout == f"ok{i}\n"
+        assert (
+            fleet("task", "file", "download", "stdout.txt", "--job", "j", "--id", f"t{i}").stdout
+            == f"ok{i}\n"
+        )
         # Each ran exactly once: reattached after the crash, not run again.
         assert (runs / str(i)).read_text() == f"t{i}\n"
 
@@ -52,19 +61,38 @@ def test_controller_sigkill_mid_job_loses_nothing(fleet, lab_inventory, lab, con
 def test_node_lost_mid_task_requeues_it_onto_another_node(fleet, lab_inventory, lab, controller):
     hosts = make_pool(fleet, lab_inventory, "p", 2)
     controller()
-    wait_for(lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
-             60, message="nodes idle")
+    wait_for(
+        lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
+        60,
+        message="nodes idle",
+    )
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet("task", "create", "--job", "j", "--id", "t", "--command-line",
-          "/bin/sh -c 'sleep 3; echo finished on $FLEET_NODE_ID attempt $FLEET_TASK_ATTEMPT'")
-    task = wait_for(lambda: (t := _tasks(fleet, "j")["t"])["state"] == "running" and t,
-                    60, message="task running")
+    fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--id",
+        "t",
+        "--command-line",
+        "/bin/sh -c 'sleep 3; echo finished on $FLEET_NODE_ID attempt $FLEET_TASK_ATTEMPT'",
+    )
+    task = wait_for(
+        lambda: (t := _tasks(fleet, "j")["t"])["state"] == "running" and t,
+        60,
+        message="task running",
+    )
     victim = task["nodeInfo"]["nodeId"]
     survivor = next(h for h in hosts if h != victim)
     try:
         lab_mod.stop_node(lab, victim, kill_sessions=True)
-        wait_for(lambda: fleet.json("node", "show", "--pool", "p", "--node", victim)["state"]
-                 == "unknown", 30, message="node unknown")
+        wait_for(
+            lambda: (
+                fleet.json("node", "show", "--pool", "p", "--node", victim)["state"] == "unknown"
+            ),
+            30,
+            message="node unknown",
+        )
         assert fleet("job", "wait", "j", "--timeout", "60", check=False).code == 0
     finally:
         lab_mod.start_node(lab, victim)
@@ -77,8 +105,9 @@ def test_node_lost_mid_task_requeues_it_onto_another_node(fleet, lab_inventory, 
 
 
 def _fingerprint(pub: Path) -> str:
-    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True
+    ).stdout
     return out.split()[1]
 
 

@@ -15,10 +15,20 @@ CASES = sorted((Path(__file__).parent / "cases" / "scheduler").glob("*.json"))
 
 
 def _load(case: dict) -> tuple[list[NodeSlots], list[PendingTask]]:
-    nodes = [NodeSlots(n["id"], n["pool"], n["capacity"], n.get("used", 0)) for n in case["nodes"]]
+    nodes = [
+        NodeSlots(n["id"], n["pool"], n["capacity"], n.get("used", 0), n.get("lastAssigned", 0))
+        for n in case["nodes"]
+    ]
     tasks = [
-        PendingTask(t["job"], t["id"], t.get("pool", "p"), t.get("priority", 0),
-                    t.get("jobSeq", 0), t.get("seq", i), t.get("slots", 1))
+        PendingTask(
+            t["job"],
+            t["id"],
+            t.get("pool", "p"),
+            t.get("priority", 0),
+            t.get("jobSeq", 0),
+            t.get("seq", i),
+            t.get("slots", 1),
+        )
         for i, t in enumerate(case["tasks"])
     ]
     return nodes, tasks
@@ -28,23 +38,33 @@ def _load(case: dict) -> tuple[list[NodeSlots], list[PendingTask]]:
 def test_scheduler_case(path: Path) -> None:
     case = json.loads(path.read_text())
     nodes, tasks = _load(case)
-    got = [[f"{a.job_id}/{a.task_id}", a.node_id] for a in plan(nodes, tasks, case.get("fillTypes"))]
+    got = [
+        [f"{a.job_id}/{a.task_id}", a.node_id] for a in plan(nodes, tasks, case.get("fillTypes"))
+    ]
     assert got == case["expect"], case["description"]
 
 
 node_st = st.builds(
     lambda i, cap, used, pool: NodeSlots(f"n{i}", pool, cap, min(used, cap)),
-    st.integers(0, 20), st.integers(1, 8), st.integers(0, 8), st.sampled_from(["a", "b"]),
+    st.integers(0, 20),
+    st.integers(1, 8),
+    st.integers(0, 8),
+    st.sampled_from(["a", "b"]),
 )
 task_st = st.builds(
     lambda i, pool, prio, slots: PendingTask("j", str(i), pool, prio, 0, i, slots),
-    st.integers(0, 200), st.sampled_from(["a", "b"]), st.integers(-5, 5), st.integers(1, 3),
+    st.integers(0, 200),
+    st.sampled_from(["a", "b"]),
+    st.integers(-5, 5),
+    st.integers(1, 3),
 )
 
 
-@given(st.lists(node_st, max_size=8, unique_by=lambda n: n.id),
-       st.lists(task_st, max_size=60, unique_by=lambda t: t.task_id),
-       st.sampled_from(["spread", "pack"]))
+@given(
+    st.lists(node_st, max_size=8, unique_by=lambda n: n.id),
+    st.lists(task_st, max_size=60, unique_by=lambda t: t.task_id),
+    st.sampled_from(["spread", "pack"]),
+)
 def test_plan_never_overfills_a_node_or_crosses_pools(nodes, tasks, fill) -> None:
     result = plan(nodes, tasks, {"a": fill, "b": fill})
     by_node = {n.id: n for n in nodes}
@@ -58,8 +78,10 @@ def test_plan_never_overfills_a_node_or_crosses_pools(nodes, tasks, fill) -> Non
         assert used[node.id] <= node.capacity
 
 
-@given(st.lists(node_st, max_size=8, unique_by=lambda n: n.id),
-       st.lists(task_st, max_size=60, unique_by=lambda t: t.task_id))
+@given(
+    st.lists(node_st, max_size=8, unique_by=lambda n: n.id),
+    st.lists(task_st, max_size=60, unique_by=lambda t: t.task_id),
+)
 def test_plan_leaves_no_placeable_task_waiting(nodes, tasks) -> None:
     result = plan(nodes, tasks)
     placed = {a.task_id for a in result}
@@ -69,4 +91,6 @@ def test_plan_leaves_no_placeable_task_waiting(nodes, tasks) -> None:
     for t in tasks:
         if t.task_id in placed:
             continue
-        assert all(n.capacity - used[n.id] < t.required_slots for n in nodes if n.pool_id == t.pool_id)
+        assert all(
+            n.capacity - used[n.id] < t.required_slots for n in nodes if n.pool_id == t.pool_id
+        )

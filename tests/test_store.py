@@ -27,7 +27,9 @@ def pg_server() -> str:
     except ImportError:
         pytest.skip("PostgreSQL tests skipped: psycopg is not installed")
     try:
-        psycopg.connect(PG_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3).close()
+        psycopg.connect(
+            PG_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3
+        ).close()
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL tests skipped: no server reachable at {PG_URL} ({exc})")
     return PG_URL
@@ -63,8 +65,13 @@ def store(store_url: str) -> Iterator[Store]:
 
 
 def _seed(store: Store, n_hosts: int = 3) -> None:
-    hosts.import_hosts(store, [HostSpec(id=f"h{i}", address="127.0.0.1", port=2200 + i,
-                                        labels={"rack": "a"}) for i in range(n_hosts)])
+    hosts.import_hosts(
+        store,
+        [
+            HostSpec(id=f"h{i}", address="127.0.0.1", port=2200 + i, labels={"rack": "a"})
+            for i in range(n_hosts)
+        ],
+    )
     pools.create_pool(store, {"id": "p", "hosts": ["h0", "h1"], "taskSlotsPerNode": 2})
     jobs.create_job(store, {"id": "j", "poolInfo": {"poolId": "p"}, "priority": 5})
 
@@ -76,22 +83,37 @@ def test_hosts_pools_jobs_and_tasks_round_trip(store):
     pool, nodes = pools.show_pool(store, "p")
     assert pool.task_slots_per_node == 2 and [n.id for n in nodes] == ["h0", "h1"]
     assert all(n.state == "creating" for n in nodes)
-    jobs.add_tasks(store, "j", [{"id": f"t{i}", "commandLine": f"echo {i}",
-                                 "environmentSettings": [{"name": "A", "value": str(i)}]}
-                                for i in range(5)])
+    jobs.add_tasks(
+        store,
+        "j",
+        [
+            {
+                "id": f"t{i}",
+                "commandLine": f"echo {i}",
+                "environmentSettings": [{"name": "A", "value": str(i)}],
+            }
+            for i in range(5)
+        ],
+    )
     listed = jobs.list_tasks(store, "j")
     assert [t.id for t in listed] == [f"t{i}" for i in range(5)]
     assert listed[3].spec["environmentSettings"] == [{"name": "A", "value": "3"}]
-    assert jobs.task_counts(store, "j") == {"active": 5, "running": 0, "completed": 0,
-                                            "succeeded": 0, "failed": 0}
+    assert jobs.task_counts(store, "j") == {
+        "active": 5,
+        "running": 0,
+        "completed": 0,
+        "succeeded": 0,
+        "failed": 0,
+    }
 
 
 def test_a_conflicting_task_collection_stores_nothing(store):
     _seed(store)
     jobs.add_tasks(store, "j", {"id": "t1", "commandLine": "true"})
     with pytest.raises(Conflict) as info:
-        jobs.add_tasks(store, "j", [{"id": "t2", "commandLine": "true"},
-                                    {"id": "t1", "commandLine": "true"}])
+        jobs.add_tasks(
+            store, "j", [{"id": "t2", "commandLine": "true"}, {"id": "t1", "commandLine": "true"}]
+        )
     assert info.value.code == "TaskExists"
     assert [t.id for t in jobs.list_tasks(store, "j")] == ["t1"]
 
@@ -139,7 +161,9 @@ def test_concurrent_writers_do_not_lose_tasks(store_url):
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=add, args=(s, p)) for s, p in ((first, "a"), (second, "b"))]
+        threads = [
+            threading.Thread(target=add, args=(s, p)) for s, p in ((first, "a"), (second, "b"))
+        ]
         for t in threads:
             t.start()
         for t in threads:

@@ -27,7 +27,8 @@ OutputOpt = Annotated[
     typer.Option("--output", "-o", help="Output format: json or table (default: table)."),
 ]
 
-stdout = Console(soft_wrap=True)
+# Piped output is not cut to 80 columns: scripts and pagers get whole lines.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
@@ -77,7 +78,7 @@ def emit(
         return
     table = Table(title=title, show_edge=False, pad_edge=False, box=None, header_style="bold")
     for heading, _ in columns:
-        table.add_column(heading, overflow="fold")
+        table.add_column(heading, overflow="fold", no_wrap=not stdout.is_terminal)
     for row in rows:
         table.add_row(*(_cell(_get(row, path)) for _, path in columns))
     stdout.print(table)

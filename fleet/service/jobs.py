@@ -56,7 +56,7 @@ def get_job(session: Session, job_id: str) -> Job:
 def list_jobs(store: Store) -> list[Job]:
     """Return every job, oldest first."""
     with store.session() as s:
-        return list(s.exec(select(Job).order_by(Job.created_at, Job.id)))
+        return list(s.exec(select(Job).order_by(col(Job.created_at), col(Job.id))))
 
 
 def show_job(store: Store, job_id: str) -> Job:
@@ -139,7 +139,7 @@ def task_counts(store: Store, job_id: str) -> dict[str, int]:
         rows = s.exec(
             select(Task.state, Task.result, func.count())
             .where(Task.job_id == job_id)
-            .group_by(Task.state, Task.result)
+            .group_by(col(Task.state), col(Task.result))
         ).all()
     counts = dict.fromkeys(("active", "running", "completed", "succeeded", "failed"), 0)
     for state, result, n in rows:

@@ -1,0 +1,68 @@
+"""Imports point down, and each third-party library sits behind one module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "fleet"
+
+#: library -> the only modules (relative to fleet/) allowed to import it
+OWNERS = {
+    "asyncssh": {"ssh.py"},
+    "typer": {"cli/"},
+    "apscheduler": {"timers.py"},
+    "sqlmodel": {"tables.py", "store.py", "service/", "controller.py", "execute.py"},
+}
+#: module -> fleet modules it must never import
+FORBIDDEN = {
+    "scheduler.py": {
+        "fleet.store",
+        "fleet.tables",
+        "fleet.ssh",
+        "fleet.controller",
+        "fleet.service",
+        "fleet.cli",
+    },
+    "service/": {"fleet.cli", "fleet.controller", "fleet.ssh"},
+    "ssh.py": {"fleet.cli", "fleet.service", "fleet.store", "fleet.controller"},
+}
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def _matches(rel: str, patterns: set[str]) -> bool:
+    return any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in patterns)
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_respects_the_layering(path: Path) -> None:
+    rel = str(path.relative_to(PACKAGE))
+    imports = _imports(path)
+    for library, owners in OWNERS.items():
+        if any(name == library or name.startswith(library + ".") for name in imports):
+            assert _matches(rel, owners), f"{rel} imports {library}; only {sorted(owners)} may"
+    for pattern, banned in FORBIDDEN.items():
+        if _matches(rel, {pattern}):
+            bad = {n for n in imports for b in banned if n == b or n.startswith(b + ".")}
+            assert not bad, f"{rel} must not import {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_starts_with_a_one_line_docstring(path: Path) -> None:
+    doc = ast.get_docstring(ast.parse(path.read_text()))
+    assert doc, f"{path.name} has no module docstring"
