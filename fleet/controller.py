@@ -101,8 +101,8 @@ class Controller:
         try:
             while not stop.is_set():
                 self._sync_links()
-                self._apply_events()
                 self._requeue_lost_nodes()
+                self._apply_events()
                 await self._schedule()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -247,7 +247,6 @@ class Controller:
                 )
                 self._events.back_to_queue.extend((a, True) for a in attempts)
                 self.stale.setdefault(node_id, []).extend(attempts)
-        self._apply_events()
 
     # -- applying events in one transaction -----------------------------------------
 
@@ -383,7 +382,7 @@ class Controller:
             return
         plan = scheduler.plan(snapshot, pending, {p.id: p.node_fill_type for p in pools.values()})
         if plan:
-            await self._dispatch(plan, {n.id: n.pool_id for n in snapshot})
+            await self._dispatch(plan, pending, {n.id: n.pool_id for n in snapshot})
 
     def _pending_tasks(self, pool_ids: set[str], limit: int) -> list[scheduler.PendingTask]:
         with self.store.session() as s:
@@ -412,46 +411,68 @@ class Controller:
             for pk, job_id, task_id, slots, pool_id, priority, created in rows
         ]
 
-    async def _dispatch(self, plan: list[scheduler.Assignment], node_pools: dict[str, str]) -> None:
-        """Write every assignment ahead as ``dispatching``, then send the spawns."""
+    async def _dispatch(
+        self,
+        plan: list[scheduler.Assignment],
+        pending: list[scheduler.PendingTask],
+        node_pools: dict[str, str],
+    ) -> None:
+        """Write every assignment ahead as ``dispatching`` in one transaction, then send
+        the spawns."""
         now = time.time()
+        pks = {(t.job_id, t.task_id): t.seq for t in pending}
         sends = []
-        with self.store.session() as s:
-            for a in plan:
-                task = s.exec(
-                    select(Task).where(Task.job_id == a.job_id, Task.id == a.task_id)
-                ).one()
-                if task.state != TaskState.ACTIVE or task.attempt_state is not None:
-                    continue
-                link = self.links[a.node_id]
-                root = link.agent.hello["root"] if link.agent else None
-                if root is None:
-                    continue
-                task.attempt += 1
-                task.attempt_state = AttemptState.DISPATCHING
-                task.node_id = a.node_id
-                task.pool_id = node_pools[a.node_id]
-                tdir = environment.task_dir(a.job_id, a.task_id)
-                task.task_root = f"{root}/{tdir}"
-                s.add(task)
-                att = Attempt(
-                    task.pk or 0, a.job_id, a.task_id, task.attempt, a.node_id, task.required_slots
-                )
-                self.inflight.setdefault(a.node_id, {})[att.key] = att
-                self.last_assigned[a.node_id] = time.monotonic()
-                env = environment.build(
-                    root=root,
-                    pool_id=task.pool_id,
-                    node_id=a.node_id,
-                    task_dir_rel=tdir,
-                    attempt=task.attempt,
-                    job_id=a.job_id,
-                    task_id=a.task_id,
-                    user_env=task.spec.get("environmentSettings", []),
-                )
-                sends.append((link, att, shlex.split(task.command_line), env))
-            self._update_node_busy(s, {a.node_id for a in plan}, now)
+        placed: list[Attempt] = []
+        try:
+            with self.store.session() as s:
+                rows = s.exec(
+                    select(Task).where(col(Task.pk).in_([pks[a.job_id, a.task_id] for a in plan]))
+                ).all()
+                tasks = {t.pk: t for t in rows}
+                for a in plan:
+                    task = tasks.get(pks[a.job_id, a.task_id])
+                    link = self.links[a.node_id]
+                    root = link.agent.hello.get("root") if link.agent else None
+                    if task is None or root is None:
+                        continue
+                    if task.state != TaskState.ACTIVE or task.attempt_state is not None:
+                        continue  # deleted or changed since the snapshot
+                    tdir = environment.task_dir(a.job_id, a.task_id)
+                    task.attempt += 1
+                    task.attempt_state = AttemptState.DISPATCHING
+                    task.node_id = a.node_id
+                    task.pool_id = node_pools[a.node_id]
+                    task.task_root = f"{root}/{tdir}"
+                    s.add(task)
+                    att = Attempt(
+                        task.pk or 0,
+                        a.job_id,
+                        a.task_id,
+                        task.attempt,
+                        a.node_id,
+                        task.required_slots,
+                    )
+                    self.inflight.setdefault(a.node_id, {})[att.key] = att
+                    placed.append(att)
+                    env = environment.build(
+                        root=root,
+                        pool_id=task.pool_id,
+                        node_id=a.node_id,
+                        task_dir_rel=tdir,
+                        attempt=task.attempt,
+                        job_id=a.job_id,
+                        task_id=a.task_id,
+                        user_env=task.spec.get("environmentSettings", []),
+                    )
+                    sends.append((link, att, shlex.split(task.command_line), env))
+                self._update_node_busy(s, {a.node_id for a in placed}, now)
+        except BaseException:
+            for att in placed:  # nothing was written: forget the plan
+                self.inflight.get(att.node_id, {}).pop(att.key, None)
+            raise
+        stamp = time.monotonic()
         for link, att, argv, env in sends:
+            self.last_assigned[att.node_id] = stamp
             self._spawn_background(self._send_spawn(link, att, argv, env))
 
     async def _send_spawn(

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import shlex
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ KEEPALIVE_COUNT_MAX = 3
 #: Concurrent handshakes allowed per sshd (address, port); below MaxStartups' 10.
 HANDSHAKES_PER_SSHD = 8
 
-_handshake_limits: dict[tuple[asyncio.AbstractEventLoop, str, int], asyncio.Semaphore] = {}
+_handshake_limits: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]
+] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -320,9 +323,10 @@ def _as_bytes(data: bytes | str | None) -> bytes:
 
 @asynccontextmanager
 async def _handshake_slot(target: Target) -> AsyncIterator[None]:
-    key = (asyncio.get_running_loop(), target.address, target.port)
-    sem = _handshake_limits.get(key)
+    per_loop = _handshake_limits.setdefault(asyncio.get_running_loop(), {})
+    key = (target.address, target.port)
+    sem = per_loop.get(key)
     if sem is None:
-        sem = _handshake_limits[key] = asyncio.Semaphore(HANDSHAKES_PER_SSHD)
+        sem = per_loop[key] = asyncio.Semaphore(HANDSHAKES_PER_SSHD)
     async with sem:
         yield

@@ -21,6 +21,7 @@ import pytest
 from fleet import lab as lab_mod
 
 LAB_NODES = int(os.environ.get("FLEET_TEST_LAB_NODES", "5"))
+PG_URL = os.environ.get("FLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,6 +36,36 @@ def lab() -> Iterator[lab_mod.Lab]:
     yield the_lab
     lab_mod.down(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The admin URL of a reachable PostgreSQL, or a clean skip saying why not."""
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("PostgreSQL tests skipped: psycopg is not installed")
+    try:
+        psycopg.connect(
+            PG_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3
+        ).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL tests skipped: no server reachable at {PG_URL} ({exc})")
+    return PG_URL
+
+
+def pg_database(server: str) -> Iterator[str]:
+    import psycopg
+
+    name = f"fleet_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = server.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
@@ -52,8 +83,9 @@ class Fleet:
 
     def __init__(self, home: Path, extra_env: dict[str, str] | None = None) -> None:
         self.home = home
-        self.env = {**os.environ, "FLEET_HOME": str(home), **(extra_env or {})}
+        self.env = {**os.environ, "FLEET_HOME": str(home)}
         self.env.pop("FLEET_DB_URL", None)
+        self.env.update(extra_env or {})
 
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 120, input: str | None = None

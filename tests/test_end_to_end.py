@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Fleet, make_pool, wait_for
+from tests.conftest import ControllerProcess, Fleet, make_pool, pg_database, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -223,3 +223,55 @@ def test_job_wait_times_out_with_exit_status_5(fleet, lab_inventory):
     result = fleet("job", "wait", "j", "--timeout", "0.5", "-o", "json", check=False)
     assert result.code == 5
     assert json.loads(result.stderr)["error"]["code"] == "TimedOut"
+
+
+def test_pool_create_wait_returns_once_nodes_are_idle(fleet, lab_inventory, controller):
+    fleet("host", "import", str(lab_inventory))
+    hosts = [h["id"] for h in fleet.json("host", "list")][:2]
+    controller()
+    pool = fleet(
+        "pool",
+        "create",
+        "--id",
+        "p",
+        "--hosts",
+        ",".join(hosts),
+        "--start-task",
+        "/bin/sh -c 'sleep 1'",
+        "--wait",
+        "--timeout",
+        "60",
+        "-o",
+        "json",
+    ).json()
+    assert pool["nodeCounts"] == {"idle": 2}
+    nodes = fleet.json("node", "list", "--pool", "p")
+    assert [n["state"] for n in nodes] == ["idle", "idle"]
+    assert all(n["ipAddress"] == "127.0.0.1" and n["schedulingState"] == "enabled" for n in nodes)
+
+
+def test_controller_stops_cleanly_on_sigterm(fleet, lab_inventory, controller):
+    make_pool(fleet, lab_inventory, "p", 1)
+    proc = controller()
+    wait_for(
+        lambda: fleet.json("node", "list", "--pool", "p")[0]["state"] == "idle",
+        60,
+        message="node idle",
+    )
+    assert proc.stop() == 0
+    assert "controller stopped" in proc.log_text()
+
+
+def test_a_job_runs_end_to_end_on_a_postgresql_store(lab_inventory, pg_server, tmp_path):
+    for url in pg_database(pg_server):
+        pg_fleet = Fleet(tmp_path / "pg-home", {"FLEET_DB_URL": url})
+        make_pool(pg_fleet, lab_inventory, "p", 2)
+        proc = ControllerProcess(pg_fleet, tmp_path / "pg-controller.log").start()
+        try:
+            pg_fleet("job", "create", "--id", "j", "--pool", "p")
+            pg_fleet("task", "create", "--job", "j", "--id", "t", "--command-line", "echo on pg")
+            pg_fleet("job", "wait", "j", "--timeout", "60")
+            assert _file(pg_fleet, "j", "t", "stdout.txt") == "on pg\n"
+            assert not (tmp_path / "pg-home" / "fleet.db").exists()  # the state is in PostgreSQL
+        finally:
+            assert proc.stop() == 0

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,38 +13,7 @@ from fleet.errors import Conflict, NotFound
 from fleet.inventory import HostSpec
 from fleet.service import hosts, jobs, pools
 from fleet.store import Store
-
-PG_URL = os.environ.get("FLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> str:
-    """The admin URL of a reachable PostgreSQL, or a clean skip saying why not."""
-    try:
-        import psycopg
-    except ImportError:
-        pytest.skip("PostgreSQL tests skipped: psycopg is not installed")
-    try:
-        psycopg.connect(
-            PG_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3
-        ).close()
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL tests skipped: no server reachable at {PG_URL} ({exc})")
-    return PG_URL
-
-
-def _pg_database(server: str) -> Iterator[str]:
-    import psycopg
-
-    name = f"fleet_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = server.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        yield url
-    finally:
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from tests.conftest import pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -54,7 +21,7 @@ def store_url(request, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fleet.db'}"
     else:
-        yield from _pg_database(request.getfixturevalue("pg_server"))
+        yield from pg_database(request.getfixturevalue("pg_server"))
 
 
 @pytest.fixture

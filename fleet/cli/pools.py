@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Annotated, Any
 
@@ -85,7 +86,7 @@ def create(
 def _wait_for_nodes(pool_id: str, timeout: float | None, output: Any) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     show = progress_enabled(output)
-    with stderr.status("", spinner="dots") if show else _Null() as status:
+    with stderr.status("", spinner="dots") if show else contextlib.nullcontext() as status:
         while True:
             nodes = service.list_nodes(CURRENT.store, pool_id)
             counts: dict[str, int] = {}
@@ -103,14 +104,6 @@ def _wait_for_nodes(pool_id: str, timeout: float | None, output: Any) -> None:
                     target=f"pool {pool_id}",
                 )
             time.sleep(0.2)
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @app.command("list")

@@ -1,0 +1,156 @@
+"""G3: N short tasks (`true`) on 8 nodes x 8 slots through the controller vs GNU parallel over ssh."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+from common import (
+    FLEET,
+    bench_env,
+    cpu_seconds,
+    ensure_parallel,
+    lab,
+    machine_busy,
+    other_activity,
+    run,
+    stop_control_masters,
+    stop_on_sigterm,
+    temp_dir,
+    time_once,
+    write_results,
+)
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from fleet import lab as lab_mod
+from fleet.service import jobs, pools
+from fleet.settings import Settings
+from fleet.store import Store
+from fleet.tables import Task
+
+POOL, JOB = "bench", "g3"
+
+
+def wait_idle(store: Store, ctl: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Return once every node of the pool is idle; raise if the controller dies or it takes long."""
+    deadline = time.monotonic() + timeout
+    while not all(n.state == "idle" for n in pools.list_nodes(store, POOL)):
+        if ctl.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("nodes did not become idle (see controller.log in FLEET_HOME)")
+        time.sleep(0.2)
+
+
+def fleet_run(store: Store, ctl: subprocess.Popen[bytes], n: int, home: Path) -> dict[str, float]:
+    """Submit ``n`` tasks in chunks of 100 and time submit -> all completed."""
+    jobs.create_job(store, {"id": JOB, "poolInfo": {"poolId": POOL}})
+    cpu0, busy0, t0 = cpu_seconds(ctl.pid), machine_busy(), time.perf_counter()
+    for i in range(0, n, 100):
+        chunk = range(i, min(n, i + 100))
+        jobs.add_tasks(store, JOB, [{"id": f"t{j:05d}", "commandLine": "true"} for j in chunk])
+    t_submit = time.perf_counter() - t0
+    deadline = time.monotonic() + max(300, n / 10)
+    while (counts := jobs.task_counts(store, JOB))["completed"] < n:
+        if ctl.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"controller stopped or too slow: {counts}")
+        time.sleep(0.1)
+    elapsed = time.perf_counter() - t0
+    cpu, busy1 = cpu_seconds(ctl.pid) - cpu0, machine_busy()
+    with store.session() as s:  # "all exit codes recorded"
+        q = select(func.count()).where(Task.job_id == JOB, col(Task.exit_code).is_not(None))
+        with_exit = s.exec(q).one()
+    outputs = sum(1 for _ in (Settings.resolve(home).task_files / JOB).glob("*/stdout.txt"))
+    return {
+        "tasks": n,
+        "submit_s": t_submit,
+        "elapsed_s": elapsed,
+        "tasks_per_s": n / elapsed,
+        "controller_cpu_ms_per_task": cpu / n * 1000,
+        "machine_cpu_busy": (busy1[0] - busy0[0]) / (busy1[1] - busy0[1]),
+        "succeeded": counts["succeeded"],
+        "exit_codes_recorded": with_exit,
+        "stdout_files_collected": outputs,
+    }
+
+
+def parallel_run(the_lab: lab_mod.Lab, nodes: list[lab_mod.LabNode], n: int) -> dict[str, float]:
+    """Time `parallel -j 64 ssh ... true` for ``n`` commands spread round-robin over the nodes."""
+    parallel = ensure_parallel()
+    with temp_dir("fleet-bench-par-") as cp:
+        ssh = ["ssh", "-o", "ControlMaster=auto", "-o", f"ControlPath={cp}/%C"]
+        ssh += ["-o", "ControlPersist=60", "-o", f"UserKnownHostsFile={the_lab.known_hosts_path}"]
+        ssh += ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+        ssh += ["-i", str(the_lab.key_file), "-l", the_lab.user]
+        env = bench_env()
+        try:
+            for node in nodes:  # open the masters first: the comparison is with warm ones
+                run([*ssh, "-p", str(node.port), "127.0.0.1", "true"], env)
+            (cp / "ports").write_text("".join(f"{nodes[i % len(nodes)].port}\n" for i in range(n)))
+            cmd = [parallel, "-j", "64", *ssh, "-p", "{}", "127.0.0.1", "true", "::::", cp / "ports"]
+            elapsed = time_once(cmd, env)
+        finally:
+            stop_control_masters(cp)
+    return {"tasks": n, "elapsed_s": elapsed, "tasks_per_s": n / elapsed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--parallel-tasks", type=int, default=2_000)
+    ap.add_argument("--nodes", type=int, default=8)
+    ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--skip-parallel", action="store_true")
+    args = ap.parse_args()
+    stop_on_sigterm()
+    before = other_activity()
+    with temp_dir("fleet-bench-home-") as home, lab(args.nodes) as the_lab:
+        env = bench_env(home)
+        run([FLEET, "host", "import", the_lab.inventory_path], env)
+        hosts = ",".join(n.name for n in the_lab.nodes)
+        run([FLEET, "pool", "create", "--id", POOL, "--hosts", hosts], env)
+        run([FLEET, "pool", "create", "--help"], env)  # nothing: keeps the bytecode cache warm
+        log = (home / "controller.log").open("wb")
+        ctl = subprocess.Popen([FLEET, "controller", "run", "--log-level", "warning"], env=env,
+                               stdout=log, stderr=log)
+        store = Store(Settings.resolve(home).db_url)
+        try:
+            wait_idle(store, ctl)
+            print(f"{args.nodes} nodes idle; submitting {args.tasks} tasks", flush=True)
+            fleet = fleet_run(store, ctl, args.tasks, home)
+        finally:
+            ctl.terminate()
+            try:
+                ctl.wait(20)
+            except subprocess.TimeoutExpired:
+                ctl.kill()
+                ctl.wait()
+            log.close()
+            store.close()
+        peer = None
+        if not args.skip_parallel:
+            print(f"GNU parallel: {args.parallel_tasks} ssh commands", flush=True)
+            peer = parallel_run(the_lab, the_lab.nodes, args.parallel_tasks)
+    report(fleet, peer, before, args)
+
+
+def report(fleet: dict, peer: dict | None, before: dict, args: argparse.Namespace) -> None:
+    print(f"\nG3: {args.tasks} x `true`, {args.nodes} nodes x {args.slots} slots")
+    print(f"  fleet    {fleet['tasks_per_s']:8.1f} tasks/s  ({fleet['elapsed_s']:.1f} s, submit "
+          f"{fleet['submit_s']:.2f} s)  target >= 1000 (500 at least)")
+    print(f"  controller CPU {fleet['controller_cpu_ms_per_task']:.2f} ms/task  target <= 0.5; "
+          f"machine CPU busy {fleet['machine_cpu_busy']:.0%} during the run")
+    print(f"  recorded: {fleet['exit_codes_recorded']} exit codes, "
+          f"{fleet['stdout_files_collected']} stdout files, {fleet['succeeded']} succeeded")
+    if peer:
+        ratio = fleet["tasks_per_s"] / peer["tasks_per_s"]
+        print(f"  parallel {peer['tasks_per_s']:8.1f} tasks/s  ({peer['tasks']} in "
+              f"{peer['elapsed_s']:.1f} s) -> fleet is {ratio:.1f}x (target >= 15x)")
+    path = write_results("g3", {"activity_before": before, "fleet": fleet, "parallel": peer,
+                                "nodes": args.nodes, "slots": args.slots})
+    print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
