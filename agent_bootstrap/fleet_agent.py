@@ -2,20 +2,21 @@
 
 # Contract: docs/agent-protocol.md. Stdlib only; runs on Python 3.8 or newer (Linux).
 #
-# Shape: one single-threaded selectors loop in the agent watches stdin (requests), the
-# Unix socket volatile/agent.sock (exit notices from wrappers) and one start-result
-# pipe per spawn in flight. Each spawn forks a *wrapper* (no exec) that owns the task
-# for its whole life: it starts the command in a new session, writes attempt.json,
-# reports the start over the pipe, enforces the wall-clock limit, writes exit.json
-# and tells whichever agent is listening. Wrappers outlive the agent, so tasks keep
-# running and their records wait on disk while no controller is connected.
+# One single-threaded selectors loop watches stdin (requests), the Unix socket
+# volatile/agent.sock (exit notices from wrappers) and one start-result pipe per spawn
+# in flight. Each spawn forks a *wrapper* (no exec) that owns the attempt for its whole
+# life: it prepares the task dir, starts the command in a new session, writes
+# attempt.json, reports the start over the pipe, enforces the wall-clock limit and the
+# kill op, writes exit.json and tells whichever agent is listening. Wrappers outlive
+# the agent, so tasks keep running and their records wait on disk meanwhile.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import fcntl
 import gc
-import heapq
 import json
 import os
 import platform
@@ -36,14 +37,21 @@ LOCK_NAME = "agent.lock"
 LOCK_TIMEOUT_ENV = "FLEET_AGENT_LOCK_TIMEOUT"
 DEFAULT_LOCK_TIMEOUT = 10.0
 KILL_GRACE_SECONDS = 3.0
+KILL_SIGNAL = signal.SIGUSR1  # agent -> wrapper: stop the task (TERM, grace, KILL)
+WAKE_SIGNALS = [signal.SIGCHLD, KILL_SIGNAL]  # what a wrapper waits for
 NOTIFY_TIMEOUT_SECONDS = 10.0
 MAX_LINE_BYTES = 16 << 20
 MAX_NOTICE_BYTES = 1 << 20
 EXIT_BUSY = 3
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 STDOUT_FILE, STDERR_FILE = "stdout.txt", "stderr.txt"
 ATTEMPT_FILE, EXIT_FILE = "attempt.json", "exit.json"
 DEFERRED = object()  # an op result meaning "the reply is sent later"
+
+# One attempt, checked by the agent and handed to the wrapper. task_dir_arg is the
+# taskDir as the controller wrote it (echoed in events); the *_dir fields are real paths.
+TaskSpec = collections.namedtuple(
+    "TaskSpec", "key attempt task_dir_arg task_dir working_dir argv env max_wall_clock"
+)
 
 
 class AgentError(Exception):
@@ -55,16 +63,14 @@ class AgentError(Exception):
         self.message = message
 
 
-# ---------------------------------------------------------------- small helpers
+# ---------------------------------------------------------------- helpers
 
 
 def log(message: str) -> None:
     """Write one line of free text to stderr; never raises."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         sys.stderr.write("fleet-agent[%d]: %s\n" % (os.getpid(), message))
         sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def utc_now() -> str:
@@ -87,72 +93,57 @@ def write_all(fd: int, data: bytes) -> None:
 def read_boot_id() -> str:
     """Return the kernel boot id, or "" if it cannot be read."""
     try:
-        with open(BOOT_ID_PATH) as f:
+        with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
     except OSError:
         return ""
 
 
-def process_start_ticks(pid: int) -> int | None:
-    """Return field 22 (start time, clock ticks) of /proc/<pid>/stat, or None if the
-    process does not exist or is a zombie."""
+def proc_stat(pid) -> list | None:
+    """Return the fields of /proc/<pid>/stat from field 3 (the state) on, or None."""
     try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
+        with open("/proc/%s/stat" % pid, "rb") as f:
             data = f.read()
     except OSError:
         return None
-    fields = data[data.rfind(b")") + 2 :].split()  # fields[0] is field 3, the state
-    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
+    fields = data[data.rfind(b")") + 2 :].split()  # the command name may hold ") "
+    return fields if len(fields) >= 20 else None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Return field 22 (start time in clock ticks) of a live process, or None if it does
+    not exist or is a zombie."""
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields and fields[0] not in (b"Z", b"X") else None
 
 
 def group_alive(pgid: int) -> bool:
-    """Return True if process group pgid has a member that is not a zombie."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        names = None
-    if names is None:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            pass
-        return True
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        fields = data[data.rfind(b")") + 2 :].split()  # state, ppid, pgrp, ...
-        if len(fields) > 2 and fields[2] == b"%d" % pgid and fields[0] not in (b"Z", b"X"):
+    """Return True if process group pgid has a member that is not a zombie (orphans are
+    not reaped everywhere, e.g. in some containers, so kill(-pgid, 0) is not enough)."""
+    for name in os.listdir("/proc"):
+        fields = proc_stat(name) if name.isdigit() else None
+        if fields and fields[2] == b"%d" % pgid and fields[0] not in (b"Z", b"X"):
             return True
     return False
 
 
 def signal_group(pgid: int, signum: int) -> None:
     """Send signum to process group pgid, ignoring a group that is gone."""
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(pgid, signum)
-    except OSError:
-        pass
 
 
 def write_json_atomic(path: str, obj: dict) -> None:
-    """Write obj as JSON to path via path.tmp, fsync and rename; raises OSError."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Write obj as JSON to path via path.tmp and rename, so readers never see half a
+    record; raises OSError. No fsync: only a power loss could lose the page cache, that
+    is a reboot, and after a reboot (a new boot id) the controller requeues every task
+    that was in flight without reading any record."""
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, encode_line(obj))
-        os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    os.replace(path + ".tmp", path)
 
 
 def read_json_file(path: str) -> dict | None:
@@ -167,17 +158,14 @@ def read_json_file(path: str) -> dict | None:
 
 def remove_file(path: str) -> None:
     """Remove path if it exists; raises OSError for other failures."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def resolve_inside(root: str, base: str, relative: object, field: str) -> str:
-    """Return the real absolute path of `relative` taken under `base`.
-
-    Raises AgentError("BadPath") unless `relative` is a non-empty relative path with no
-    '..' component whose real path (symlinks resolved) lies strictly inside `root`."""
+    """Return the real path of `relative` taken under `base`. Raises AgentError("BadPath")
+    unless it is a non-empty relative path without '..' components whose real path
+    (symlinks resolved) lies strictly inside `root`."""
     if not isinstance(relative, str) or not relative or "\0" in relative:
         raise AgentError("BadPath", "%s must be a non-empty relative path" % field)
     if os.path.isabs(relative) or ".." in relative.split("/"):
@@ -194,20 +182,21 @@ def create_layout(root: str) -> None:
         os.makedirs(os.path.join(root, name), exist_ok=True)
 
 
+def detach_from_agent(keep: int) -> None:
+    """In a forked child: point fds 0-2 at /dev/null and close every other inherited fd
+    but `keep`, so the child holds no reference to the SSH channel, the agent's lock,
+    listening socket, selector or pipes (they must close when the agent exits)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd != devnull:
+            os.dup2(devnull, fd)
+    for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 # ---------------------------------------------------------------- liveness
-
-
-def live_attempt(task_dir: str) -> dict | None:
-    """Return attempt.json of task_dir if its wrapper is still alive (same pid and start
-    time, so a reused pid does not count), else None."""
-    record = read_json_file(os.path.join(task_dir, ATTEMPT_FILE))
-    if record is None:
-        return None
-    try:
-        pid, ticks = int(record["wrapperPid"]), int(record["wrapperStartTicks"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return record if process_start_ticks(pid) == ticks else None
 
 
 def finished_record(task_dir: str, key: str, attempt: int) -> dict | None:
@@ -218,15 +207,29 @@ def finished_record(task_dir: str, key: str, attempt: int) -> dict | None:
     return None
 
 
+def live_attempt(task_dir: str) -> dict | None:
+    """Return attempt.json of task_dir if that attempt is still running: its wrapper is
+    alive with the recorded start time (so a reused pid does not count) and has not
+    written the exit record yet. Else None."""
+    record = read_json_file(os.path.join(task_dir, ATTEMPT_FILE))
+    try:
+        pid, ticks = int(record["wrapperPid"]), int(record["wrapperStartTicks"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if process_start_ticks(pid) != ticks:
+        return None
+    if finished_record(task_dir, record.get("key"), record.get("attempt")):
+        return None  # done; the wrapper is only telling the agent
+    return record
+
+
 def task_state(task_dir: str, key: str, attempt: int) -> dict:
     """Return the status entry {"key", "state", ["exit"]} of one attempt of a task."""
+    live = live_attempt(task_dir)
+    if live and live.get("attempt") == attempt and live.get("key") == key:
+        return {"key": key, "state": "running"}
+    # Looked at after the wrapper: one that just exited wrote its record first.
     record = finished_record(task_dir, key, attempt)
-    if record is None:
-        live = live_attempt(task_dir)
-        if live and live.get("attempt") == attempt and live.get("key") == key:
-            return {"key": key, "state": "running"}
-        # The wrapper may have written its record and exited since the first look.
-        record = finished_record(task_dir, key, attempt)
     if record is None:
         return {"key": key, "state": "missing"}
     return {"key": key, "state": "exited", "exit": record}
@@ -235,73 +238,38 @@ def task_state(task_dir: str, key: str, attempt: int) -> dict:
 # ---------------------------------------------------------------- the wrapper
 
 
-class TaskSpec:
-    """One attempt to run, checked by the agent and handed to the wrapper."""
-
-    def __init__(self, key, task_dir_arg, task_dir, attempt, argv, env, working_dir, limit):
-        self.key = key
-        self.task_dir_arg = task_dir_arg  # as the controller wrote it, echoed in events
-        self.task_dir = task_dir  # real absolute path
-        self.attempt = attempt
-        self.argv = argv
-        self.env = env
-        self.working_dir = working_dir
-        self.max_wall_clock = limit  # seconds or None
-
-
-def detach_from_agent(keep: tuple) -> None:
-    """Point fds 0-2 at /dev/null and close every other inherited fd but `keep`.
-
-    A forked child must hold no reference to the SSH channel (stdin/stdout/stderr),
-    the agent's lock, listening socket, selector or pipes: they must close when the
-    agent exits."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        if fd != devnull:
-            os.dup2(devnull, fd)
-    keep_set = set(keep) | {0, 1, 2}
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = list(range(3, 4096))
-    for fd in fds:
-        if fd not in keep_set:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-def wrapper_main(spec: TaskSpec, result_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+def wrapper_main(spec: TaskSpec, result_fd: int) -> None:
     """Body of the forked wrapper process: supervise one attempt, then _exit. Never returns."""
     done = False
     try:
-        gc.disable()  # no collector run may finalize agent objects whose fds are closed
+        gc.disable()  # no collection may finalize agent objects whose fds are closed
         os.setsid()
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        detach_from_agent(keep=(result_fd, stdout_fd, stderr_fd))
-        supervise(spec, result_fd, stdout_fd, stderr_fd)
+        detach_from_agent(keep=result_fd)
+        supervise(spec, result_fd)
         done = True
     finally:
         os._exit(0 if done else 1)
 
 
-def supervise(spec: TaskSpec, result_fd: int, stdout_fd: int, stderr_fd: int) -> None:
-    """Start the command, report the start over result_fd, enforce the wall-clock limit,
-    write the exit record and notify the agent. Raises only on unexpected failures."""
+def supervise(spec: TaskSpec, result_fd: int) -> None:
+    """Prepare the task dir, start the command, report the start over result_fd, wait for
+    the command (enforcing the limit and the kill op), write the exit record and notify
+    the agent. Raises only on unexpected failures."""
     exit_path = os.path.join(spec.task_dir, EXIT_FILE)
-    env = dict(os.environ)
-    env.update(spec.env)
-    proc, error = start_command(spec, env, stdout_fd, stderr_fd)
-    os.close(stdout_fd)
-    os.close(stderr_fd)
+    try:
+        stdout_fd, stderr_fd = prepare_task_dir(spec)
+    except OSError as exc:
+        message = "cannot prepare %s: %s" % (spec.task_dir_arg, exc)
+        report_start(result_fd, {"error": {"code": "TaskDirError", "message": message}})
+        return
+    proc, error = start_command(spec, stdout_fd, stderr_fd)
     if proc is None:
         write_json_atomic(exit_path, exit_record(spec, None, None, False, None, error))
         report_start(result_fd, {"error": error})
         return
-    started = time.monotonic()
-    start_time = utc_now()
+    started, start_time = time.monotonic(), utc_now()
     attempt = {
         "key": spec.key,
         "attempt": spec.attempt,
@@ -318,7 +286,7 @@ def supervise(spec: TaskSpec, result_fd: int, stdout_fd: int, stderr_fd: int) ->
         report_start(result_fd, {"error": {"code": "TaskDirError", "message": str(exc)}})
         return
     report_start(result_fd, {"pid": proc.pid, "startTime": start_time})
-    timed_out = wait_with_limit(proc, started, spec.max_wall_clock)
+    timed_out = run_to_exit(proc, started, spec.max_wall_clock)
     record = exit_record(spec, proc.pid, proc.returncode, timed_out, start_time, None)
     write_json_atomic(exit_path, record)
     notice = {"event": "exited", "key": spec.key, "taskDir": spec.task_dir_arg}
@@ -326,10 +294,29 @@ def supervise(spec: TaskSpec, result_fd: int, stdout_fd: int, stderr_fd: int) ->
     notify_agent(notice)
 
 
-def start_command(spec: TaskSpec, env: dict, stdout_fd: int, stderr_fd: int):
-    """Popen the argv in a new session; return (proc, None) or (None, error dict)."""
-    # The agent ignores SIGCHLD (auto-reaping wrappers) and the wrapper ignores SIGHUP;
-    # ignored signals survive exec, so give the command default dispositions.
+def prepare_task_dir(spec: TaskSpec) -> tuple:
+    """Create the task and working dirs, drop the previous attempt's records and open
+    truncated stdout.txt and stderr.txt; return their fds. Raises OSError."""
+    os.makedirs(spec.task_dir, exist_ok=True)
+    os.makedirs(spec.working_dir, exist_ok=True)
+    remove_file(os.path.join(spec.task_dir, EXIT_FILE))
+    remove_file(os.path.join(spec.task_dir, ATTEMPT_FILE))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    stdout_fd = os.open(os.path.join(spec.task_dir, STDOUT_FILE), flags, 0o644)
+    try:
+        return stdout_fd, os.open(os.path.join(spec.task_dir, STDERR_FILE), flags, 0o644)
+    except OSError:
+        os.close(stdout_fd)
+        raise
+
+
+def start_command(spec: TaskSpec, stdout_fd: int, stderr_fd: int) -> tuple:
+    """Popen the argv in a new session (closing the output fds given); return
+    (proc, None) or (None, error dict) if it cannot start."""
+    env = dict(os.environ)
+    env.update(spec.env)
+    # The agent ignores SIGCHLD (to auto-reap wrappers) and the wrapper SIGHUP; ignored
+    # signals survive exec, so the command must get the default dispositions.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
@@ -343,37 +330,42 @@ def start_command(spec: TaskSpec, env: dict, stdout_fd: int, stderr_fd: int):
             start_new_session=True,
         )
     except OSError as exc:
-        code = "CommandProgramNotFound" if exc.errno == errno.ENOENT else "CommandProgramNotExecutable"
+        not_found = exc.errno == errno.ENOENT
+        code = "CommandProgramNotFound" if not_found else "CommandProgramNotExecutable"
         return None, {"code": code, "message": "cannot start %r: %s" % (spec.argv[0], exc)}
     finally:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    # From here on a child exit is awaited with sigtimedwait (no polling); the
+        os.close(stdout_fd)
+        os.close(stderr_fd)
+    # From here on the wrapper sleeps in sigwaitinfo/sigtimedwait (no polling). The
     # command already runs with the mask it inherited, so this does not leak to it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
     return proc, None
 
 
-def wait_for_exit(proc: subprocess.Popen, deadline: float) -> bool:
-    """Wait until proc exits or time.monotonic() reaches deadline; return True if it
-    exited (and was reaped). Needs SIGCHLD blocked, so a pending one is not lost."""
+def wait_for_exit(proc: subprocess.Popen, deadline: float | None) -> str:
+    """Wait until proc exits (and reap it), time.monotonic() reaches deadline (None:
+    never) or KILL_SIGNAL arrives; return "exited", "timeout" or "kill"."""
     while proc.poll() is None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        signal.sigtimedwait([signal.SIGCHLD], remaining)
-    return True
+        if deadline is None:
+            info = signal.sigwaitinfo(WAKE_SIGNALS)
+        else:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            info = signal.sigtimedwait(WAKE_SIGNALS, remaining)
+        if info is not None and info.si_signo == KILL_SIGNAL:
+            return "kill"
+    return "exited"
 
 
-def wait_with_limit(proc: subprocess.Popen, started: float, limit: float | None) -> bool:
-    """Wait for proc, killing its process group at the wall-clock limit; return True if
-    the limit was hit."""
-    if limit is None:
-        proc.wait()
-        return False
-    if wait_for_exit(proc, started + limit):
-        return False
-    terminate_group(proc)
-    return True
+def run_to_exit(proc: subprocess.Popen, started: float, limit: float | None) -> bool:
+    """Wait for proc, stopping its process group at the wall-clock limit or on the kill
+    op; return True if the limit was hit."""
+    outcome = wait_for_exit(proc, None if limit is None else started + limit)
+    if outcome != "exited":
+        terminate_group(proc)
+    return outcome == "timeout"
 
 
 def terminate_group(proc: subprocess.Popen) -> None:
@@ -382,11 +374,15 @@ def terminate_group(proc: subprocess.Popen) -> None:
     pgid = proc.pid  # start_new_session made the command its group leader
     signal_group(pgid, signal.SIGTERM)
     grace_end = time.monotonic() + KILL_GRACE_SECONDS
-    wait_for_exit(proc, grace_end)
-    if group_alive(pgid):
-        # Only if the leader went early while others linger: give them the full grace.
-        time.sleep(max(0.0, grace_end - time.monotonic()))
-        signal_group(pgid, signal.SIGKILL)
+    while wait_for_exit(proc, grace_end) == "kill":
+        pass  # a repeated kill op does not shorten the grace
+    # The other members are not our children, so no signal tells when they are gone:
+    # poll (only here, on the way out of a stopped task) until the grace ends.
+    while group_alive(pgid):
+        if time.monotonic() >= grace_end:
+            signal_group(pgid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
     proc.wait()
 
 
@@ -409,88 +405,51 @@ def exit_record(spec, pid, returncode, timed_out, start_time, error) -> dict:
 
 def report_start(result_fd: int, result: dict) -> None:
     """Send the start result to the agent and close the pipe; an agent gone is ignored."""
-    try:
+    with contextlib.suppress(OSError):
         write_all(result_fd, encode_line(result))
-    except OSError:
-        pass
-    finally:
-        os.close(result_fd)
+    os.close(result_fd)
 
 
 def notify_agent(notice: dict) -> None:
     """Send one notice line to the agent listening on SOCKET_NAME, if there is one."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(NOTIFY_TIMEOUT_SECONDS)
-            sock.connect(SOCKET_NAME)
-            sock.sendall(encode_line(notice))
-    except OSError:
-        pass  # no agent: the record waits on disk for the next status
+    # No agent listening: the record waits on disk for the next status.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(OSError), sock:
+        sock.settimeout(NOTIFY_TIMEOUT_SECONDS)
+        sock.connect(SOCKET_NAME)
+        sock.sendall(encode_line(notice))
 
 
-def finish_kills_detached(timers: list) -> None:
-    """Fork a detached process that sends the kill op's pending SIGKILLs on time, so
-    they still happen after the agent exits."""
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        log("cannot fork to finish pending kills: %s" % exc)
-        return
-    if pid:
-        return
-    try:
-        os.setsid()
-        detach_from_agent(keep=())
-        for deadline, pgid in sorted(timers):
-            time.sleep(max(0.0, deadline - time.monotonic()))
-            signal_group(pgid, signal.SIGKILL)
-    finally:
-        os._exit(0)
+# ---------------------------------------------------------------- the agent
 
 
-# ---------------------------------------------------------------- request checking
-
-
-def require_str(args: dict, name: str) -> str:
-    """Return args[name] if it is a non-empty str; raises AgentError("BadRequest")."""
+def require(args: dict, name: str, kind: type):
+    """Return args[name] if it is a non-empty str (kind str) or an int (kind int, not a
+    bool); raises AgentError("BadRequest")."""
     value = args.get(name)
-    if not isinstance(value, str) or not value:
-        raise AgentError("BadRequest", "%s must be a non-empty string" % name)
+    if not isinstance(value, kind) or isinstance(value, bool) or value == "":
+        raise AgentError("BadRequest", "%s must be a non-empty %s" % (name, kind.__name__))
     return value
 
 
-def require_int(args: dict, name: str) -> int:
-    """Return args[name] if it is an integer; raises AgentError("BadRequest")."""
-    value = args.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise AgentError("BadRequest", "%s must be an integer" % name)
-    return value
-
-
-def check_spawn_args(args: dict) -> tuple:
-    """Return (argv, env, limit) of a spawn request; raises AgentError("BadRequest")."""
-    argv = args.get("argv")
-    if not isinstance(argv, list) or not argv:
+def check_command(args: dict) -> tuple:
+    """Return (argv, env, maxWallClockSeconds) of a spawn; raises AgentError("BadRequest")."""
+    argv, env = args.get("argv"), args.get("env") or {}
+    limit = args.get("maxWallClockSeconds")
+    if not isinstance(argv, list) or not argv or not argv[0]:
         raise AgentError("BadRequest", "argv must be a non-empty list of strings")
-    if not all(isinstance(a, str) and "\0" not in a for a in argv) or not argv[0]:
-        raise AgentError("BadRequest", "argv must be a non-empty list of strings without NUL")
-    env = args.get("env") or {}
+    if not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise AgentError("BadRequest", "argv must hold strings without NUL")
     if not isinstance(env, dict):
         raise AgentError("BadRequest", "env must be an object of strings")
     for name, value in env.items():
-        if not name or "=" in name or "\0" in name:
-            raise AgentError("BadRequest", "bad environment variable name %r" % name)
-        if not isinstance(value, str) or "\0" in value:
-            raise AgentError("BadRequest", "environment variable %s must be a string" % name)
-    limit = args.get("maxWallClockSeconds")
+        if not name or "=" in name or "\0" in name or not isinstance(value, str) or "\0" in value:
+            raise AgentError("BadRequest", "bad environment variable %r" % name)
     if limit is not None and (
         not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit < 1e9
     ):
         raise AgentError("BadRequest", "maxWallClockSeconds must be a positive number or null")
     return argv, env, None if limit is None else float(limit)
-
-
-# ---------------------------------------------------------------- the agent
 
 
 class PendingSpawn:
@@ -506,35 +465,50 @@ class PendingSpawn:
 class Agent:
     """The agent's state and its single-threaded event loop."""
 
-    def __init__(self, root: str, lock_fd: int, listener: socket.socket, boot_id: str) -> None:
+    def __init__(self, root: str, lock_fd: int, listener: socket.socket) -> None:
         self.root = root
+        self.boot_id = read_boot_id()
         self.lock_fd = lock_fd
         self.listener = listener
-        self.boot_id = boot_id
         self.selector = selectors.DefaultSelector()
+        self.selector.register(0, selectors.EVENT_READ, self.on_stdin)
+        self.selector.register(listener, selectors.EVENT_READ, self.on_accept)
         self.outbox = []  # encoded lines, written before the loop blocks again
         self.stdin_buffer = b""
         self.discarding = False  # inside an overlong line
         self.spawns = {}  # start-result pipe fd -> PendingSpawn
+        self.spawning = {}  # real task dir -> PendingSpawn
         self.notices = {}  # wrapper connection -> bytes received
-        self.kill_timers = []  # heap of (monotonic deadline, pgid) for SIGKILL
         self.running = True
-        self.ops = {
-            "ping": self.op_ping,
-            "setup": self.op_setup,
-            "spawn": self.op_spawn,
-            "status": self.op_status,
-            "kill": self.op_kill,
-            "shutdown": self.op_shutdown,
+
+    def hello(self) -> dict:
+        """Return the hello message of a successful start."""
+        uid = os.getuid()
+        try:
+            user = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = str(uid)
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL,
+            "pid": os.getpid(),
+            "bootId": self.boot_id,
+            "root": self.root,
+            "user": user,
+            "uid": uid,
+            "python": platform.python_version(),
         }
-        self.selector.register(0, selectors.EVENT_READ, self.on_stdin)
-        self.selector.register(listener, selectors.EVENT_READ, self.on_accept)
 
     # -- loop and output
 
     def send(self, message: dict) -> None:
         """Queue one message for the controller."""
         self.outbox.append(encode_line(message))
+
+    def reply_error(self, request_id, code: str, message: str) -> None:
+        """Queue an error reply."""
+        error = {"code": code, "message": message}
+        self.send({"type": "reply", "id": request_id, "ok": False, "error": error})
 
     def flush(self) -> None:
         """Write the queued messages to stdout; stop the agent if the controller is gone."""
@@ -551,10 +525,7 @@ class Agent:
             self.flush()
             if not self.running:
                 break
-            timeout = None
-            if self.kill_timers:
-                timeout = max(0.0, self.kill_timers[0][0] - time.monotonic())
-            for key, _ in self.selector.select(timeout):
+            for key, _ in self.selector.select():
                 if not self.running:
                     break
                 if self.selector.get_map().get(key.fd) is not key:
@@ -563,26 +534,21 @@ class Agent:
                     key.data(key.fileobj)
                 except Exception:
                     log("internal error:\n" + traceback.format_exc())
-            self.fire_due_kills()
         self.flush()
 
     def close(self) -> None:
-        """Release everything; tasks keep running, pending SIGKILLs still happen."""
-        if self.kill_timers:
-            finish_kills_detached(self.kill_timers)
-        try:
+        """Release the socket, pipes and lock; tasks keep running."""
+        with contextlib.suppress(OSError):
             remove_file(SOCKET_NAME)  # still ours: we hold the lock
-        except OSError:
-            pass
-        for conn in list(self.notices):
+        for conn in self.notices:
             conn.close()
-        for fd in list(self.spawns):
+        for fd in self.spawns:
             os.close(fd)
         self.selector.close()
         self.listener.close()
         os.close(self.lock_fd)
 
-    # -- stdin: requests
+    # -- requests on stdin
 
     def on_stdin(self, _fileobj) -> None:
         """Read request bytes from stdin and handle each complete line."""
@@ -597,26 +563,14 @@ class Agent:
         lines = (self.stdin_buffer + data).split(b"\n")
         self.stdin_buffer = lines.pop()
         for line in lines:
-            if not self.running:
-                return
             if self.discarding:
-                self.discarding = False
-            else:
+                self.discarding = False  # the end of an overlong line
+            elif self.running:
                 self.handle_line(line)
         if len(self.stdin_buffer) > MAX_LINE_BYTES:
-            self.stdin_buffer = b""
             if not self.discarding:
-                self.protocol_error("line longer than %d bytes" % MAX_LINE_BYTES)
-            self.discarding = True
-
-    def protocol_error(self, message: str) -> None:
-        """Tell the controller a line could not be read as a message."""
-        self.send({"type": "event", "event": "protocolError", "message": message})
-
-    def reply_error(self, request_id, code: str, message: str) -> None:
-        """Send an error reply."""
-        error = {"code": code, "message": message}
-        self.send({"type": "reply", "id": request_id, "ok": False, "error": error})
+                self.send({"type": "event", "event": "protocolError", "message": "line too long"})
+            self.stdin_buffer, self.discarding = b"", True
 
     def handle_line(self, line: bytes) -> None:
         """Decode one request line and answer it (now or, for spawn, later)."""
@@ -625,31 +579,30 @@ class Agent:
         try:
             message = json.loads(line)
         except (ValueError, RecursionError) as exc:
-            self.protocol_error("not a JSON line: %s" % exc)
+            error = "not a JSON line: %s" % exc
+            self.send({"type": "event", "event": "protocolError", "message": error})
             return
         request_id = message.get("id") if isinstance(message, dict) else None
         try:
             if not isinstance(message, dict) or message.get("type") != "request":
                 raise AgentError("BadRequest", 'expected an object with "type": "request"')
             op, args = message.get("op"), message.get("args")
-            if not isinstance(op, str) or op not in self.ops:
+            handler = getattr(self, "op_" + op, None) if isinstance(op, str) else None
+            if handler is None:
                 raise AgentError("BadRequest", "unknown op %r" % (op,))
-            if args is None:
-                args = {}
-            if not isinstance(args, dict):
+            if not isinstance(args, dict) and args is not None:
                 raise AgentError("BadRequest", "args must be an object")
-            result = self.ops[op](request_id, args)
+            result = handler(request_id, args or {})
         except AgentError as exc:
             self.reply_error(request_id, exc.code, exc.message)
-            return
         except Exception as exc:
             log("internal error:\n" + traceback.format_exc())
             self.reply_error(request_id, "InternalError", "%s: %s" % (type(exc).__name__, exc))
-            return
-        if result is not DEFERRED:
-            self.send({"type": "reply", "id": request_id, "ok": True, "result": result})
+        else:
+            if result is not DEFERRED:
+                self.send({"type": "reply", "id": request_id, "ok": True, "result": result})
 
-    # -- ops
+    # -- ops: op_<name>(request_id, args) returns the result or DEFERRED
 
     def op_ping(self, _request_id, _args) -> dict:
         """Return {"bootId", "time"}."""
@@ -660,7 +613,7 @@ class Agent:
         try:
             create_layout(self.root)
         except OSError as exc:
-            raise AgentError("TaskDirError", "cannot create the layout: %s" % exc) from None
+            raise AgentError("SetupFailed", "cannot create the layout: %s" % exc) from None
         return {"bootId": self.boot_id, "root": self.root}
 
     def op_shutdown(self, _request_id, _args) -> dict:
@@ -672,22 +625,17 @@ class Agent:
         """Return the real path of args["taskDir"]; raises AgentError("BadPath")."""
         return resolve_inside(self.root, self.root, args.get("taskDir"), "taskDir")
 
-    def pending_spawn(self, task_dir: str) -> PendingSpawn | None:
-        """Return the spawn in flight for task_dir (real path), if any."""
-        for pending in self.spawns.values():
-            if pending.spec.task_dir == task_dir:
-                return pending
-        return None
-
     def op_status(self, _request_id, args) -> dict:
         """Return {"tasks": [...]} with the state of each requested attempt."""
         tasks = args.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise AgentError("BadRequest", "tasks must be a list of objects")
-        queries = [(require_str(t, "key"), self.task_dir_of(t), require_int(t, "attempt")) for t in tasks]
+        queries = [
+            (require(t, "key", str), self.task_dir_of(t), require(t, "attempt", int)) for t in tasks
+        ]
         states = []
         for key, task_dir, attempt in queries:
-            pending = self.pending_spawn(task_dir)
+            pending = self.spawning.get(task_dir)
             if pending and pending.spec.key == key and pending.spec.attempt == attempt:
                 states.append({"key": key, "state": "running"})  # starting right now
             else:
@@ -695,56 +643,44 @@ class Agent:
         return {"tasks": states}
 
     def op_kill(self, _request_id, args) -> dict:
-        """SIGTERM a live attempt's process group, SIGKILL 3 s later; return {"killed"}."""
-        key, attempt = require_str(args, "key"), require_int(args, "attempt")
+        """Have a live attempt's wrapper SIGTERM the task's process group and SIGKILL it
+        3 s later (a promise the wrapper keeps even if the agent exits); return {"killed"}."""
+        key, attempt = require(args, "key", str), require(args, "attempt", int)
         record = live_attempt(self.task_dir_of(args))
         if not record or record.get("key") != key or record.get("attempt") != attempt:
             return {"killed": False}
         try:
-            pgid = int(record["pid"])
-            os.killpg(pgid, signal.SIGTERM)
-        except (KeyError, TypeError, ValueError, OSError):
+            os.kill(int(record["wrapperPid"]), KILL_SIGNAL)
+        except OSError:
             return {"killed": False}
-        heapq.heappush(self.kill_timers, (time.monotonic() + KILL_GRACE_SECONDS, pgid))
         return {"killed": True}
-
-    def fire_due_kills(self) -> None:
-        """SIGKILL the process groups whose grace after a kill op has run out."""
-        now = time.monotonic()
-        while self.kill_timers and self.kill_timers[0][0] <= now:
-            _, pgid = heapq.heappop(self.kill_timers)
-            signal_group(pgid, signal.SIGKILL)
 
     def op_spawn(self, request_id, args) -> object:
         """Fork a wrapper for one attempt; the reply follows once the command started."""
-        key, attempt = require_str(args, "key"), require_int(args, "attempt")
+        key, attempt = require(args, "key", str), require(args, "attempt", int)
         task_dir = self.task_dir_of(args)
-        working_dir = args.get("workingDir")
-        working_dir = resolve_inside(self.root, task_dir, working_dir or "wd", "workingDir")
-        argv, env, limit = check_spawn_args(args)
-        spec = TaskSpec(key, args["taskDir"], task_dir, attempt, argv, env, working_dir, limit)
-        if self.pending_spawn(task_dir) or live_attempt(task_dir):
-            raise AgentError("TaskAlreadyRunning", "%s has a live attempt" % spec.task_dir_arg)
-        stdout_fd, stderr_fd = prepare_task_dir(spec)
-        self.fork_wrapper(request_id, spec, stdout_fd, stderr_fd)
-        return DEFERRED
-
-    def fork_wrapper(self, request_id, spec: TaskSpec, stdout_fd: int, stderr_fd: int) -> None:
-        """Fork the wrapper and watch its start-result pipe; raises AgentError("SpawnFailed")."""
+        working_dir = args.get("workingDir") or "wd"
+        working_dir = resolve_inside(self.root, task_dir, working_dir, "workingDir")
+        argv, env, limit = check_command(args)
+        if task_dir in self.spawning or live_attempt(task_dir):
+            raise AgentError("TaskAlreadyRunning", "%s has a live attempt" % args["taskDir"])
+        spec = TaskSpec(key, attempt, args["taskDir"], task_dir, working_dir, argv, env, limit)
         read_fd, write_fd = os.pipe()
         try:
             pid = os.fork()
         except OSError as exc:
-            for fd in (read_fd, write_fd, stdout_fd, stderr_fd):
-                os.close(fd)
+            os.close(read_fd)
+            os.close(write_fd)
             raise AgentError("SpawnFailed", "fork failed: %s" % exc) from None
         if pid == 0:
-            wrapper_main(spec, write_fd, stdout_fd, stderr_fd)  # never returns
-        for fd in (write_fd, stdout_fd, stderr_fd):
-            os.close(fd)
+            wrapper_main(spec, write_fd)  # never returns
+        os.close(write_fd)
         os.set_blocking(read_fd, False)
-        self.spawns[read_fd] = PendingSpawn(request_id, spec, read_fd)
+        self.spawns[read_fd] = self.spawning[task_dir] = PendingSpawn(request_id, spec, read_fd)
         self.selector.register(read_fd, selectors.EVENT_READ, self.on_start_result)
+        return DEFERRED
+
+    # -- start results from wrappers
 
     def on_start_result(self, fd: int) -> None:
         """Collect a wrapper's start result; reply once it is complete."""
@@ -763,7 +699,7 @@ class Agent:
         """Reply to a spawn from what its wrapper reported and stop watching the pipe."""
         self.selector.unregister(pending.fd)
         os.close(pending.fd)
-        del self.spawns[pending.fd]
+        del self.spawns[pending.fd], self.spawning[pending.spec.task_dir]
         try:
             result = json.loads(pending.data.split(b"\n", 1)[0])
         except ValueError:
@@ -779,21 +715,25 @@ class Agent:
             self.reply_error(pending.request_id, "SpawnFailed", message)
 
     def settle_spawn(self, task_dir_arg, attempt) -> None:
-        """Reply to the spawn of this attempt now if still pending, so its reply always
-        precedes its exited event (the wrapper wrote the start result before the
-        command could exit)."""
-        for pending in list(self.spawns.values()):
-            if pending.spec.task_dir_arg == task_dir_arg and pending.spec.attempt == attempt:
-                try:
-                    pending.data += os.read(pending.fd, 4096)
-                except OSError:
-                    continue  # nothing there yet: not from this attempt's wrapper
-                self.finish_spawn(pending)
+        """Reply to this attempt's spawn now if it is still pending, so that the reply
+        always precedes the exited event (the wrapper wrote the start result before the
+        command started)."""
+        try:
+            task_dir = resolve_inside(self.root, self.root, task_dir_arg, "taskDir")
+        except AgentError:
+            return
+        pending = self.spawning.get(task_dir)
+        if pending and (pending.spec.task_dir_arg, pending.spec.attempt) == (task_dir_arg, attempt):
+            try:
+                pending.data += os.read(pending.fd, 4096)
+            except OSError:
+                return  # nothing there: the notice did not come from this wrapper
+            self.finish_spawn(pending)
 
-    # -- the Unix socket: notices from wrappers
+    # -- exit notices from wrappers on the Unix socket
 
     def on_accept(self, listener: socket.socket) -> None:
-        """Accept the connections of wrappers that want to report an exit."""
+        """Accept the connections of wrappers that report an exit."""
         for _ in range(64):
             try:
                 conn, _ = listener.accept()
@@ -804,27 +744,21 @@ class Agent:
             self.selector.register(conn, selectors.EVENT_READ, self.on_notice_data)
 
     def on_notice_data(self, conn: socket.socket) -> None:
-        """Read a wrapper's notice line; forward it once complete."""
+        """Read a wrapper's notice line; forward it as an event once complete."""
         try:
             chunk = conn.recv(1 << 16)
         except BlockingIOError:
             return
         except OSError:
             chunk = b""
-        data = self.notices[conn] + chunk
-        self.notices[conn] = data
+        data = self.notices[conn] = self.notices[conn] + chunk
         if chunk and b"\n" not in data and len(data) <= MAX_NOTICE_BYTES:
             return
         self.selector.unregister(conn)
         del self.notices[conn]
         conn.close()
-        if b"\n" in data:
-            self.forward_notice(data.split(b"\n", 1)[0])
-
-    def forward_notice(self, line: bytes) -> None:
-        """Forward a wrapper's exited notice to the controller as an event."""
         try:
-            notice = json.loads(line)
+            notice = json.loads(data.split(b"\n", 1)[0])
         except (ValueError, RecursionError):
             notice = None
         if not isinstance(notice, dict) or notice.get("event") != "exited":
@@ -832,83 +766,45 @@ class Agent:
             return
         self.settle_spawn(notice.get("taskDir"), notice.get("attempt"))
         event = {"type": "event", "event": "exited"}
-        for name in ("key", "taskDir", "attempt", "exit"):
-            event[name] = notice.get(name)
+        event.update((name, notice.get(name)) for name in ("key", "taskDir", "attempt", "exit"))
         self.send(event)
 
 
-def prepare_task_dir(spec: TaskSpec) -> tuple:
-    """Create the task and working dirs, drop the previous attempt's records and open
-    truncated stdout.txt and stderr.txt; return their fds. Raises AgentError("TaskDirError")."""
-    opened = []
-    try:
-        os.makedirs(spec.task_dir, exist_ok=True)
-        os.makedirs(spec.working_dir, exist_ok=True)
-        remove_file(os.path.join(spec.task_dir, EXIT_FILE))
-        remove_file(os.path.join(spec.task_dir, ATTEMPT_FILE))
-        for name in (STDOUT_FILE, STDERR_FILE):
-            path = os.path.join(spec.task_dir, name)
-            opened.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
-    except OSError as exc:
-        for fd in opened:
-            os.close(fd)
-        raise AgentError("TaskDirError", "cannot prepare %s: %s" % (spec.task_dir_arg, exc)) from None
-    return opened[0], opened[1]
-
-
 # ---------------------------------------------------------------- startup
-
-
-class _LockWaitExpired(Exception):
-    """Raised by the SIGALRM handler to end the wait for the agent lock."""
-
-
-def try_lock(fd: int) -> bool:
-    """Take an exclusive flock on fd without waiting; return True on success."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def wait_for_lock(fd: int, timeout: float) -> None:
-    """Block in flock(LOCK_EX) on fd for at most timeout seconds (a SIGALRM ends it)."""
-    waiting = [False]  # the one alarm may only interrupt the flock call below
-
-    def on_alarm(_signum, _frame):
-        if waiting[0]:
-            raise _LockWaitExpired()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        waiting[0] = True
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        waiting[0] = False
-    except _LockWaitExpired:
-        waiting[0] = False
-    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def acquire_lock(path: str, timeout: float) -> int | None:
     """Open path and take an exclusive flock, waiting up to timeout seconds for a
     previous agent to exit. Return the locked fd, or None if still held; raises OSError."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    if try_lock(fd):
-        return fd
-    if timeout > 0:
-        wait_for_lock(fd, timeout)
-    if try_lock(fd):  # also true if the alarm came just after flock succeeded
-        return fd
+    waiting = [False]  # the single alarm may interrupt only the blocking flock below
+
+    def on_alarm(_signum, _frame):
+        if waiting[0]:
+            raise TimeoutError()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    # Try, wait, try again: the last try covers an alarm that came right after flock.
+    for blocking in (False, True, False) if timeout > 0 else (False,):
+        if blocking:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            waiting[0] = blocking
+            fcntl.flock(fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waiting[0] = False
+            return fd
+        except (BlockingIOError, TimeoutError):
+            waiting[0] = False
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
     os.close(fd)
     return None
 
 
 def lock_timeout() -> float:
-    """Return the lock wait from FLEET_AGENT_LOCK_TIMEOUT (seconds), default 10."""
+    """Return the lock wait in seconds from FLEET_AGENT_LOCK_TIMEOUT, default 10."""
     try:
-        return float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT))
+        return max(0.0, min(float(os.environ.get(LOCK_TIMEOUT_ENV, "")), 86400.0))
     except ValueError:
         return DEFAULT_LOCK_TIMEOUT
 
@@ -928,33 +824,12 @@ def listen_socket() -> socket.socket:
     return sock
 
 
-def hello(root: str, boot_id: str) -> dict:
-    """Return the hello message of a successful start."""
-    uid = os.getuid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
-    return {
-        "type": "hello",
-        "protocol": PROTOCOL,
-        "pid": os.getpid(),
-        "bootId": boot_id,
-        "root": root,
-        "user": user,
-        "uid": uid,
-        "python": platform.python_version(),
-    }
-
-
 def fail_hello(code: str, message: str) -> None:
     """Send the hello of a failed start."""
     log(message)
     error = {"code": code, "message": message}
-    try:
+    with contextlib.suppress(OSError):
         write_all(1, encode_line({"type": "hello", "protocol": PROTOCOL, "error": error}))
-    except OSError:
-        pass
 
 
 def main(argv: list) -> int:
@@ -962,28 +837,23 @@ def main(argv: list) -> int:
     if len(argv) != 2:
         sys.stderr.write("usage: %s ROOT\n" % argv[0])
         return 2
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # wrappers are reaped by the kernel
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited wrappers
     root = os.path.realpath(argv[1])
     volatile = os.path.join(root, "volatile")
     try:
         os.makedirs(volatile, exist_ok=True)
         lock_fd = acquire_lock(os.path.join(volatile, LOCK_NAME), lock_timeout())
-    except OSError as exc:
-        fail_hello("AgentStartFailed", "cannot take %s/%s: %s" % (volatile, LOCK_NAME, exc))
-        return 1
-    if lock_fd is None:
-        fail_hello("AgentBusy", "another agent holds %s/%s" % (volatile, LOCK_NAME))
-        return EXIT_BUSY
-    try:
+        if lock_fd is None:
+            fail_hello("AgentBusy", "another agent holds %s/%s" % (volatile, LOCK_NAME))
+            return EXIT_BUSY
         create_layout(root)
-        os.chdir(volatile)
+        os.chdir(volatile)  # socket paths are limited to 107 bytes: bind a relative one
         listener = listen_socket()
     except OSError as exc:
-        fail_hello("AgentStartFailed", "cannot set up %s: %s" % (root, exc))
+        fail_hello("AgentStartFailed", "cannot start in %s: %s" % (root, exc))
         return 1
-    boot_id = read_boot_id()
-    agent = Agent(root, lock_fd, listener, boot_id)
-    agent.send(hello(root, boot_id))
+    agent = Agent(root, lock_fd, listener)
+    agent.send(agent.hello())
     try:
         agent.run()
     finally:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shlex
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,24 +25,17 @@ from sqlalchemy import select as sa_select
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from fleet import environment, scheduler
-from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskResult, TaskState
+from fleet import environment, exit_conditions, outcomes, scheduler, specs
+from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import AgentError, FleetError, RemoteError
+from fleet.lifecycle import Lifecycle, job_action_state
 from fleet.node_link import NodeLink
-from fleet.service.jobs import COLLECTED_FILES
+from fleet.service.tasks import COLLECTED_FILES
 from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, Task
 
 log = logging.getLogger(__name__)
-
-NOT_RETRIED = {
-    "CommandProgramNotFound",
-    "CommandProgramNotExecutable",
-    "ResourceFileDownloadError",
-    "ApplicationPackageError",
-    "FileUploadError",
-}
 
 
 @dataclass
@@ -54,6 +49,9 @@ class Attempt:
     node_id: str
     slots: int
     collecting: bool = False
+    kill_sent: bool = False
+    on_exit: str | None = None  # None, or what its exit means: terminate | requeue | delete
+    end_reason: str | None = None
 
     @property
     def key(self) -> str:
@@ -88,6 +86,11 @@ class Controller:
         self._events = _Events()
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self.lifecycle = Lifecycle(self)
+
+    def wake(self) -> None:
+        """Run the next turn of the loop now rather than at the next tick."""
+        self._wake.set()
 
     # -- main loop --------------------------------------------------------------------
 
@@ -102,6 +105,7 @@ class Controller:
             while not stop.is_set():
                 self._sync_links()
                 self._requeue_lost_nodes()
+                self.lifecycle.tick()
                 self._apply_events()
                 await self._schedule()
                 self._wake.clear()
@@ -115,7 +119,7 @@ class Controller:
             )
             log.info("controller stopped")
 
-    def _spawn_background(self, coro: Any) -> None:
+    def spawn_background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -150,7 +154,7 @@ class Controller:
             link.start()
         for node_id in self.links.keys() - wanted:
             link = self.links.pop(node_id)
-            self._spawn_background(self._shutdown_link(link))
+            self.spawn_background(self._shutdown_link(link))
 
     async def _shutdown_link(self, link: NodeLink) -> None:
         if link.agent is not None:
@@ -179,7 +183,7 @@ class Controller:
                 if att is None:
                     continue
                 if item.get("state") == "exited":
-                    self._exited(link, att, item.get("exit") or {})
+                    self.exited(link, att, item.get("exit") or {})
                 elif item.get("state") == "missing":
                     self._events.back_to_queue.append((att, self._was_started(att)))
         for att in self.stale.pop(link.node_id, []):
@@ -202,16 +206,20 @@ class Controller:
         att = self.inflight.get(link.node_id, {}).get(str(msg.get("key")))
         if att is None or att.attempt != msg.get("attempt"):
             return  # a stale attempt's late exit
-        self._exited(link, att, msg.get("exit") or {})
+        self.exited(link, att, msg.get("exit") or {})
 
-    def _exited(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
+    def exited(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
         if att.collecting:
             return
         att.collecting = True
-        self._spawn_background(self._collect(link, att, record))
+        self.spawn_background(self._collect(link, att, record))
 
     async def _collect(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
-        """Copy the task's output files into the file store, then queue its completion."""
+        """Copy the task's output files into the file store, then queue its completion.
+
+        The exit record read back from the node is the truth; the event's copy is only
+        used when the file cannot be parsed (any process of the login user could send
+        an event)."""
         conn = link.conn
         root = link.agent.hello.get("root") if link.agent else None
         try:
@@ -229,6 +237,12 @@ class Controller:
             log.warning("task %s: output not collected yet: %s", att.key, exc)
             att.collecting = False  # the next reconcile with the node collects it
             return
+        try:
+            on_disk = json.loads((dest / "exit.json").read_bytes())
+            if on_disk.get("attempt") == att.attempt and on_disk.get("key") == att.key:
+                record = on_disk
+        except (OSError, ValueError):
+            log.warning("task %s: exit.json unreadable; using the reported record", att.key)
         self._events.finished.append((att, record))
         self._wake.set()
 
@@ -302,44 +316,62 @@ class Controller:
         task = s.get(Task, att.pk)
         if task is None or task.attempt != att.attempt or task.state == TaskState.COMPLETED:
             return
-        exit_code = record.get("exitCode")
-        error = record.get("error")
-        failure = None
-        if error:
-            failure = {
-                "category": "usererror",
-                "code": error.get("code"),
-                "message": error.get("message"),
-            }
-        elif record.get("timedOut"):
-            failure = {
-                "category": "servererror",
-                "code": "TaskEnded",
-                "message": "the task exceeded its maxWallClockTime and was killed",
-            }
-        elif exit_code != 0:
-            failure = {
-                "category": "usererror",
-                "code": "FailureExitCode",
-                "message": f"the task process exited with an unexpected exit code {exit_code}",
-            }
-        max_retries = task.spec.get("constraints", {}).get("maxTaskRetryCount", 0)
-        retryable = failure is not None and failure["code"] not in NOT_RETRIED
-        if retryable and (max_retries == -1 or task.retry_count < max_retries):
+        if att.on_exit == "delete":
+            s.delete(task)
+            shutil.rmtree(self.settings.task_files / task.job_id / task.id, ignore_errors=True)
+            return
+        task.attempt_state = None
+        task.state_changed_at = now
+        task.end_request = None
+        if att.on_exit == "requeue":
+            task.state = TaskState.ACTIVE
+            task.node_id = None
+            task.requeue_count += 1
+            task.last_requeue_time = now
+            s.add(task)
+            return
+        job = s.get(Job, task.job_id)
+        job_spec = job.spec if job else {}
+        outcome = outcomes.decide(
+            record,
+            retry_count=task.retry_count,
+            task_spec=task.spec,
+            job_spec=job_spec,
+            terminated_reason=att.end_reason,
+        )
+        task.exit_code = outcome.exit_code
+        task.failure_info = outcome.failure_info
+        task.start_time = _epoch(record.get("startTime")) or task.start_time
+        if outcome.retry:
             task.state = TaskState.ACTIVE
             task.retry_count += 1
             task.last_retry_time = now
             task.node_id = None
-        else:
-            task.state = TaskState.COMPLETED
-            task.result = TaskResult.FAILURE if failure else TaskResult.SUCCESS
-            task.end_time = _epoch(record.get("endTime")) or now
-        task.exit_code = exit_code
-        task.failure_info = failure
-        task.start_time = _epoch(record.get("startTime")) or task.start_time
-        task.attempt_state = None
-        task.state_changed_at = now
+            s.add(task)
+            return
+        task.state = TaskState.COMPLETED
+        task.result = outcome.result
+        task.end_time = _epoch(record.get("endTime")) or now
+        actions = exit_conditions.resolve(
+            task.spec.get("exitConditions"),
+            exit_code=outcome.exit_code,
+            failure_code=(outcome.failure_info or {}).get("code"),
+        )
+        task.dependency_action = actions["dependencyAction"]
         s.add(task)
+        if (
+            outcome.failure_info
+            and job is not None
+            and att.on_exit is None
+            and job_spec.get("onTaskFailure") == "performexitoptionsjobaction"
+        ):
+            change = job_action_state(actions["jobAction"])
+            if change is not None and job.state == JobState.ACTIVE:
+                job.state, reason = change
+                job.state_changed_at = now
+                job.termination_reason = job.termination_reason or reason
+                job.disable_tasks = "requeue" if job.state == JobState.DISABLING else None
+                s.add(job)
 
     def _update_node_busy(self, s: Any, node_ids: Iterable[str], now: float) -> None:
         for node_id in node_ids:
@@ -380,9 +412,24 @@ class Controller:
         pending = self._pending_tasks({n.pool_id for n in snapshot}, limit=free * 2)
         if not pending:
             return
-        plan = scheduler.plan(snapshot, pending, {p.id: p.node_fill_type for p in pools.values()})
+        fill_types = {p.id: p.node_fill_type for p in pools.values()}
+        job_room = self._job_room({t.job_id for t in pending})
+        plan = scheduler.plan(snapshot, pending, fill_types, job_room)
         if plan:
             await self._dispatch(plan, pending, {n.id: n.pool_id for n in snapshot})
+
+    def _job_room(self, job_ids: set[str]) -> dict[str, int]:
+        """Return how many more tasks each capped job may start (maxParallelTasks)."""
+        with self.store.session() as s:
+            caps = {
+                j.id: j.spec.get("maxParallelTasks", -1)
+                for j in s.exec(select(Job).where(col(Job.id).in_(job_ids)))
+            }
+        running: dict[str, int] = {}
+        for per_node in self.inflight.values():
+            for att in per_node.values():
+                running[att.job_id] = running.get(att.job_id, 0) + 1
+        return {jid: cap - running.get(jid, 0) for jid, cap in caps.items() if cap and cap > 0}
 
     def _pending_tasks(self, pool_ids: set[str], limit: int) -> list[scheduler.PendingTask]:
         with self.store.session() as s:
@@ -400,6 +447,7 @@ class Controller:
                 .where(
                     col(Task.state) == TaskState.ACTIVE,
                     col(Task.attempt_state).is_(None),
+                    col(Task.end_request).is_(None),
                     col(Job.state) == JobState.ACTIVE,
                     col(Job.pool_id).in_(pool_ids),
                 )
@@ -429,6 +477,10 @@ class Controller:
                     select(Task).where(col(Task.pk).in_([pks[a.job_id, a.task_id] for a in plan]))
                 ).all()
                 tasks = {t.pk: t for t in rows}
+                jobs = {
+                    j.id: j
+                    for j in s.exec(select(Job).where(col(Job.id).in_({t.job_id for t in rows})))
+                }
                 for a in plan:
                     task = tasks.get(pks[a.job_id, a.task_id])
                     link = self.links[a.node_id]
@@ -462,21 +514,30 @@ class Controller:
                         attempt=task.attempt,
                         job_id=a.job_id,
                         task_id=a.task_id,
-                        user_env=task.spec.get("environmentSettings", []),
+                        user_env=[
+                            *jobs[task.job_id].spec.get("commonEnvironmentSettings", []),
+                            *task.spec.get("environmentSettings", []),
+                        ],
                     )
-                    sends.append((link, att, shlex.split(task.command_line), env))
+                    limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
+                    sends.append((link, att, shlex.split(task.command_line), env, limit))
                 self._update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
             for att in placed:  # nothing was written: forget the plan
                 self.inflight.get(att.node_id, {}).pop(att.key, None)
             raise
         stamp = time.monotonic()
-        for link, att, argv, env in sends:
+        for link, att, argv, env, limit in sends:
             self.last_assigned[att.node_id] = stamp
-            self._spawn_background(self._send_spawn(link, att, argv, env))
+            self.spawn_background(self._send_spawn(link, att, argv, env, limit))
 
     async def _send_spawn(
-        self, link: NodeLink, att: Attempt, argv: list[str], env: dict[str, str]
+        self,
+        link: NodeLink,
+        att: Attempt,
+        argv: list[str],
+        env: dict[str, str],
+        max_wall_clock: float | None,
     ) -> None:
         if link.agent is None:
             return  # the node dropped; reconcile on reconnect settles this attempt
@@ -488,11 +549,11 @@ class Controller:
                 attempt=att.attempt,
                 argv=argv,
                 env=env,
-                maxWallClockSeconds=None,
+                maxWallClockSeconds=max_wall_clock,
             )
         except AgentError as exc:
-            if exc.code in NOT_RETRIED:
-                self._exited(
+            if exc.code in outcomes.PRE_PROCESSING:
+                self.exited(
                     link,
                     att,
                     {"exitCode": None, "error": {"code": exc.code, "message": exc.message}},

@@ -13,15 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 
-from fleet import hostsets
+from fleet import hostsets, targets
 from fleet.errors import FleetError, NotFound, TimedOut
 from fleet.service.hosts import record_host_key
 from fleet.service.pools import get_pool
 from fleet.ssh import Connection, Target
 from fleet.store import Store
-from fleet.tables import Host, HostKey, Node
+from fleet.tables import Host, Node
 
 
 @dataclass(frozen=True)
@@ -64,27 +64,16 @@ def select_targets(
 
     Raises NotFound for an unknown pool or a pattern item that matches no host."""
     with store.session() as s:
-        hosts = {h.id: h for h in s.exec(select(Host).order_by(Host.id))}
-        keys = {k.host_id: k.public_key for k in s.exec(select(HostKey))}
         if pool is not None:
             get_pool(s, pool)
-            ids = list(s.exec(select(Node.id).where(Node.pool_id == pool).order_by(Node.id)))
+            ids = list(s.exec(select(Node.id).where(Node.pool_id == pool).order_by(col(Node.id))))
             if not ids:
                 raise NotFound("the pool has no nodes", code="NodeNotFound", target=f"pool {pool}")
         else:
-            ids = hostsets.select(pattern or "", list(hosts))
-    return [
-        Target(
-            host_id=h.id,
-            address=h.address,
-            port=h.port,
-            user=h.user,
-            key_file=h.key_file,
-            host_key_policy=h.host_key_policy,
-            known_key=keys.get(h.id),
-        )
-        for h in (hosts[i] for i in ids)
-    ]
+            ids = hostsets.select(
+                pattern or "", list(s.exec(select(Host.id).order_by(col(Host.id))))
+            )
+        return targets.for_hosts(s, ids)
 
 
 async def run_everywhere(

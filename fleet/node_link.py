@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fleet import environment, views
+from fleet import environment, targets, views
 from fleet.agent_client import AgentClient
 from fleet.domain import NodeState
 from fleet.errors import (
@@ -154,15 +154,7 @@ class NodeLink:
             pool = s.get(Pool, node.pool_id)
             assert pool is not None
             key = s.get(HostKey, self.node_id)
-        target = Target(
-            host_id=host.id,
-            address=host.address,
-            port=host.port,
-            user=host.user,
-            key_file=host.key_file,
-            host_key_policy=host.host_key_policy,
-            known_key=key.public_key if key else None,
-        )
+        target = targets.target(host, key)
         root = host.node_root or default_node_root(host.user)
         if root.startswith("~/"):
             root = root[2:]

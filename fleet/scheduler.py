@@ -55,6 +55,7 @@ def plan(
     nodes: Sequence[NodeSlots],
     tasks: Sequence[PendingTask],
     fill_types: Mapping[str, str] | None = None,
+    job_room: Mapping[str, int] | None = None,
 ) -> list[Assignment]:
     """Return the assignments to make now.
 
@@ -63,9 +64,11 @@ def plan(
     going to the node given a task longest ago (then by id), so that work rotates;
     with ``pack`` the fullest node that still fits, ties broken by node id. A task
     that fits nowhere is passed over, and smaller tasks behind it may still be placed.
-    Running tasks are never moved.
+    ``job_room`` caps how many more tasks of a job may start (its ``maxParallelTasks``
+    less those running); jobs missing from it have no cap. Running tasks are never moved.
     """
     fill_types = fill_types or {}
+    job_left = dict(job_room or {})
     free: dict[str, dict[str, int]] = {}
     rank = {n.id: (n.last_assigned, 0, n.id) for n in nodes}
     for node in nodes:
@@ -75,12 +78,14 @@ def plan(
     result: list[Assignment] = []
     for task in order(tasks):
         pool_free = free.get(task.pool_id)
-        if not pool_free:
+        if not pool_free or job_left.get(task.job_id, 1) <= 0:
             continue
         node_id = _choose(pool_free, task.required_slots, fill_types.get(task.pool_id), rank)
         if node_id is None:
             continue
         pool_free[node_id] -= task.required_slots
+        if task.job_id in job_left:
+            job_left[task.job_id] -= 1
         rank[node_id] = (float("inf"), len(result), node_id)  # just placed: last in line
         if pool_free[node_id] == 0:
             del pool_free[node_id]

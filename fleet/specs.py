@@ -12,6 +12,7 @@ import re
 import shlex
 from typing import Any
 
+from fleet import durations, exit_conditions
 from fleet.domain import FillType
 from fleet.errors import BadInput
 
@@ -196,6 +197,44 @@ def _retry_count(obj: dict[str, Any], target: str, prefix: str) -> int:
     return _int_in(obj, "maxTaskRetryCount", target, -1, 1_000_000, 0, prefix)
 
 
+def _duration(obj: dict[str, Any], name: str, target: str, prefix: str) -> str | None:
+    if obj.get(name) is None:
+        return None
+    seconds = durations.parse(obj[name], field=f"{prefix}.{name}", target=target)
+    if seconds is not None and seconds <= 0:
+        raise _fail(target, f"{prefix}.{name}", f"{prefix}.{name} must be longer than zero")
+    return None if seconds is None else durations.format_seconds(seconds)
+
+
+def parse_constraints(value: Any, target: str, *, task: bool) -> dict[str, Any]:
+    """Return normalized ``constraints``: ``maxWallClockTime`` (ISO 8601, None for
+    unlimited), ``maxTaskRetryCount`` (-1..), and for tasks ``retentionTime``."""
+    if value is None:
+        return {}
+    allowed = {"maxWallClockTime", "maxTaskRetryCount"} | ({"retentionTime"} if task else set())
+    _check_fields(value, target, "constraints", "constraints", allowed)
+    out: dict[str, Any] = {}
+    for name in ("maxWallClockTime", "retentionTime"):
+        if name in allowed and (text := _duration(value, name, target, "constraints")):
+            out[name] = text
+    if value.get("maxTaskRetryCount") is not None:
+        out["maxTaskRetryCount"] = _retry_count(value, target, "constraints")
+    return out
+
+
+def constraint_seconds(spec: dict[str, Any], name: str) -> float | None:
+    """Return a duration constraint of a normalized spec in seconds, or None if unset."""
+    text = (spec.get("constraints") or {}).get(name)
+    return durations.parse(text) if text else None
+
+
+def _choice(obj: dict[str, Any], name: str, target: str, choices: tuple[str, ...]) -> str:
+    value = _typed(obj, name, str, target, default=choices[0])
+    if value.lower() not in choices:
+        raise _fail(target, name, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()
+
+
 def parse_start_task(value: Any, target: str) -> dict[str, Any] | None:
     """Return a normalized ``startTask`` or None when absent."""
     if value is None:
@@ -263,46 +302,81 @@ def parse_pool(data: Any) -> dict[str, Any]:
     return out
 
 
+JOB_FIELDS = {
+    "id",
+    "displayName",
+    "poolInfo",
+    "priority",
+    "metadata",
+    "url",
+    "eTag",
+    "maxParallelTasks",
+    "constraints",
+    "commonEnvironmentSettings",
+    "onAllTasksComplete",
+    "onTaskFailure",
+}
+
+
 def parse_job(data: Any) -> dict[str, Any]:
-    """Return a normalized job spec: id, displayName, poolInfo.poolId, priority, metadata."""
+    """Return a normalized job spec: id, displayName, poolInfo.poolId, priority,
+    maxParallelTasks, constraints, commonEnvironmentSettings, onAllTasksComplete,
+    onTaskFailure and metadata."""
     jid = validate_id("job", data.get("id") if isinstance(data, dict) else None)
     target = f"job {jid}"
-    _check_fields(
-        data,
-        target,
-        "",
-        "job",
-        {"id", "displayName", "poolInfo", "priority", "metadata", "url", "eTag"},
-    )
+    _check_fields(data, target, "", "job", JOB_FIELDS)
     pool_info = _typed(data, "poolInfo", dict, target, required=True)
     _check_fields(pool_info, target, "poolInfo", "poolInfo", {"poolId"})
+    max_parallel = _int_in(data, "maxParallelTasks", target, -1, 1_000_000, -1)
+    if max_parallel == 0:
+        raise _fail(target, "maxParallelTasks", "maxParallelTasks must be -1 (no limit) or >= 1")
     return {
         "id": jid,
         "displayName": _typed(data, "displayName", str, target),
         "poolInfo": {"poolId": validate_id("pool", pool_info.get("poolId"))},
         "priority": _int_in(data, "priority", target, -1000, 1000, 0),
+        "maxParallelTasks": max_parallel,
+        "constraints": parse_constraints(data.get("constraints"), target, task=False),
+        "commonEnvironmentSettings": parse_env(
+            data.get("commonEnvironmentSettings"), target, "commonEnvironmentSettings"
+        ),
+        "onAllTasksComplete": _choice(
+            data, "onAllTasksComplete", target, ("noaction", "terminatejob")
+        ),
+        "onTaskFailure": _choice(
+            data, "onTaskFailure", target, ("noaction", "performexitoptionsjobaction")
+        ),
         "metadata": _typed(data, "metadata", list, target, default=[]),
     }
 
 
+TASK_FIELDS = {
+    "id",
+    "displayName",
+    "commandLine",
+    "environmentSettings",
+    "requiredSlots",
+    "constraints",
+    "exitConditions",
+    "url",
+    "eTag",
+}
+
+
 def parse_task(data: Any, job_id: str) -> dict[str, Any]:
     """Return a normalized task spec: id, displayName, commandLine, environmentSettings,
-    requiredSlots."""
+    requiredSlots, constraints and exitConditions."""
     tid = validate_id("task", data.get("id") if isinstance(data, dict) else None)
     target = f"task {job_id}/{tid}"
-    _check_fields(
-        data,
-        target,
-        "",
-        "task",
-        {"id", "displayName", "commandLine", "environmentSettings", "requiredSlots", "url", "eTag"},
-    )
+    _check_fields(data, target, "", "task", TASK_FIELDS)
     return {
         "id": tid,
         "displayName": _typed(data, "displayName", str, target),
         "commandLine": parse_command_line(data.get("commandLine"), target),
         "environmentSettings": parse_env(data.get("environmentSettings"), target),
         "requiredSlots": _int_in(data, "requiredSlots", target, 1, 256, 1),
+        "constraints": parse_constraints(data.get("constraints"), target, task=True),
+        "exitConditions": exit_conditions.parse_exit_conditions(data.get("exitConditions"), target),
     }
 
 

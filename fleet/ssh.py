@@ -64,6 +64,17 @@ class RunResult:
     signal: str | None = None
 
 
+@dataclass(frozen=True)
+class RemoteFile:
+    """One entry of a remote directory listing."""
+
+    name: str
+    is_directory: bool
+    size: int
+    mtime: float | None
+    mode: int | None
+
+
 NewKeyCallback = Callable[[str, str], None]  # (public key line, SHA256 fingerprint)
 
 
@@ -265,6 +276,66 @@ class Connection:
             except asyncssh.SFTPNoSuchFile as exc:
                 raise RemoteError(
                     f"{remote} does not exist",
+                    code="FileNotFound",
+                    target=f"node {self.target.host_id}",
+                ) from exc
+
+    async def realpath(self, path: str) -> str:
+        """Return ``path`` with every symlink resolved, as the node sees it."""
+        sftp = await self.sftp()
+        async with _translated(self.target):
+            try:
+                return str(await sftp.realpath(path))
+            except asyncssh.SFTPNoSuchFile as exc:
+                raise RemoteError(
+                    f"{path} does not exist",
+                    code="FileNotFound",
+                    target=f"node {self.target.host_id}",
+                ) from exc
+
+    async def walk(self, path: str, recursive: bool) -> list[RemoteFile]:
+        """Return the entries under directory ``path`` (relative names, '/'-separated),
+        descending into subdirectories when ``recursive``; symlinks are not followed."""
+        sftp = await self.sftp()
+        out: list[RemoteFile] = []
+        pending = [""]
+        async with _translated(self.target):
+            while pending:
+                rel = pending.pop()
+                try:
+                    entries = await sftp.readdir(f"{path}/{rel}" if rel else path)
+                except asyncssh.SFTPNoSuchFile as exc:
+                    raise RemoteError(
+                        f"{path} does not exist",
+                        code="FileNotFound",
+                        target=f"node {self.target.host_id}",
+                    ) from exc
+                for entry in entries:
+                    name = str(entry.filename)
+                    if name in (".", ".."):
+                        continue
+                    attrs = entry.attrs
+                    is_dir = attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY
+                    child = f"{rel}/{name}" if rel else name
+                    out.append(
+                        RemoteFile(child, is_dir, attrs.size or 0, attrs.mtime, attrs.permissions)
+                    )
+                    if is_dir and recursive:
+                        pending.append(child)
+        return sorted(out, key=lambda f: f.name)
+
+    async def read_range(self, path: str, start: int = 0, end: int | None = None) -> bytes:
+        """Return bytes ``start`` .. ``end`` (inclusive, as HTTP ranges) of a remote file."""
+        sftp = await self.sftp()
+        async with _translated(self.target):
+            try:
+                async with sftp.open(path, "rb") as f:
+                    await f.seek(start)
+                    size = -1 if end is None else max(0, end - start + 1)
+                    return _as_bytes(await f.read(size))
+            except asyncssh.SFTPNoSuchFile as exc:
+                raise RemoteError(
+                    f"{path} does not exist",
                     code="FileNotFound",
                     target=f"node {self.target.host_id}",
                 ) from exc

@@ -90,6 +90,7 @@ class Job(SQLModel, table=True):
     state: str = "active"
     spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     termination_reason: str | None = None
+    disable_tasks: str | None = None  # requeue | terminate | wait, while disabling
     created_at: float = 0.0
     state_changed_at: float = 0.0
     end_time: float | None = None
@@ -108,6 +109,7 @@ class Task(SQLModel, table=True):
         UniqueConstraint("job_id", "id", name="uq_tasks_job_id"),
         Index("ix_tasks_state_job", "state", "job_id"),
         Index("ix_tasks_node", "node_id"),
+        Index("ix_tasks_end_request", "end_request"),
     )
 
     pk: int | None = Field(default=None, primary_key=True)
@@ -131,6 +133,8 @@ class Task(SQLModel, table=True):
     last_retry_time: float | None = None
     last_requeue_time: float | None = None
     task_root: str | None = None
+    end_request: str | None = None  # terminate | delete, asked of a task that is running
+    dependency_action: str | None = None  # satisfy | block, once completed
     created_at: float = 0.0
     state_changed_at: float = 0.0
 

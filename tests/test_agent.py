@@ -7,6 +7,8 @@ Python 3.8 to check the oldest supported node Python); the default is this one.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -15,6 +17,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -132,10 +135,8 @@ class AgentClient:
     def close(self):
         """Close stdin (the agent exits on EOF), reap it and stop reading."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
-            except BrokenPipeError:
-                pass
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -192,16 +193,15 @@ def agents(tmp_path, root):
         client.close()
     for attempt_file in root.rglob("attempt.json"):
         if not (attempt_file.parent / "exit.json").exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
                 os.killpg(json.loads(attempt_file.read_text())["pid"], signal.SIGKILL)
-            except (ProcessLookupError, ValueError, KeyError):
-                pass
 
 
 def test_package_helpers_return_the_agent_file():
     assert agent_source() == AGENT.read_bytes()
-    assert re.fullmatch(r"[0-9a-f]{64}", agent_hash())
-    assert agent_source().startswith(b'"""') and agent_source().count(b"\n", 0, 120) >= 1
+    assert agent_hash() == hashlib.sha256(AGENT.read_bytes()).hexdigest()
+    first_line = agent_source().split(b"\n", 1)[0]
+    assert re.fullmatch(rb'""".+"""', first_line)  # a one-line module docstring
 
 
 def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
@@ -213,7 +213,7 @@ def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
     assert hello["root"] == os.path.realpath(root)
     assert hello["uid"] == os.getuid()
     assert hello["user"] == pwd.getpwuid(os.getuid()).pw_name
-    if AGENT_PYTHON == sys.executable:
+    if sys.executable == AGENT_PYTHON:
         assert hello["python"] == platform.python_version()
     for name in LAYOUT:
         assert (root / name).is_dir(), name
@@ -260,7 +260,8 @@ def test_spawn_records_output_exit_code_and_event(agents, root):
     status = agent.call("status", {"tasks": [query]})
     assert status == {"tasks": [{"key": "job/t1", "state": "exited", "exit": record}]}
 
-    # A second attempt truncates the output and replaces the records.
+    # A retry right after the exited event is not refused (the wrapper may still be
+    # exiting) and truncates the output and replaces the records.
     assert agent.call("spawn", spawn_args("t1", ["true"], attempt=2))["pid"] > 0
     assert agent.wait_exited("workitems/job/t1")["exit"]["attempt"] == 2
     assert (task / "stdout.txt").read_bytes() == b"" and (task / "stderr.txt").read_bytes() == b""
@@ -341,7 +342,7 @@ def test_wall_clock_limit_kills_the_process_tree(agents, root):
     assert record["timedOut"] is True
     assert record["signal"] in (signal.SIGTERM, signal.SIGKILL)
     assert record["exitCode"] == 128 + record["signal"]
-    assert 0.9 < elapsed < 3.0  # everything died on SIGTERM: no wait for the SIGKILL grace
+    assert 0.9 < elapsed < 3.5  # all died on SIGTERM: no waiting out the 3 s SIGKILL grace
     pids = [int(p) for p in (root / "workitems/job/slow/wd/pids").read_text().split()]
     assert len(pids) == 3
     for pid in pids:
@@ -411,11 +412,14 @@ def test_task_outlives_a_killed_agent_and_the_next_agent_reports_it(agents, root
     gate, args = gated_task(root, "gated")
     query = {"key": args["key"], "taskDir": args["taskDir"], "attempt": 1}
     pid = first.call("spawn", args)["pid"]
+    wrapper = json.loads((root / args["taskDir"] / "attempt.json").read_text())["wrapperPid"]
+    wrapper_fds = Path(f"/proc/{wrapper}/fd")
+    assert {os.readlink(fd) for fd in wrapper_fds.iterdir()} == {"/dev/null"}
     first.proc.kill()
     first.proc.wait()
     # No wrapper or task holds the agent's stdout: it reaches EOF at once.
     assert first.next_message(timeout=5) is None
-    assert not process_gone(pid)
+    assert not process_gone(pid) and not process_gone(wrapper)
 
     second = agents()
     assert "error" not in second.hello
@@ -467,8 +471,10 @@ def test_second_agent_waits_for_the_lock(agents):
     assert waiting.call("ping")
 
 
-def test_malformed_input_never_stops_the_agent(agents):
+def test_malformed_input_never_stops_the_agent(agents, root):
     agent = agents()
+    agent_socket = root / "volatile" / "agent.sock"
+    assert len(str(agent_socket)) < 108, "tmp_path too long for a Unix socket path"
     for line in [b"this is not json", b"\xff\xfe{}", b"[" * 100_000, b'{"type": "request"']:
         agent.send_raw(line + b"\n")
         assert agent.wait_event("protocolError")["message"]
@@ -505,6 +511,11 @@ def test_malformed_input_never_stops_the_agent(agents):
     assert agent.error_code("status", {"tasks": [{"taskDir": "workitems/a"}]}) == "BadRequest"
 
     agent.send_raw(b"\n   \n")  # blank lines are ignored
+    # Junk on the wrapper socket is dropped without an event.
+    for junk in [b"", b"garbage\n", b'{"event": "other"}\n', b'{"event": "exited", "taskDir": [1]']:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(agent_socket))
+            sock.sendall(junk)
     ping_id = agent.send("ping")
     assert agent.next_message()["id"] == ping_id
     assert agent.proc.poll() is None
@@ -530,6 +541,8 @@ def test_status_of_unknown_attempts_is_missing(agents):
 
 def test_hundreds_of_spawns_are_served_quickly(agents):
     agent = agents()
+    agent_fds = Path(f"/proc/{agent.proc.pid}/fd")
+    fds_before = len(list(agent_fds.iterdir()))
     count = 300
     began = time.monotonic()
     ids = [agent.send("spawn", spawn_args(f"t{i}", ["true"])) for i in range(count)]
@@ -539,4 +552,5 @@ def test_hundreds_of_spawns_are_served_quickly(agents):
     for i in range(count):
         assert agent.wait_exited(f"workitems/job/t{i}")["exit"]["exitCode"] == 0
     elapsed = time.monotonic() - began
-    assert elapsed < 6, f"{count} tasks took {elapsed:.2f} s"
+    assert elapsed < 10, f"{count} tasks took {elapsed:.2f} s"
+    assert len(list(agent_fds.iterdir())) == fds_before  # no pipe or connection leaked

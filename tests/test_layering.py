@@ -14,7 +14,16 @@ OWNERS = {
     "asyncssh": {"ssh.py"},
     "typer": {"cli/"},
     "apscheduler": {"timers.py"},
-    "sqlmodel": {"tables.py", "store.py", "service/", "controller.py", "execute.py"},
+    "sqlmodel": {
+        "tables.py",
+        "store.py",
+        "service/",
+        "controller.py",
+        "lifecycle.py",
+        "execute.py",
+        "targets.py",
+        "task_files.py",
+    },
 }
 #: module -> fleet modules it must never import
 FORBIDDEN = {

@@ -39,7 +39,8 @@ def test_scheduler_case(path: Path) -> None:
     case = json.loads(path.read_text())
     nodes, tasks = _load(case)
     got = [
-        [f"{a.job_id}/{a.task_id}", a.node_id] for a in plan(nodes, tasks, case.get("fillTypes"))
+        [f"{a.job_id}/{a.task_id}", a.node_id]
+        for a in plan(nodes, tasks, case.get("fillTypes"), case.get("jobRoom"))
     ]
     assert got == case["expect"], case["description"]
 

@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from fleet.errors import Conflict, NotFound
 from fleet.inventory import HostSpec
-from fleet.service import hosts, jobs, pools
+from fleet.service import hosts, jobs, pools, tasks
 from fleet.store import Store
 from tests.conftest import pg_database
 
@@ -50,7 +50,7 @@ def test_hosts_pools_jobs_and_tasks_round_trip(store):
     pool, nodes = pools.show_pool(store, "p")
     assert pool.task_slots_per_node == 2 and [n.id for n in nodes] == ["h0", "h1"]
     assert all(n.state == "creating" for n in nodes)
-    jobs.add_tasks(
+    tasks.add_tasks(
         store,
         "j",
         [
@@ -62,7 +62,7 @@ def test_hosts_pools_jobs_and_tasks_round_trip(store):
             for i in range(5)
         ],
     )
-    listed = jobs.list_tasks(store, "j")
+    listed = tasks.list_tasks(store, "j")
     assert [t.id for t in listed] == [f"t{i}" for i in range(5)]
     assert listed[3].spec["environmentSettings"] == [{"name": "A", "value": "3"}]
     assert jobs.task_counts(store, "j") == {
@@ -76,13 +76,13 @@ def test_hosts_pools_jobs_and_tasks_round_trip(store):
 
 def test_a_conflicting_task_collection_stores_nothing(store):
     _seed(store)
-    jobs.add_tasks(store, "j", {"id": "t1", "commandLine": "true"})
+    tasks.add_tasks(store, "j", {"id": "t1", "commandLine": "true"})
     with pytest.raises(Conflict) as info:
-        jobs.add_tasks(
+        tasks.add_tasks(
             store, "j", [{"id": "t2", "commandLine": "true"}, {"id": "t1", "commandLine": "true"}]
         )
     assert info.value.code == "TaskExists"
-    assert [t.id for t in jobs.list_tasks(store, "j")] == ["t1"]
+    assert [t.id for t in tasks.list_tasks(store, "j")] == ["t1"]
 
 
 def test_a_host_is_in_one_pool_at_most(store):
@@ -124,7 +124,7 @@ def test_concurrent_writers_do_not_lose_tasks(store_url):
         def add(s: Store, prefix: str) -> None:
             try:
                 for i in range(20):
-                    jobs.add_tasks(s, "j", {"id": f"{prefix}{i}", "commandLine": "true"})
+                    tasks.add_tasks(s, "j", {"id": f"{prefix}{i}", "commandLine": "true"})
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 
@@ -136,7 +136,7 @@ def test_concurrent_writers_do_not_lose_tasks(store_url):
         for t in threads:
             t.join()
         assert errors == []
-        assert len(jobs.list_tasks(first, "j")) == 40
+        assert len(tasks.list_tasks(first, "j")) == 40
     finally:
         first.close()
         second.close()

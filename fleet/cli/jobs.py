@@ -9,6 +9,7 @@ import typer
 
 from fleet import views
 from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file, progress_enabled, stderr
+from fleet.domain import JobState
 from fleet.errors import EXIT_FAILED, BadInput, TimedOut
 from fleet.service import jobs as service
 
@@ -53,6 +54,94 @@ def create(
     emit(views.job(job), output)
 
 
+@app.command("terminate")
+def terminate(
+    job_id: str,
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", help="terminationReason to record (default UserTerminate)."),
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
+    """End a job: running tasks are killed, then it completes."""
+    emit(views.job(service.terminate_job(CURRENT.store, job_id, reason)), output)
+
+
+@app.command("disable")
+def disable(
+    job_id: str,
+    disable_tasks: Annotated[
+        str,
+        typer.Option(
+            "--disable-tasks", help="What happens to running tasks: requeue, terminate or wait."
+        ),
+    ],
+    output: OutputOpt = None,
+) -> None:
+    """Stop scheduling a job's tasks."""
+    emit(views.job(service.disable_job(CURRENT.store, job_id, disable_tasks)), output)
+
+
+@app.command("enable")
+def enable(job_id: str, output: OutputOpt = None) -> None:
+    """Schedule a disabled job's tasks again."""
+    emit(views.job(service.enable_job(CURRENT.store, job_id)), output)
+
+
+@app.command("delete")
+def delete(job_id: str, output: OutputOpt = None) -> None:
+    """Delete a job, its tasks and their collected files (running tasks are killed)."""
+    emit(views.job(service.delete_job(CURRENT.store, job_id)), output)
+
+
+@app.command("set")
+def set_(
+    job_id: str,
+    priority: Annotated[int | None, typer.Option("--priority", help="-1000..1000.")] = None,
+    max_wall_clock_time: Annotated[
+        str | None,
+        typer.Option(
+            "--max-wall-clock-time", help="ISO 8601 duration from job creation, e.g. PT2H."
+        ),
+    ] = None,
+    max_task_retry_count: Annotated[
+        int | None,
+        typer.Option("--max-task-retry-count", help="Default retries of its tasks (-1 no limit)."),
+    ] = None,
+    max_parallel_tasks: Annotated[
+        int | None,
+        typer.Option(
+            "--max-parallel-tasks", help="Tasks of the job running at once (-1 no limit)."
+        ),
+    ] = None,
+    on_all_tasks_complete: Annotated[
+        str | None, typer.Option("--on-all-tasks-complete", help="noaction or terminatejob.")
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Change a job's priority, constraints, parallelism or completion action."""
+    changes: dict[str, Any] = {}
+    if priority is not None:
+        changes["priority"] = priority
+    if max_parallel_tasks is not None:
+        changes["maxParallelTasks"] = max_parallel_tasks
+    if on_all_tasks_complete is not None:
+        changes["onAllTasksComplete"] = on_all_tasks_complete
+    if max_wall_clock_time is not None or max_task_retry_count is not None:
+        current = service.show_job(CURRENT.store, job_id).spec.get("constraints") or {}
+        constraints = dict(current)
+        if max_wall_clock_time is not None:
+            constraints["maxWallClockTime"] = max_wall_clock_time
+        if max_task_retry_count is not None:
+            constraints["maxTaskRetryCount"] = max_task_retry_count
+        changes["constraints"] = constraints
+    if not changes:
+        raise BadInput(
+            "nothing to change: give at least one option", code="MissingRequiredProperty"
+        )
+    emit(views.job(service.set_job(CURRENT.store, job_id, changes)), output)
+
+
 @app.command("list")
 def list_(output: OutputOpt = None) -> None:
     """List jobs."""
@@ -80,25 +169,26 @@ def wait(
     ] = None,
     output: OutputOpt = None,
 ) -> None:
-    """Wait until every task of the job has completed.
+    """Wait until every task of the job has completed, or the job itself has.
 
-    Exit 0 when all succeeded, 1 when any failed, 5 on timeout."""
+    Exit 0 when every task succeeded, 1 when any failed or the job ended with tasks
+    left undone, 5 on timeout."""
     store = CURRENT.store
     deadline = None if timeout is None else time.monotonic() + timeout
-    show_progress = progress_enabled(output)
-    status = stderr.status("", spinner="dots") if show_progress else None
+    status = stderr.status("", spinner="dots") if progress_enabled(output) else None
     if status is not None:
         status.start()
     try:
         while True:
+            job = service.show_job(store, job_id)
             counts = service.task_counts(store, job_id)
-            total = sum(counts[k] for k in ("active", "running", "completed"))
+            total = counts["active"] + counts["running"] + counts["completed"]
             if status is not None:
                 status.update(
-                    f"job {job_id}: {counts['completed']}/{total} completed, "
-                    f"{counts['running']} running, {counts['failed']} failed"
+                    f"job {job_id} ({job.state}): {counts['completed']}/{total} "
+                    f"completed, {counts['running']} running, {counts['failed']} failed"
                 )
-            if counts["active"] == 0 and counts["running"] == 0:
+            if job.state == JobState.COMPLETED or (counts["active"] == counts["running"] == 0):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimedOut(
@@ -110,6 +200,14 @@ def wait(
     finally:
         if status is not None:
             status.stop()
-    emit({"id": job_id, "taskCounts": counts}, output)
-    if counts["failed"]:
+    emit(
+        {
+            "id": job_id,
+            "state": job.state,
+            "terminateReason": job.termination_reason,
+            "taskCounts": counts,
+        },
+        output,
+    )
+    if counts["failed"] or counts["active"] or counts["running"]:
         raise typer.Exit(EXIT_FAILED)

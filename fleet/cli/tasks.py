@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from fleet import specs, views
+from fleet import specs, task_files, views
 from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file
 from fleet.errors import BadInput
-from fleet.service import jobs as service
+from fleet.service import tasks as service
 
 app = typer.Typer(help="Manage the tasks of a job.", no_args_is_help=True)
 file_app = typer.Typer(help="Files of a task.", no_args_is_help=True)
@@ -88,21 +87,107 @@ def show(
     emit(views.task(service.show_task(CURRENT.store, job, task_id)), output)
 
 
+TaskOpt = Annotated[str, typer.Option("--id", help="Task id.")]
+JobOpt = Annotated[str, typer.Option("--job", help="Job id.")]
+
+
+@app.command("terminate")
+def terminate(job: JobOpt, task_id: TaskOpt, output: OutputOpt = None) -> None:
+    """End a task; it completes with failure TaskEnded and is not retried."""
+    emit(views.task(service.terminate_task(CURRENT.store, job, task_id)), output)
+
+
+@app.command("reactivate")
+def reactivate(job: JobOpt, task_id: TaskOpt, output: OutputOpt = None) -> None:
+    """Run a failed task again, with its counters reset."""
+    emit(views.task(service.reactivate_task(CURRENT.store, job, task_id)), output)
+
+
+@app.command("delete")
+def delete(job: JobOpt, task_id: TaskOpt, output: OutputOpt = None) -> None:
+    """Delete a task and its collected files (a running task is killed first)."""
+    gone = service.delete_task(CURRENT.settings, CURRENT.store, job, task_id)
+    emit(
+        {"id": task_id, "jobId": job, "deleted": gone, "state": "deleted" if gone else "deleting"},
+        output,
+    )
+
+
+@app.command("set")
+def set_(
+    job: JobOpt,
+    task_id: TaskOpt,
+    max_wall_clock_time: Annotated[
+        str | None,
+        typer.Option(
+            "--max-wall-clock-time", help="ISO 8601 duration from task start, e.g. PT10M."
+        ),
+    ] = None,
+    max_task_retry_count: Annotated[
+        int | None,
+        typer.Option("--max-task-retry-count", help="Retries after the first try (-1 no limit)."),
+    ] = None,
+    retention_time: Annotated[
+        str | None,
+        typer.Option(
+            "--retention-time", help="How long the task dir is kept on the node, e.g. P7D."
+        ),
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Change a task's constraints."""
+    current = dict(service.show_task(CURRENT.store, job, task_id).spec.get("constraints") or {})
+    for name, value in (
+        ("maxWallClockTime", max_wall_clock_time),
+        ("maxTaskRetryCount", max_task_retry_count),
+        ("retentionTime", retention_time),
+    ):
+        if value is not None:
+            current[name] = value
+    emit(views.task(service.set_task(CURRENT.store, job, task_id, current)), output)
+
+
+@file_app.command("list")
+def file_list(
+    job: JobOpt,
+    task_id: TaskOpt,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", help="Descend into subdirectories.")
+    ] = False,
+    output: OutputOpt = None,
+) -> None:
+    """List the files under a task's directory on its node."""
+    rows = task_files.list_files(CURRENT.settings, CURRENT.store, job, task_id, recursive)
+    emit(
+        rows,
+        output,
+        [
+            ("NAME", "name"),
+            ("DIR", "isDirectory"),
+            ("SIZE", "properties.contentLength"),
+            ("MODIFIED", "properties.lastModified"),
+        ],
+    )
+
+
 @file_app.command("download")
 def download(
-    name: Annotated[str, typer.Argument(help="File name, e.g. stdout.txt.")],
-    job: Annotated[str, typer.Option("--job", help="Job id.")],
-    task_id: Annotated[str, typer.Option("--id", help="Task id.")],
+    name: Annotated[
+        str, typer.Argument(help="Path under the task directory, e.g. stdout.txt or wd/out.csv.")
+    ],
+    job: JobOpt,
+    task_id: TaskOpt,
     destination: Annotated[
         Path | None,
         typer.Option("--destination", help="Where to write it (default: standard output)."),
     ] = None,
+    start: Annotated[int | None, typer.Option("--start", help="First byte (0-based).")] = None,
+    end: Annotated[int | None, typer.Option("--end", help="Last byte, inclusive.")] = None,
 ) -> None:
-    """Download a collected task file (stdout.txt, stderr.txt, exit.json)."""
-    path = service.task_file(CURRENT.settings, CURRENT.store, job, task_id, name)
+    """Download a task file (whole, or a byte range) from its node or the collected copies."""
+    data = task_files.read_file(CURRENT.settings, CURRENT.store, job, task_id, name, start, end)
     if destination is None:
-        with path.open("rb") as f:
-            shutil.copyfileobj(f, sys.stdout.buffer)
+        sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        shutil.copyfile(path, destination)
+        destination.write_bytes(data)

@@ -1,9 +1,8 @@
-"""Job and task requests: create, list and show jobs; add, list and show tasks; task files."""
+"""Job requests: create, list, show, update, terminate, disable, enable and delete jobs."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func
@@ -11,14 +10,10 @@ from sqlmodel import Session, col, select
 
 from fleet import specs
 from fleet.domain import JobState, TaskResult, TaskState
-from fleet.errors import Conflict, NotFound
+from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service.pools import get_pool
-from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Task
-
-#: Files of a task that the controller collects from the node when the task ends.
-COLLECTED_FILES = ("stdout.txt", "stderr.txt", "exit.json")
 
 
 def create_job(store: Store, data: dict[str, Any]) -> Job:
@@ -65,73 +60,6 @@ def show_job(store: Store, job_id: str) -> Job:
         return get_job(s, job_id)
 
 
-def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
-    """Add one task or a collection of up to 100, atomically.
-
-    Raises BadInput (bad spec, duplicate id in the collection), NotFound (no job) or
-    Conflict (job not active, task id taken). Nothing is stored on error.
-    """
-    items = specs.parse_task_collection(data, job_id)
-    now = time.time()
-    with store.session() as s:
-        job = get_job(s, job_id)
-        if job.state != JobState.ACTIVE:
-            raise Conflict(
-                f"tasks can only be added to an active job; this one is {job.state}",
-                code="JobNotActive",
-                target=f"job {job_id}",
-            )
-        ids = [t["id"] for t in items]
-        taken = list(s.exec(select(Task.id).where(Task.job_id == job_id, col(Task.id).in_(ids))))
-        if taken:
-            raise Conflict(
-                f"task ids already exist in the job: {', '.join(sorted(taken))}",
-                code="TaskExists",
-                target=f"task {job_id}/{taken[0]}",
-                field="id",
-            )
-        rows = [
-            Task(
-                job_id=job_id,
-                id=t["id"],
-                command_line=t["commandLine"],
-                spec=t,
-                required_slots=t["requiredSlots"],
-                created_at=now,
-                state_changed_at=now,
-            )
-            for t in items
-        ]
-        s.add_all(rows)
-    return rows
-
-
-def get_task(session: Session, job_id: str, task_id: str) -> Task:
-    """Return the task; Raises NotFound (JobNotFound or TaskNotFound)."""
-    get_job(session, job_id)
-    task = session.exec(select(Task).where(Task.job_id == job_id, Task.id == task_id)).first()
-    if task is None:
-        raise NotFound(
-            f"job {job_id} has no task {task_id!r}",
-            code="TaskNotFound",
-            target=f"task {job_id}/{task_id}",
-        )
-    return task
-
-
-def list_tasks(store: Store, job_id: str) -> list[Task]:
-    """Return the job's tasks in submission order; Raises NotFound."""
-    with store.session() as s:
-        get_job(s, job_id)
-        return list(s.exec(select(Task).where(Task.job_id == job_id).order_by(col(Task.pk))))
-
-
-def show_task(store: Store, job_id: str, task_id: str) -> Task:
-    """Return one task; Raises NotFound."""
-    with store.session() as s:
-        return get_task(s, job_id, task_id)
-
-
 def task_counts(store: Store, job_id: str) -> dict[str, int]:
     """Return ``active``, ``running``, ``completed``, ``succeeded`` and ``failed`` counts."""
     with store.session() as s:
@@ -153,23 +81,110 @@ def task_counts(store: Store, job_id: str) -> dict[str, int]:
     return counts
 
 
-def task_file(settings: Settings, store: Store, job_id: str, task_id: str, name: str) -> Path:
-    """Return the local path of a collected task file such as ``stdout.txt``.
+#: Job states from which each request may start.
+_TERMINABLE = {JobState.ACTIVE, JobState.DISABLING, JobState.DISABLED, JobState.ENABLING}
+DISABLE_OPTIONS = ("requeue", "terminate", "wait")
 
-    Raises NotFound when the task or the file does not exist (yet)."""
-    task = show_task(store, job_id, task_id)
-    if name not in COLLECTED_FILES:
-        raise NotFound(
-            f"no file {name!r}; collected files are {', '.join(COLLECTED_FILES)}",
-            code="FileNotFound",
-            target=f"task {job_id}/{task_id}",
+
+def _transition(store: Store, job_id: str, allowed: set[JobState], verb: str, **values: Any) -> Job:
+    now = time.time()
+    with store.session() as s:
+        job = get_job(s, job_id)
+        if job.state not in allowed:
+            raise Conflict(
+                f"cannot {verb} a job that is {job.state}",
+                code="JobStateConflict",
+                target=f"job {job_id}",
+            )
+        for name, value in values.items():
+            setattr(job, name, value)
+        job.state_changed_at = now
+        s.add(job)
+        return job
+
+
+def terminate_job(store: Store, job_id: str, reason: str | None = None) -> Job:
+    """Ask the controller to end the job: running tasks are killed, then the job completes
+    with ``terminationReason`` ``reason`` (default ``UserTerminate``). Raises NotFound or
+    Conflict (already completed, terminating or deleting)."""
+    return _transition(
+        store,
+        job_id,
+        _TERMINABLE,
+        "terminate",
+        state=JobState.TERMINATING,
+        termination_reason=reason or "UserTerminate",
+    )
+
+
+def disable_job(store: Store, job_id: str, disable_tasks: str) -> Job:
+    """Stop scheduling the job's tasks. Running tasks are requeued, terminated, or left to
+    finish (``wait``). Raises BadInput, NotFound or Conflict (job not active)."""
+    if disable_tasks not in DISABLE_OPTIONS:
+        raise BadInput(
+            f"--disable-tasks must be one of {', '.join(DISABLE_OPTIONS)}",
+            code="InvalidPropertyValue",
+            target=f"job {job_id}",
+            field="disableTasks",
         )
-    path = settings.task_files / job_id / task_id / name
-    if not path.is_file():
-        state = f"the task is {task.state}"
-        raise NotFound(
-            f"{name} has not been collected yet ({state})",
-            code="FileNotFound",
-            target=f"task {job_id}/{task_id}",
+    return _transition(
+        store,
+        job_id,
+        {JobState.ACTIVE},
+        "disable",
+        state=JobState.DISABLING,
+        disable_tasks=disable_tasks,
+    )
+
+
+def enable_job(store: Store, job_id: str) -> Job:
+    """Let a disabled job's tasks be scheduled again. Raises NotFound or Conflict."""
+    return _transition(
+        store,
+        job_id,
+        {JobState.DISABLED, JobState.DISABLING},
+        "enable",
+        state=JobState.ENABLING,
+        disable_tasks=None,
+    )
+
+
+def delete_job(store: Store, job_id: str) -> Job:
+    """Ask the controller to kill the job's running tasks and delete the job, its tasks and
+    their collected files. Raises NotFound or Conflict (already deleting)."""
+    return _transition(
+        store, job_id, set(JobState) - {JobState.DELETING}, "delete", state=JobState.DELETING
+    )
+
+
+def set_job(store: Store, job_id: str, changes: dict[str, Any]) -> Job:
+    """Update a job's ``priority``, ``constraints``, ``maxParallelTasks`` or
+    ``onAllTasksComplete`` (Azure's job patch). Raises BadInput, NotFound or Conflict."""
+    allowed = {"priority", "constraints", "maxParallelTasks", "onAllTasksComplete"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise BadInput(
+            f"cannot change {', '.join(sorted(unknown))} of a job; changeable: "
+            f"{', '.join(sorted(allowed))}",
+            code="UnsupportedProperty",
+            target=f"job {job_id}",
+            field=sorted(unknown)[0],
         )
-    return path
+    with store.session() as s:
+        job = get_job(s, job_id)
+        if job.state in (JobState.COMPLETED, JobState.DELETING, JobState.TERMINATING):
+            raise Conflict(
+                f"cannot change a job that is {job.state}",
+                code="JobStateConflict",
+                target=f"job {job_id}",
+            )
+        merged = specs.parse_job({**_as_request(job.spec), **changes})
+        job.spec = merged
+        job.priority = merged["priority"]
+        s.add(job)
+        return job
+
+
+def _as_request(spec: dict[str, Any]) -> dict[str, Any]:
+    """Return a stored (normalized) job spec in the shape parse_job accepts again."""
+    return {k: v for k, v in spec.items() if v is not None and v != [] and v != {}}

@@ -1,0 +1,187 @@
+"""Task requests: add, list, show, update, terminate, reactivate and delete tasks; their files."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from fleet import specs
+from fleet.domain import JobState, TaskResult, TaskState
+from fleet.errors import Conflict, NotFound
+from fleet.service.jobs import get_job
+from fleet.settings import Settings
+from fleet.store import Store
+from fleet.tables import Task
+
+#: Files of a task that the controller collects from the node when the task ends.
+COLLECTED_FILES = ("stdout.txt", "stderr.txt", "exit.json")
+
+
+def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
+    """Add one task or a collection of up to 100, atomically.
+
+    Raises BadInput (bad spec, duplicate id in the collection), NotFound (no job) or
+    Conflict (job not active, task id taken). Nothing is stored on error.
+    """
+    items = specs.parse_task_collection(data, job_id)
+    now = time.time()
+    with store.session() as s:
+        job = get_job(s, job_id)
+        if job.state != JobState.ACTIVE:
+            raise Conflict(
+                f"tasks can only be added to an active job; this one is {job.state}",
+                code="JobNotActive",
+                target=f"job {job_id}",
+            )
+        ids = [t["id"] for t in items]
+        taken = list(s.exec(select(Task.id).where(Task.job_id == job_id, col(Task.id).in_(ids))))
+        if taken:
+            raise Conflict(
+                f"task ids already exist in the job: {', '.join(sorted(taken))}",
+                code="TaskExists",
+                target=f"task {job_id}/{taken[0]}",
+                field="id",
+            )
+        rows = [
+            Task(
+                job_id=job_id,
+                id=t["id"],
+                command_line=t["commandLine"],
+                spec=t,
+                required_slots=t["requiredSlots"],
+                created_at=now,
+                state_changed_at=now,
+            )
+            for t in items
+        ]
+        s.add_all(rows)
+    return rows
+
+
+def get_task(session: Session, job_id: str, task_id: str) -> Task:
+    """Return the task; Raises NotFound (JobNotFound or TaskNotFound)."""
+    get_job(session, job_id)
+    task = session.exec(select(Task).where(Task.job_id == job_id, Task.id == task_id)).first()
+    if task is None:
+        raise NotFound(
+            f"job {job_id} has no task {task_id!r}",
+            code="TaskNotFound",
+            target=f"task {job_id}/{task_id}",
+        )
+    return task
+
+
+def list_tasks(store: Store, job_id: str) -> list[Task]:
+    """Return the job's tasks in submission order; Raises NotFound."""
+    with store.session() as s:
+        get_job(s, job_id)
+        return list(s.exec(select(Task).where(Task.job_id == job_id).order_by(col(Task.pk))))
+
+
+def show_task(store: Store, job_id: str, task_id: str) -> Task:
+    """Return one task; Raises NotFound."""
+    with store.session() as s:
+        return get_task(s, job_id, task_id)
+
+
+def terminate_task(store: Store, job_id: str, task_id: str) -> Task:
+    """End a task: an active one completes at once, a running one is killed by the
+    controller; either way it fails with ``TaskEnded`` and is not retried.
+    Raises NotFound, or Conflict when it has completed already."""
+    now = time.time()
+    with store.session() as s:
+        task = get_task(s, job_id, task_id)
+        if task.state == TaskState.COMPLETED:
+            raise Conflict(
+                "the task has completed already",
+                code="TaskCompleted",
+                target=f"task {job_id}/{task_id}",
+            )
+        if task.attempt_state is None:
+            task.state = TaskState.COMPLETED
+            task.result = TaskResult.FAILURE
+            task.failure_info = {
+                "category": "usererror",
+                "code": "TaskEnded",
+                "message": "the task was terminated before it started",
+            }
+            task.end_time = now
+            task.state_changed_at = now
+        else:
+            task.end_request = "terminate"
+        s.add(task)
+        return task
+
+
+def reactivate_task(store: Store, job_id: str, task_id: str) -> Task:
+    """Make a failed task active again with its counters and execution record reset.
+    Raises NotFound, or Conflict unless it completed with a failure in an active job."""
+    now = time.time()
+    with store.session() as s:
+        task = get_task(s, job_id, task_id)
+        job = get_job(s, job_id)
+        if task.state != TaskState.COMPLETED or task.result != TaskResult.FAILURE:
+            raise Conflict(
+                "only a task that completed with a failure can be reactivated",
+                code="TaskNotFailed",
+                target=f"task {job_id}/{task_id}",
+            )
+        if job.state not in (JobState.ACTIVE, JobState.DISABLED, JobState.DISABLING):
+            raise Conflict(
+                f"the job is {job.state}",
+                code="JobStateConflict",
+                target=f"task {job_id}/{task_id}",
+            )
+        for name in (
+            "exit_code",
+            "result",
+            "failure_info",
+            "start_time",
+            "end_time",
+            "node_id",
+            "pool_id",
+            "task_root",
+            "last_retry_time",
+            "last_requeue_time",
+            "dependency_action",
+        ):
+            setattr(task, name, None)
+        task.retry_count = task.requeue_count = 0
+        task.state = TaskState.ACTIVE
+        task.state_changed_at = now
+        s.add(task)
+        return task
+
+
+def delete_task(settings: Settings, store: Store, job_id: str, task_id: str) -> bool:
+    """Delete a task and its collected files; a running one is killed first by the
+    controller. Return True if it is gone now, False if the controller finishes it."""
+    with store.session() as s:
+        task = get_task(s, job_id, task_id)
+        if task.attempt_state is not None:
+            task.end_request = "delete"
+            s.add(task)
+            return False
+        s.delete(task)
+    shutil.rmtree(settings.task_files / job_id / task_id, ignore_errors=True)
+    return True
+
+
+def set_task(store: Store, job_id: str, task_id: str, constraints: dict[str, Any]) -> Task:
+    """Replace a task's constraints (Azure's task update). Raises BadInput, NotFound, or
+    Conflict when it has completed."""
+    with store.session() as s:
+        task = get_task(s, job_id, task_id)
+        if task.state == TaskState.COMPLETED:
+            raise Conflict(
+                "the task has completed already",
+                code="TaskCompleted",
+                target=f"task {job_id}/{task_id}",
+            )
+        parsed = specs.parse_constraints(constraints, f"task {job_id}/{task_id}", task=True)
+        task.spec = {**task.spec, "constraints": parsed}
+        s.add(task)
+        return task

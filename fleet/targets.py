@@ -1,0 +1,46 @@
+"""SSH targets of inventory hosts, carrying the host keys fleet recorded for them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlmodel import Session, col, select
+
+from fleet.errors import NotFound
+from fleet.ssh import Target
+from fleet.store import Store
+from fleet.tables import Host, HostKey
+
+
+def target(host: Host, key: HostKey | None) -> Target:
+    """Return how to reach ``host``, expecting ``key`` if one was recorded."""
+    return Target(
+        host_id=host.id,
+        address=host.address,
+        port=host.port,
+        user=host.user,
+        key_file=host.key_file,
+        host_key_policy=host.host_key_policy,
+        known_key=key.public_key if key else None,
+    )
+
+
+def for_hosts(session: Session, host_ids: Sequence[str]) -> list[Target]:
+    """Return the targets of ``host_ids`` in that order. Raises NotFound for an unknown id."""
+    hosts = {h.id: h for h in session.exec(select(Host).where(col(Host.id).in_(host_ids)))}
+    keys = {
+        k.host_id: k
+        for k in session.exec(select(HostKey).where(col(HostKey.host_id).in_(host_ids)))
+    }
+    missing = [i for i in host_ids if i not in hosts]
+    if missing:
+        raise NotFound(
+            f"no host with id {missing[0]!r}", code="HostNotFound", target=f"host {missing[0]}"
+        )
+    return [target(hosts[i], keys.get(i)) for i in host_ids]
+
+
+def for_host(store: Store, host_id: str) -> Target:
+    """Return one host's target. Raises NotFound."""
+    with store.session() as s:
+        return for_hosts(s, [host_id])[0]
