@@ -14,59 +14,24 @@ import contextlib
 import json
 import logging
 import shlex
-import shutil
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select as sa_select
-from sqlalchemy import update
 from sqlmodel import col, select
 
-from fleet import environment, exit_conditions, outcomes, scheduler, specs
+from fleet import environment, outcomes, scheduler, specs
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import AgentError, FleetError, RemoteError
-from fleet.lifecycle import Lifecycle, job_action_state
+from fleet.lifecycle import Lifecycle
 from fleet.node_link import NodeLink
 from fleet.service.tasks import COLLECTED_FILES
 from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, Task
+from fleet.task_events import Attempt, TaskEvents, epoch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Attempt:
-    """One dispatch of one task to one node, as the controller tracks it in memory."""
-
-    pk: int
-    job_id: str
-    task_id: str
-    attempt: int
-    node_id: str
-    slots: int
-    collecting: bool = False
-    kill_sent: bool = False
-    on_exit: str | None = None  # None, or what its exit means: terminate | requeue | delete
-    end_reason: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.job_id}/{self.task_id}"
-
-    @property
-    def task_dir(self) -> str:
-        return environment.task_dir(self.job_id, self.task_id)
-
-
-@dataclass
-class _Events:
-    started: list[tuple[Attempt, float]] = field(default_factory=list)
-    finished: list[tuple[Attempt, dict[str, Any]]] = field(default_factory=list)
-    back_to_queue: list[tuple[Attempt, bool]] = field(default_factory=list)  # (attempt, requeue?)
 
 
 class Controller:
@@ -83,7 +48,7 @@ class Controller:
         self.inflight: dict[str, dict[str, Attempt]] = {}  # node -> key -> attempt
         self.stale: dict[str, list[Attempt]] = {}  # node -> requeued attempts to kill there
         self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
-        self._events = _Events()
+        self.events = TaskEvents(self)
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self.lifecycle = Lifecycle(self)
@@ -106,7 +71,8 @@ class Controller:
                 self._sync_links()
                 self._requeue_lost_nodes()
                 self.lifecycle.tick()
-                self._apply_events()
+                self.events.apply()
+                self.events.release_dependents()
                 await self._schedule()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -169,7 +135,7 @@ class Controller:
         attempts = list(self.inflight.get(link.node_id, {}).values())
         if link.boot_id_changed:
             log.warning("node %s rebooted: requeueing %d tasks", link.node_id, len(attempts))
-            self._events.back_to_queue.extend((a, True) for a in attempts)
+            self.events.back_to_queue.extend((a, True) for a in attempts)
         elif attempts and link.agent is not None:
             result = await link.agent.request(
                 "status",
@@ -185,7 +151,7 @@ class Controller:
                 if item.get("state") == "exited":
                     self.exited(link, att, item.get("exit") or {})
                 elif item.get("state") == "missing":
-                    self._events.back_to_queue.append((att, self._was_started(att)))
+                    self.events.back_to_queue.append((att, self._was_started(att)))
         for att in self.stale.pop(link.node_id, []):
             if link.agent is not None:
                 with contextlib.suppress(FleetError):
@@ -243,7 +209,7 @@ class Controller:
                 record = on_disk
         except (OSError, ValueError):
             log.warning("task %s: exit.json unreadable; using the reported record", att.key)
-        self._events.finished.append((att, record))
+        self.events.finished.append((att, record))
         self._wake.set()
 
     def _requeue_lost_nodes(self) -> None:
@@ -259,134 +225,10 @@ class Controller:
                     now - link.lost_at,
                     len(attempts),
                 )
-                self._events.back_to_queue.extend((a, True) for a in attempts)
+                self.events.back_to_queue.extend((a, True) for a in attempts)
                 self.stale.setdefault(node_id, []).extend(attempts)
 
     # -- applying events in one transaction -----------------------------------------
-
-    def _apply_events(self) -> None:
-        ev, self._events = self._events, _Events()
-        if not (ev.started or ev.finished or ev.back_to_queue):
-            return
-        now = time.time()
-        touched_nodes: set[str] = set()
-        with self.store.session() as s:
-            for att, started_at in ev.started:
-                s.exec(
-                    update(Task)
-                    .where(
-                        col(Task.pk) == att.pk,
-                        col(Task.attempt) == att.attempt,
-                        col(Task.attempt_state) == AttemptState.DISPATCHING,
-                    )
-                    .values(
-                        state=TaskState.RUNNING,
-                        attempt_state=AttemptState.RUNNING,
-                        start_time=started_at,
-                        state_changed_at=now,
-                    )
-                )
-            for att, record in ev.finished:
-                self._complete(s, att, record, now)
-                touched_nodes.add(att.node_id)
-            for att, requeue in ev.back_to_queue:
-                values: dict[str, Any] = dict(
-                    state=TaskState.ACTIVE,
-                    attempt_state=None,
-                    node_id=None,
-                    pool_id=None,
-                    task_root=None,
-                    state_changed_at=now,
-                )
-                if requeue:
-                    values.update(requeue_count=col(Task.requeue_count) + 1, last_requeue_time=now)
-                s.exec(
-                    update(Task)
-                    .where(col(Task.pk) == att.pk, col(Task.attempt) == att.attempt)
-                    .values(**values)
-                )
-                touched_nodes.add(att.node_id)
-            for att, _ in ev.finished:
-                self.inflight.get(att.node_id, {}).pop(att.key, None)
-            for att, _ in ev.back_to_queue:
-                self.inflight.get(att.node_id, {}).pop(att.key, None)
-            self._update_node_busy(s, touched_nodes | {a.node_id for a, _ in ev.started}, now)
-
-    def _complete(self, s: Any, att: Attempt, record: dict[str, Any], now: float) -> None:
-        task = s.get(Task, att.pk)
-        if task is None or task.attempt != att.attempt or task.state == TaskState.COMPLETED:
-            return
-        if att.on_exit == "delete":
-            s.delete(task)
-            shutil.rmtree(self.settings.task_files / task.job_id / task.id, ignore_errors=True)
-            return
-        task.attempt_state = None
-        task.state_changed_at = now
-        task.end_request = None
-        if att.on_exit == "requeue":
-            task.state = TaskState.ACTIVE
-            task.node_id = None
-            task.requeue_count += 1
-            task.last_requeue_time = now
-            s.add(task)
-            return
-        job = s.get(Job, task.job_id)
-        job_spec = job.spec if job else {}
-        outcome = outcomes.decide(
-            record,
-            retry_count=task.retry_count,
-            task_spec=task.spec,
-            job_spec=job_spec,
-            terminated_reason=att.end_reason,
-        )
-        task.exit_code = outcome.exit_code
-        task.failure_info = outcome.failure_info
-        task.start_time = _epoch(record.get("startTime")) or task.start_time
-        if outcome.retry:
-            task.state = TaskState.ACTIVE
-            task.retry_count += 1
-            task.last_retry_time = now
-            task.node_id = None
-            s.add(task)
-            return
-        task.state = TaskState.COMPLETED
-        task.result = outcome.result
-        task.end_time = _epoch(record.get("endTime")) or now
-        actions = exit_conditions.resolve(
-            task.spec.get("exitConditions"),
-            exit_code=outcome.exit_code,
-            failure_code=(outcome.failure_info or {}).get("code"),
-        )
-        task.dependency_action = actions["dependencyAction"]
-        s.add(task)
-        if (
-            outcome.failure_info
-            and job is not None
-            and att.on_exit is None
-            and job_spec.get("onTaskFailure") == "performexitoptionsjobaction"
-        ):
-            change = job_action_state(actions["jobAction"])
-            if change is not None and job.state == JobState.ACTIVE:
-                job.state, reason = change
-                job.state_changed_at = now
-                job.termination_reason = job.termination_reason or reason
-                job.disable_tasks = "requeue" if job.state == JobState.DISABLING else None
-                s.add(job)
-
-    def _update_node_busy(self, s: Any, node_ids: Iterable[str], now: float) -> None:
-        for node_id in node_ids:
-            node = s.get(Node, node_id)
-            link = self.links.get(node_id)
-            if node is None or link is None or not link.ready:
-                continue
-            busy = bool(self.inflight.get(node_id))
-            want = NodeState.RUNNING if busy else NodeState.IDLE
-            if node.state in (NodeState.IDLE, NodeState.RUNNING) and node.state != want:
-                node.state = want
-                node.state_changed_at = now
-                s.add(node)
-
-    # -- scheduling and dispatch -------------------------------------------------------
 
     async def _schedule(self) -> None:
         ready = {nid: link for nid, link in self.links.items() if link.ready}
@@ -448,6 +290,7 @@ class Controller:
                     col(Task.state) == TaskState.ACTIVE,
                     col(Task.attempt_state).is_(None),
                     col(Task.end_request).is_(None),
+                    col(Task.deps_state).is_(None),
                     col(Job.state) == JobState.ACTIVE,
                     col(Job.pool_id).in_(pool_ids),
                 )
@@ -521,7 +364,7 @@ class Controller:
                     )
                     limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
                     sends.append((link, att, shlex.split(task.command_line), env, limit))
-                self._update_node_busy(s, {a.node_id for a in placed}, now)
+                self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
             for att in placed:  # nothing was written: forget the plan
                 self.inflight.get(att.node_id, {}).pop(att.key, None)
@@ -560,20 +403,11 @@ class Controller:
                 )
             else:
                 log.warning("task %s: spawn failed on %s: %s", att.key, att.node_id, exc)
-                self._events.back_to_queue.append((att, False))
+                self.events.back_to_queue.append((att, False))
             self._wake.set()
             return
         except FleetError as exc:
             log.info("task %s: node %s dropped during spawn: %s", att.key, att.node_id, exc)
             return
-        self._events.started.append((att, _epoch(result.get("startTime")) or time.time()))
+        self.events.started.append((att, epoch(result.get("startTime")) or time.time()))
         self._wake.set()
-
-
-def _epoch(iso_time: Any) -> float | None:
-    if not isinstance(iso_time, str):
-        return None
-    try:
-        return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None

@@ -26,7 +26,8 @@ from fleet.errors import FleetError
 from fleet.tables import Job, Task
 
 if TYPE_CHECKING:
-    from fleet.controller import Attempt, Controller
+    from fleet.controller import Controller
+    from fleet.task_events import Attempt
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import re
 import shlex
 from typing import Any
 
-from fleet import durations, exit_conditions
+from fleet import dependencies, durations, exit_conditions
 from fleet.domain import FillType
 from fleet.errors import BadInput
 
@@ -48,26 +48,17 @@ _NOT_YET = {
         "resizeTimeout",
     },
     "job": {
-        "constraints",
         "jobManagerTask",
         "jobPreparationTask",
         "jobReleaseTask",
-        "commonEnvironmentSettings",
-        "usesTaskDependencies",
-        "onAllTasksComplete",
-        "onTaskFailure",
-        "maxParallelTasks",
         "autoPoolSpecification",
         "networkConfiguration",
     },
     "task": {
         "resourceFiles",
         "outputFiles",
-        "constraints",
         "userIdentity",
         "multiInstanceSettings",
-        "dependsOn",
-        "exitConditions",
         "applicationPackageReferences",
         "containerSettings",
         "affinityInfo",
@@ -315,6 +306,7 @@ JOB_FIELDS = {
     "commonEnvironmentSettings",
     "onAllTasksComplete",
     "onTaskFailure",
+    "usesTaskDependencies",
 }
 
 
@@ -343,6 +335,7 @@ def parse_job(data: Any) -> dict[str, Any]:
         "onAllTasksComplete": _choice(
             data, "onAllTasksComplete", target, ("noaction", "terminatejob")
         ),
+        "usesTaskDependencies": _typed(data, "usesTaskDependencies", bool, target, default=False),
         "onTaskFailure": _choice(
             data, "onTaskFailure", target, ("noaction", "performexitoptionsjobaction")
         ),
@@ -358,6 +351,7 @@ TASK_FIELDS = {
     "requiredSlots",
     "constraints",
     "exitConditions",
+    "dependsOn",
     "url",
     "eTag",
 }
@@ -377,6 +371,7 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
         "requiredSlots": _int_in(data, "requiredSlots", target, 1, 256, 1),
         "constraints": parse_constraints(data.get("constraints"), target, task=True),
         "exitConditions": exit_conditions.parse_exit_conditions(data.get("exitConditions"), target),
+        "dependsOn": dependencies.parse_depends_on(data.get("dependsOn"), target),
     }
 
 

@@ -110,6 +110,7 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_state_job", "state", "job_id"),
         Index("ix_tasks_node", "node_id"),
         Index("ix_tasks_end_request", "end_request"),
+        Index("ix_tasks_deps_state", "job_id", "deps_state"),
     )
 
     pk: int | None = Field(default=None, primary_key=True)
@@ -135,6 +136,8 @@ class Task(SQLModel, table=True):
     task_root: str | None = None
     end_request: str | None = None  # terminate | delete, asked of a task that is running
     dependency_action: str | None = None  # satisfy | block, once completed
+    deps_state: str | None = None  # waiting | blocked while dependsOn holds it back
+    deps_parent: str | None = None  # the parent it waits for or is blocked by
     created_at: float = 0.0
     state_changed_at: float = 0.0
 

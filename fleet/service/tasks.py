@@ -8,9 +8,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from fleet import specs
+from fleet import dependencies, specs
 from fleet.domain import JobState, TaskResult, TaskState
 from fleet.errors import Conflict, NotFound
+from fleet.service import dependency_state
 from fleet.service.jobs import get_job
 from fleet.settings import Settings
 from fleet.store import Store
@@ -23,8 +24,9 @@ COLLECTED_FILES = ("stdout.txt", "stderr.txt", "exit.json")
 def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
     """Add one task or a collection of up to 100, atomically.
 
-    Raises BadInput (bad spec, duplicate id in the collection), NotFound (no job) or
-    Conflict (job not active, task id taken). Nothing is stored on error.
+    Raises BadInput (bad spec, duplicate id in the collection, bad dependencies),
+    NotFound (no job) or Conflict (job not active, task id taken). Nothing is stored
+    on error. Tasks with ``dependsOn`` wait until their parents allow them to run.
     """
     items = specs.parse_task_collection(data, job_id)
     now = time.time()
@@ -45,6 +47,18 @@ def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
                 target=f"task {job_id}/{taken[0]}",
                 field="id",
             )
+        new_deps = {t["id"]: t.get("dependsOn") for t in items}
+        if any(new_deps.values()) or job.spec.get("usesTaskDependencies"):
+            existing = {
+                tid: (spec or {}).get("dependsOn")
+                for tid, spec in s.exec(select(Task.id, Task.spec).where(Task.job_id == job_id))
+            }
+            dependencies.validate_additions(
+                existing,
+                new_deps,
+                job_id=job_id,
+                uses_task_dependencies=bool(job.spec.get("usesTaskDependencies")),
+            )
         rows = [
             Task(
                 job_id=job_id,
@@ -54,10 +68,14 @@ def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
                 required_slots=t["requiredSlots"],
                 created_at=now,
                 state_changed_at=now,
+                deps_state="waiting" if t.get("dependsOn") else None,
             )
             for t in items
         ]
         s.add_all(rows)
+        if any(new_deps.values()):
+            s.flush()
+            dependency_state.refresh(s, job_id)
     return rows
 
 
@@ -153,6 +171,8 @@ def reactivate_task(store: Store, job_id: str, task_id: str) -> Task:
         task.state = TaskState.ACTIVE
         task.state_changed_at = now
         s.add(task)
+        s.flush()
+        dependency_state.refresh(s, job_id)  # its dependents wait for it again
         return task
 
 
