@@ -18,6 +18,7 @@ OWNERS = {
         "tables.py",
         "store.py",
         "service/",
+        "task_events.py",
         "controller.py",
         "lifecycle.py",
         "execute.py",
