@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 from fleet import lab as lab_mod
@@ -28,12 +29,32 @@ ANSIBLE_VENV = BENCH / ".venv-ansible"
 
 
 def stop_on_sigterm() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so every `finally` below still runs."""
+    """Make SIGTERM (and SIGINT, even if the shell ignored it) unwind, so every `finally` runs."""
 
     def handler(_sig: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGTERM a process and all its descendants (Ansible's workers call setsid), then SIGKILL."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(p.name))
+    pids, todo = [pid], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        pids += kids
+        todo += kids
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            with contextlib.suppress(OSError):
+                os.kill(p, sig)
+        time.sleep(0.5)
 
 
 def bench_env(home: Path | None = None) -> dict[str, str]:
@@ -74,11 +95,21 @@ def lab(nodes: int) -> Iterator[lab_mod.Lab]:
 
 
 def run(argv: Sequence[str | Path], env: dict[str, str], **kw: Any) -> str:
-    """Run a command to completion; raise with its output if it fails; return its stdout."""
-    proc = subprocess.run([str(a) for a in argv], env=env, capture_output=True, text=True, **kw)
+    """Run a command to completion; raise with its output if it fails; return its stdout.
+
+    If this process is interrupted meanwhile, the command and its descendants are killed."""
+    proc = subprocess.Popen(
+        [str(a) for a in argv], env=env, stdout=PIPE, stderr=PIPE, text=True, **kw
+    )
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        kill_tree(proc.pid)
+        proc.wait()
+        raise
     if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+        raise RuntimeError(f"{argv[0]} exited {proc.returncode}:\n{out}\n{err}")
+    return out
 
 
 def time_once(argv: Sequence[str | Path], env: dict[str, str], **kw: Any) -> float:

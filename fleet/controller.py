@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import shlex
@@ -23,6 +24,7 @@ from sqlmodel import col, select
 from fleet import environment, outcomes, scheduler, specs
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import AgentError, FleetError, RemoteError
+from fleet.job_tasks import JobTasks
 from fleet.lifecycle import Lifecycle
 from fleet.node_link import NodeLink
 from fleet.service.tasks import COLLECTED_FILES
@@ -52,6 +54,7 @@ class Controller:
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self.lifecycle = Lifecycle(self)
+        self.job_tasks = JobTasks(self)
 
     def wake(self) -> None:
         """Run the next turn of the loop now rather than at the next tick."""
@@ -152,6 +155,7 @@ class Controller:
                     self.exited(link, att, item.get("exit") or {})
                 elif item.get("state") == "missing":
                     self.events.back_to_queue.append((att, self._was_started(att)))
+        await self.job_tasks.reconcile(link)
         for att in self.stale.pop(link.node_id, []):
             if link.agent is not None:
                 with contextlib.suppress(FleetError):
@@ -159,6 +163,12 @@ class Controller:
                         "kill", key=att.key, taskDir=att.task_dir, attempt=att.attempt
                     )
         self._wake.set()
+
+    def links_pool(self, node_id: str) -> str:
+        """Return the pool a node belongs to ('' if it left)."""
+        with self.store.session() as s:
+            node = s.get(Node, node_id)
+            return node.pool_id if node else ""
 
     def _was_started(self, att: Attempt) -> bool:
         with self.store.session() as s:
@@ -169,6 +179,9 @@ class Controller:
         self._wake.set()
 
     def _agent_event(self, link: NodeLink, msg: dict[str, Any]) -> None:
+        if "#" in str(msg.get("key")):
+            self.job_tasks.on_event(link, msg)
+            return
         att = self.inflight.get(link.node_id, {}).get(str(msg.get("key")))
         if att is None or att.attempt != msg.get("attempt"):
             return  # a stale attempt's late exit
@@ -256,7 +269,8 @@ class Controller:
             return
         fill_types = {p.id: p.node_fill_type for p in pools.values()}
         job_room = self._job_room({t.job_id for t in pending})
-        plan = scheduler.plan(snapshot, pending, fill_types, job_room)
+        avoid = self.job_tasks.excluded_nodes()
+        plan = scheduler.plan(snapshot, pending, fill_types, job_room, avoid)
         if plan:
             await self._dispatch(plan, pending, {n.id: n.pool_id for n in snapshot})
 
@@ -363,16 +377,31 @@ class Controller:
                         ],
                     )
                     limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
-                    sends.append((link, att, shlex.split(task.command_line), env, limit))
+                    gate = self.job_tasks.gate(s, jobs[task.job_id], task, link)
+                    sends.append((gate, link, att, shlex.split(task.command_line), env, limit))
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
             for att in placed:  # nothing was written: forget the plan
                 self.inflight.get(att.node_id, {}).pop(att.key, None)
             raise
         stamp = time.monotonic()
-        for link, att, argv, env, limit in sends:
+        for gate, link, att, argv, env, limit in sends:
             self.last_assigned[att.node_id] = stamp
-            self.spawn_background(self._send_spawn(link, att, argv, env, limit))
+            start = functools.partial(self._start, link, att, argv, env, limit)
+            if gate == "wait":
+                self.job_tasks.hold(att, start)
+            else:
+                start()
+
+    def _start(
+        self,
+        link: NodeLink,
+        att: Attempt,
+        argv: list[str],
+        env: dict[str, str],
+        limit: float | None,
+    ) -> None:
+        self.spawn_background(self._send_spawn(link, att, argv, env, limit))
 
     async def _send_spawn(
         self,

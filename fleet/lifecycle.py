@@ -23,7 +23,7 @@ from sqlmodel import col, select
 from fleet import specs
 from fleet.domain import JobState, TaskResult, TaskState
 from fleet.errors import FleetError
-from fleet.tables import Job, Task
+from fleet.tables import Job, JobNode, Task
 
 if TYPE_CHECKING:
     from fleet.controller import Controller
@@ -67,7 +67,7 @@ class Lifecycle:
             reason = f"the job was terminated ({job.termination_reason})"
             for att in running:
                 self._end(att, reason=reason)
-            if not running:
+            if not running and self.c.job_tasks.releases_done(job):
                 self.set_job_state(job.id, JobState.COMPLETED)
         elif job.state == JobState.DISABLING:
             for att in running:
@@ -80,7 +80,7 @@ class Lifecycle:
         elif job.state == JobState.DELETING:
             for att in running:
                 self._end(att, delete=True)
-            if not running:
+            if not running and self.c.job_tasks.releases_done(job):
                 self._delete_job(job.id)
 
     def _attempts_of(self, job_id: str) -> list[Attempt]:
@@ -124,6 +124,7 @@ class Lifecycle:
     def _delete_job(self, job_id: str) -> None:
         with self.c.store.session() as s:
             s.exec(delete(Task).where(col(Task.job_id) == job_id))
+            s.exec(delete(JobNode).where(col(JobNode.job_id) == job_id))
             job = s.get(Job, job_id)
             if job is not None:
                 s.delete(job)

@@ -56,6 +56,7 @@ def plan(
     tasks: Sequence[PendingTask],
     fill_types: Mapping[str, str] | None = None,
     job_room: Mapping[str, int] | None = None,
+    avoid: Mapping[str, set[str]] | None = None,
 ) -> list[Assignment]:
     """Return the assignments to make now.
 
@@ -65,7 +66,9 @@ def plan(
     with ``pack`` the fullest node that still fits, ties broken by node id. A task
     that fits nowhere is passed over, and smaller tasks behind it may still be placed.
     ``job_room`` caps how many more tasks of a job may start (its ``maxParallelTasks``
-    less those running); jobs missing from it have no cap. Running tasks are never moved.
+    less those running); jobs missing from it have no cap. ``avoid`` lists, per job,
+    nodes its tasks must not go to (its prep task failed there). Running tasks are
+    never moved.
     """
     fill_types = fill_types or {}
     job_left = dict(job_room or {})
@@ -80,7 +83,13 @@ def plan(
         pool_free = free.get(task.pool_id)
         if not pool_free or job_left.get(task.job_id, 1) <= 0:
             continue
-        node_id = _choose(pool_free, task.required_slots, fill_types.get(task.pool_id), rank)
+        node_id = _choose(
+            pool_free,
+            task.required_slots,
+            fill_types.get(task.pool_id),
+            rank,
+            (avoid or {}).get(task.job_id, set()),
+        )
         if node_id is None:
             continue
         pool_free[node_id] -= task.required_slots
@@ -98,8 +107,13 @@ def _choose(
     need: int,
     fill_type: str | None,
     rank: dict[str, tuple[float, int, str]],
+    avoid: set[str],
 ) -> str | None:
-    fits = [(room, node_id) for node_id, room in pool_free.items() if room >= need]
+    fits = [
+        (room, node_id)
+        for node_id, room in pool_free.items()
+        if room >= need and node_id not in avoid
+    ]
     if not fits:
         return None
     if fill_type == FillType.PACK:

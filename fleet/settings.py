@@ -38,3 +38,8 @@ class Settings:
     def node_files(self) -> Path:
         """Directory where collected start-task output lives: ``node_files/<node>/startup/``."""
         return self.home / "nodefiles"
+
+    @property
+    def files(self) -> Path:
+        """Root of the controller's file store: ``files/<container>/<path>``."""
+        return self.home / "files"

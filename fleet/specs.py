@@ -49,8 +49,6 @@ _NOT_YET = {
     },
     "job": {
         "jobManagerTask",
-        "jobPreparationTask",
-        "jobReleaseTask",
         "autoPoolSpecification",
         "networkConfiguration",
     },
@@ -307,7 +305,67 @@ JOB_FIELDS = {
     "onAllTasksComplete",
     "onTaskFailure",
     "usesTaskDependencies",
+    "jobPreparationTask",
+    "jobReleaseTask",
 }
+
+RELEASE_LIMIT_SECONDS = 15 * 60
+
+
+def parse_job_preparation_task(value: Any, target: str) -> dict[str, Any] | None:
+    """Return a normalized ``jobPreparationTask`` or None."""
+    if value is None:
+        return None
+    allowed = {
+        "id",
+        "commandLine",
+        "environmentSettings",
+        "constraints",
+        "waitForSuccess",
+        "rerunOnNodeRebootAfterSuccess",
+    }
+    _check_fields(value, target, "jobPreparationTask", "jobPreparationTask", allowed)
+    return {
+        "id": validate_id("jobPreparationTask", value.get("id", "jobpreparation")),
+        "commandLine": parse_command_line(
+            value.get("commandLine"), target, "jobPreparationTask.commandLine"
+        ),
+        "environmentSettings": parse_env(
+            value.get("environmentSettings"), target, "jobPreparationTask.environmentSettings"
+        ),
+        "constraints": parse_constraints(value.get("constraints"), target, task=True),
+        "waitForSuccess": _typed(
+            value, "waitForSuccess", bool, target, "jobPreparationTask", default=True
+        ),
+        "rerunOnNodeRebootAfterSuccess": _typed(
+            value, "rerunOnNodeRebootAfterSuccess", bool, target, "jobPreparationTask", default=True
+        ),
+    }
+
+
+def parse_job_release_task(value: Any, target: str) -> dict[str, Any] | None:
+    """Return a normalized ``jobReleaseTask`` (its maxWallClockTime at most 15 minutes)."""
+    if value is None:
+        return None
+    allowed = {"id", "commandLine", "environmentSettings", "maxWallClockTime", "retentionTime"}
+    _check_fields(value, target, "jobReleaseTask", "jobReleaseTask", allowed)
+    limit = _duration(value, "maxWallClockTime", target, "jobReleaseTask") or "PT15M"
+    if (durations.parse(limit) or 0) > RELEASE_LIMIT_SECONDS:
+        raise _fail(
+            target,
+            "jobReleaseTask.maxWallClockTime",
+            "a job release task may run for 15 minutes at most (PT15M)",
+        )
+    return {
+        "id": validate_id("jobReleaseTask", value.get("id", "jobrelease")),
+        "commandLine": parse_command_line(
+            value.get("commandLine"), target, "jobReleaseTask.commandLine"
+        ),
+        "environmentSettings": parse_env(
+            value.get("environmentSettings"), target, "jobReleaseTask.environmentSettings"
+        ),
+        "constraints": {"maxWallClockTime": limit},
+    }
 
 
 def parse_job(data: Any) -> dict[str, Any]:
@@ -319,6 +377,14 @@ def parse_job(data: Any) -> dict[str, Any]:
     _check_fields(data, target, "", "job", JOB_FIELDS)
     pool_info = _typed(data, "poolInfo", dict, target, required=True)
     _check_fields(pool_info, target, "poolInfo", "poolInfo", {"poolId"})
+    prep = parse_job_preparation_task(data.get("jobPreparationTask"), target)
+    release = parse_job_release_task(data.get("jobReleaseTask"), target)
+    if release is not None and prep is None:
+        raise _fail(
+            target,
+            "jobReleaseTask",
+            "a jobReleaseTask needs a jobPreparationTask (as in Azure Batch)",
+        )
     max_parallel = _int_in(data, "maxParallelTasks", target, -1, 1_000_000, -1)
     if max_parallel == 0:
         raise _fail(target, "maxParallelTasks", "maxParallelTasks must be -1 (no limit) or >= 1")
@@ -336,6 +402,8 @@ def parse_job(data: Any) -> dict[str, Any]:
             data, "onAllTasksComplete", target, ("noaction", "terminatejob")
         ),
         "usesTaskDependencies": _typed(data, "usesTaskDependencies", bool, target, default=False),
+        "jobPreparationTask": prep,
+        "jobReleaseTask": release,
         "onTaskFailure": _choice(
             data, "onTaskFailure", target, ("noaction", "performexitoptionsjobaction")
         ),

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from fleet import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -53,11 +53,20 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """Yield a session inside one transaction; commit on success, roll back on error."""
+        """Yield a session inside one transaction; commit on success, roll back on error.
+
+        Raises FleetError (code DatabaseError) for errors from the database itself."""
         with Session(self.engine, expire_on_commit=False) as session:
             try:
                 yield session
                 session.commit()
+            except DBAPIError as exc:
+                session.rollback()
+                raise FleetError(
+                    f"database error: {exc.orig}; if this database was made by another version "
+                    "of fleet, use a new --home or --db-url",
+                    code="DatabaseError",
+                ) from exc
             except BaseException:
                 session.rollback()
                 raise

@@ -142,4 +142,19 @@ class Task(SQLModel, table=True):
     state_changed_at: float = 0.0
 
 
-ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task)
+class JobNode(SQLModel, table=True):
+    """A job's preparation and release tasks on one node (Azure's prep/release status)."""
+
+    __tablename__ = "job_nodes"
+
+    job_id: str = Field(primary_key=True)
+    node_id: str = Field(primary_key=True)
+    prep_state: str | None = None  # running | succeeded | failed
+    prep_attempt: int = 0
+    prep_boot_id: str | None = None  # the boot it succeeded in
+    prep_info: dict[str, Any] | None = _json()
+    release_state: str | None = None  # running | completed
+    release_info: dict[str, Any] | None = _json()
+
+
+ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode)

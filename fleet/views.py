@@ -88,6 +88,14 @@ def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
             "state": row.state,
             "priority": row.priority,
             "poolInfo": {"poolId": row.pool_id},
+            "maxParallelTasks": row.spec.get("maxParallelTasks"),
+            "usesTaskDependencies": row.spec.get("usesTaskDependencies"),
+            "onAllTasksComplete": row.spec.get("onAllTasksComplete"),
+            "onTaskFailure": row.spec.get("onTaskFailure"),
+            "constraints": row.spec.get("constraints") or None,
+            "commonEnvironmentSettings": row.spec.get("commonEnvironmentSettings") or None,
+            "jobPreparationTask": row.spec.get("jobPreparationTask"),
+            "jobReleaseTask": row.spec.get("jobReleaseTask"),
             "creationTime": iso(row.created_at),
             "stateTransitionTime": iso(row.state_changed_at),
             "executionInfo": _drop_none(
@@ -137,6 +145,13 @@ def task(row: Task) -> dict[str, Any]:
             "stateTransitionTime": iso(row.state_changed_at),
             "environmentSettings": row.spec.get("environmentSettings") or None,
             "requiredSlots": row.required_slots,
+            "constraints": row.spec.get("constraints") or None,
+            "dependsOn": row.spec.get("dependsOn") or None,
+            "exitConditions": row.spec.get("exitConditions") or None,
+            # fleet's addition: why a task with dependsOn is not running yet
+            "dependencyState": {"state": row.deps_state, "parentId": row.deps_parent}
+            if row.deps_state
+            else None,
             "executionInfo": execution,
             "nodeInfo": node_info,
         }

@@ -161,3 +161,27 @@ def test_azure_pool_json_loads_with_vm_size_kept(fleet, tmp_path):
     assert pool["vmSize"] == "standard_d2s_v3"
     assert pool["state"] == "active" and pool["allocationState"] == "steady"
     assert pool["currentDedicatedNodes"] == 1
+
+
+def _leaf_commands():
+    import typer.main
+
+    from fleet.cli import app
+
+    def walk(cmd, path):
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield " ".join(path), cmd
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.parametrize(
+    ("name", "command"), _leaf_commands(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_every_command_takes_the_output_option(name, command):
+    opts = {o for p in command.params for o in getattr(p, "opts", [])}
+    assert {"-o", "--output"} <= opts, f"fleet {name} lacks -o/--output"

@@ -19,6 +19,7 @@ OWNERS = {
         "store.py",
         "service/",
         "task_events.py",
+        "job_tasks.py",
         "controller.py",
         "lifecycle.py",
         "execute.py",

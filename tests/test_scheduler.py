@@ -40,7 +40,13 @@ def test_scheduler_case(path: Path) -> None:
     nodes, tasks = _load(case)
     got = [
         [f"{a.job_id}/{a.task_id}", a.node_id]
-        for a in plan(nodes, tasks, case.get("fillTypes"), case.get("jobRoom"))
+        for a in plan(
+            nodes,
+            tasks,
+            case.get("fillTypes"),
+            case.get("jobRoom"),
+            {j: set(n) for j, n in case.get("avoid", {}).items()},
+        )
     ]
     assert got == case["expect"], case["description"]
 

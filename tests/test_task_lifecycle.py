@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import make_pool, wait_for
@@ -52,12 +54,16 @@ def test_reactivating_a_failed_task_runs_it_again_with_counters_reset(job):
         "create",
         "--job",
         "j",
-        "--id",
-        "t",
-        "--command-line",
-        "/bin/sh -c 'test -e $FLEET_NODE_SHARED_DIR/fixed-$FLEET_JOB_ID'",
+        "--json-file",
+        "-",
+        input=json.dumps(
+            {
+                "id": "t",
+                "constraints": {"maxTaskRetryCount": 1},
+                "commandLine": "/bin/sh -c 'test -e $FLEET_NODE_SHARED_DIR/fixed-$FLEET_JOB_ID'",
+            }
+        ),
     )
-    job("task", "set", "--job", "j", "--id", "t", "--max-task-retry-count", "1")
     assert job("job", "wait", "j", "--timeout", "60", check=False).code == 1
     failed = _show(job, "t")
     assert failed["executionInfo"]["retryCount"] == 1

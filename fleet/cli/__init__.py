@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fleet.cli import common, controller_cmd, exec_cmd, hosts, jobs, lab, pools, tasks
+from fleet.cli import common, controller_cmd, exec_cmd, files, hosts, jobs, lab, pools, tasks
 from fleet.cli.common import OutputFormat
 from fleet.errors import FleetError
 
@@ -26,6 +26,7 @@ app.add_typer(pools.node_app, name="node")
 app.add_typer(jobs.app, name="job")
 app.add_typer(tasks.app, name="task")
 app.add_typer(controller_cmd.app, name="controller")
+app.add_typer(files.app, name="file")
 exec_cmd.register(app)
 
 

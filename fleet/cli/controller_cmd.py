@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from typing import Annotated
 
 import typer
 
-from fleet.cli.common import CURRENT
+from fleet.cli.common import CURRENT, OutputFormat, OutputOpt, fmt
 from fleet.controller import Controller
 
 app = typer.Typer(help="Run the controller.", no_args_is_help=True)
@@ -26,12 +27,16 @@ def run(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = "info",
+    output: OutputOpt = None,
 ) -> None:
-    """Bootstrap nodes and run tasks until SIGTERM or Ctrl-C. Logs go to stderr."""
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Bootstrap nodes and run tasks until SIGTERM or Ctrl-C. Logs go to stderr
+    (one JSON object per line with -o json)."""
+    handler = logging.StreamHandler()
+    if fmt(output) == OutputFormat.JSON:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     controller = Controller(CURRENT.settings, CURRENT.store, node_grace=node_grace)
 
@@ -43,3 +48,16 @@ def run(
         await controller.run(stop)
 
     asyncio.run(main())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)

@@ -211,3 +211,20 @@ def wait(
     )
     if counts["failed"] or counts["active"] or counts["running"]:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("prep-release-status")
+def prep_release_status(job_id: str, output: OutputOpt = None) -> None:
+    """Show the job's preparation and release task on each node that ran them."""
+    emit(
+        service.prep_release_status(CURRENT.store, job_id),
+        output,
+        [
+            ("NODE", "nodeId"),
+            ("PREP", "jobPreparationTaskExecutionInfo.state"),
+            ("PREP EXIT", "jobPreparationTaskExecutionInfo.exitCode"),
+            ("PREP RETRIES", "jobPreparationTaskExecutionInfo.retryCount"),
+            ("RELEASE", "jobReleaseTaskExecutionInfo.state"),
+            ("RELEASE EXIT", "jobReleaseTaskExecutionInfo.exitCode"),
+        ],
+    )

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from fleet import specs, task_files, views
-from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file
+from fleet.cli.common import CURRENT, OutputFormat, OutputOpt, emit, fmt, load_json_file
 from fleet.errors import BadInput
 from fleet.service import tasks as service
 
@@ -183,11 +183,16 @@ def download(
     ] = None,
     start: Annotated[int | None, typer.Option("--start", help="First byte (0-based).")] = None,
     end: Annotated[int | None, typer.Option("--end", help="Last byte, inclusive.")] = None,
+    output: OutputOpt = None,
 ) -> None:
-    """Download a task file (whole, or a byte range) from its node or the collected copies."""
+    """Download a task file (whole, or a byte range) from its node or the collected copies.
+
+    With --destination, -o json prints {name, destination, bytes}."""
     data = task_files.read_file(CURRENT.settings, CURRENT.store, job, task_id, name, start, end)
     if destination is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
-    else:
-        destination.write_bytes(data)
+        return
+    destination.write_bytes(data)
+    if fmt(output) == OutputFormat.JSON:
+        emit({"name": name, "destination": str(destination), "bytes": len(data)}, output)

@@ -13,7 +13,7 @@ from fleet.domain import JobState, TaskResult, TaskState
 from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service.pools import get_pool
 from fleet.store import Store
-from fleet.tables import Job, Task
+from fleet.tables import Job, JobNode, Task
 
 
 def create_job(store: Store, data: dict[str, Any]) -> Job:
@@ -188,3 +188,23 @@ def set_job(store: Store, job_id: str, changes: dict[str, Any]) -> Job:
 def _as_request(spec: dict[str, Any]) -> dict[str, Any]:
     """Return a stored (normalized) job spec in the shape parse_job accepts again."""
     return {k: v for k, v in spec.items() if v is not None and v != [] and v != {}}
+
+
+def prep_release_status(store: Store, job_id: str) -> list[dict[str, Any]]:
+    """Return, per node that ran it, the job's prep and release task execution info."""
+    with store.session() as s:
+        get_job(s, job_id)
+        return [
+            {
+                k: v
+                for k, v in {
+                    "nodeId": row.node_id,
+                    "jobPreparationTaskExecutionInfo": row.prep_info,
+                    "jobReleaseTaskExecutionInfo": row.release_info,
+                }.items()
+                if v is not None
+            }
+            for row in s.exec(
+                select(JobNode).where(JobNode.job_id == job_id).order_by(col(JobNode.node_id))
+            )
+        ]

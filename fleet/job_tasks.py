@@ -1,0 +1,292 @@
+"""Job preparation and release tasks: before a job's first task on a node, and when it ends.
+
+A task placed on a node where its job's preparation task has not run yet waits in
+state ``preparing`` while the controller runs it there. Success releases the
+waiting tasks; a failure (after the prep task's retries) with ``waitForSuccess``
+sends them back to ``active`` once, and keeps the job's tasks off that node.
+When the job ends, its release task runs on every node that ran the prep task,
+for 15 minutes at most, before the job completes. The per-node record lives in
+the ``job_nodes`` table.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import Session, select
+
+from fleet import environment, outcomes, specs, views
+from fleet.errors import FleetError
+from fleet.tables import Job, JobNode, Task
+from fleet.task_events import Attempt, epoch
+
+if TYPE_CHECKING:
+    from fleet.controller import Controller
+    from fleet.node_link import NodeLink
+
+log = logging.getLogger(__name__)
+
+PREP, RELEASE = "prep", "release"
+SPEC_FIELD = {PREP: "jobPreparationTask", RELEASE: "jobReleaseTask"}
+
+
+def agent_key(job_id: str, kind: str) -> str:
+    """Return the agent key of a job's prep or release task ('#' is never in an id)."""
+    return f"{job_id}#{kind}"
+
+
+@dataclass
+class Held:
+    """A task waiting for its job's prep task on its node, and how to start it."""
+
+    att: Attempt
+    start: Callable[[], None]
+
+
+class JobTasks:
+    """The controller's handling of job preparation and release tasks."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+        self.held: dict[tuple[str, str], list[Held]] = {}
+        self.retries: dict[tuple[str, str], int] = {}
+
+    # -- preparation ------------------------------------------------------------------
+
+    def gate(self, s: Session, job: Job, task: Task, link: NodeLink) -> str:
+        """Return ``go`` when ``task`` may start on ``link``'s node now, ``wait`` when it
+        must wait for the job's prep task there (which this starts if needed)."""
+        prep = job.spec.get("jobPreparationTask")
+        if not prep:
+            return "go"
+        row = s.get(JobNode, (job.id, link.node_id)) or JobNode(job_id=job.id, node_id=link.node_id)
+        boot = link.agent.hello.get("bootId") if link.agent else None
+        stale = (
+            row.prep_state == "succeeded"
+            and prep.get("rerunOnNodeRebootAfterSuccess", True)
+            and row.prep_boot_id != boot
+        )
+        if row.prep_state == "succeeded" and not stale:
+            return "go"
+        if row.prep_state in (None, "succeeded") or stale:
+            row.prep_state = "running"
+            row.prep_attempt += 1
+            row.prep_info = {
+                "state": "running",
+                "retryCount": self.retries.get((job.id, link.node_id), 0),
+            }
+            s.add(row)
+            attempt = row.prep_attempt
+            self.c.spawn_background(self._spawn(link, job, PREP, attempt))
+        if not prep.get("waitForSuccess", True):
+            return "go"
+        task.state = "preparing"
+        return "wait"
+
+    def hold(self, att: Attempt, start: Callable[[], None]) -> None:
+        """Keep ``att`` until the prep task of its job on its node has finished."""
+        self.held.setdefault((att.job_id, att.node_id), []).append(Held(att, start))
+
+    def excluded_nodes(self) -> dict[str, set[str]]:
+        """Return, per job, the nodes its tasks must avoid: prep failed there with waitForSuccess."""
+        out: dict[str, set[str]] = {}
+        with self.c.store.session() as s:
+            for row in s.exec(select(JobNode).where(JobNode.prep_state == "failed")):
+                out.setdefault(row.job_id, set()).add(row.node_id)
+        return out
+
+    # -- spawning and exits -------------------------------------------------------------
+
+    async def _spawn(self, link: NodeLink, job: Job, kind: str, attempt: int) -> None:
+        spec = job.spec[SPEC_FIELD[kind]]
+        root = link.agent.hello.get("root") if link.agent else None
+        if link.agent is None or root is None:
+            return  # the node dropped: reconcile() settles it when it returns
+        tdir = environment.task_dir(job.id, spec["id"])
+        env = environment.build(
+            root=root,
+            pool_id=self.c.links_pool(link.node_id),
+            node_id=link.node_id,
+            task_dir_rel=tdir,
+            attempt=attempt,
+            job_id=job.id,
+            task_id=spec["id"],
+            user_env=[
+                *job.spec.get("commonEnvironmentSettings", []),
+                *spec.get("environmentSettings", []),
+            ],
+        )
+        try:
+            await link.agent.request(
+                "spawn",
+                key=agent_key(job.id, kind),
+                taskDir=tdir,
+                attempt=attempt,
+                argv=shlex.split(spec["commandLine"]),
+                env=env,
+                maxWallClockSeconds=specs.constraint_seconds(spec, "maxWallClockTime"),
+            )
+        except FleetError as exc:
+            self.finished(
+                link,
+                job.id,
+                kind,
+                attempt,
+                {"exitCode": None, "error": {"code": exc.code, "message": exc.message}},
+            )
+
+    def on_event(self, link: NodeLink, msg: dict[str, Any]) -> None:
+        """Handle an agent's ``exited`` event for a prep or release task."""
+        job_id, _, kind = str(msg.get("key")).partition("#")
+        self.finished(link, job_id, kind, int(msg.get("attempt") or 0), msg.get("exit") or {})
+
+    def finished(
+        self, link: NodeLink, job_id: str, kind: str, attempt: int, record: dict[str, Any]
+    ) -> None:
+        """Record a prep or release attempt's end and act on it."""
+        node_id = link.node_id
+        now = time.time()
+        with self.c.store.session() as s:
+            job = s.get(Job, job_id)
+            row = s.get(JobNode, (job_id, node_id))
+            if job is None or row is None:
+                return
+            spec = job.spec.get(SPEC_FIELD[kind]) or {}
+            failure = outcomes.failure_info(record)
+            info = {
+                "state": "completed",
+                "startTime": record.get("startTime"),
+                "endTime": record.get("endTime") or views.iso(now),
+                "exitCode": record.get("exitCode"),
+                "result": "failure" if failure else "success",
+                "failureInfo": failure,
+                "taskRootDirectory": f"{link.agent.hello.get('root') if link.agent else ''}/"
+                f"{environment.task_dir(job_id, spec.get('id', kind))}",
+            }
+            if kind == RELEASE:
+                row.release_state, row.release_info = "completed", info
+                s.add(row)
+                self.c.wake()
+                return
+            if attempt != row.prep_attempt or row.prep_state != "running":
+                return  # a stale report
+            retries = self.retries.get((job_id, node_id), 0)
+            info["retryCount"] = retries
+            if (
+                failure
+                and outcomes.decide(record, retry_count=retries, task_spec=spec, job_spec={}).retry
+            ):
+                self.retries[(job_id, node_id)] = retries + 1
+                row.prep_attempt += 1
+                row.prep_info = {**info, "state": "running"}
+                s.add(row)
+                self.c.spawn_background(self._spawn(link, job, PREP, row.prep_attempt))
+                return
+            row.prep_state = "failed" if failure else "succeeded"
+            row.prep_boot_id = link.agent.hello.get("bootId") if link.agent else None
+            row.prep_info = info
+            s.add(row)
+            wait = spec.get("waitForSuccess", True)
+        held = self.held.pop((job_id, node_id), [])
+        log.info(
+            "job %s: prep task on %s %s (%d tasks waiting)",
+            job_id,
+            node_id,
+            "failed" if failure else "succeeded",
+            len(held),
+        )
+        for h in held:
+            if failure and wait:
+                self.c.events.back_to_queue.append((h.att, False))
+            else:
+                h.start()
+        self.c.wake()
+
+    async def reconcile(self, link: NodeLink) -> None:
+        """After a (re)connect, settle prep and release attempts this node was running."""
+        with self.c.store.session() as s:
+            rows = list(s.exec(select(JobNode).where(JobNode.node_id == link.node_id)))
+            jobs = {r.job_id: s.get(Job, r.job_id) for r in rows}
+        asks = []
+        for row in rows:
+            job = jobs[row.job_id]
+            if job is None:
+                continue
+            for kind, state in ((PREP, row.prep_state), (RELEASE, row.release_state)):
+                if state == "running":
+                    spec_id = job.spec[SPEC_FIELD[kind]]["id"]
+                    attempt = row.prep_attempt if kind == PREP else 1
+                    asks.append(
+                        (
+                            job,
+                            kind,
+                            attempt,
+                            {
+                                "key": agent_key(job.id, kind),
+                                "attempt": attempt,
+                                "taskDir": environment.task_dir(job.id, spec_id),
+                            },
+                        )
+                    )
+        if not asks or link.agent is None:
+            return
+        result = await link.agent.request("status", tasks=[a[3] for a in asks])
+        for (job, kind, attempt, _), item in zip(asks, result.get("tasks", []), strict=False):
+            if item.get("state") == "exited":
+                self.finished(link, job.id, kind, attempt, item.get("exit") or {})
+            elif item.get("state") == "missing":
+                self._forget(job.id, link.node_id, kind)
+
+    def _forget(self, job_id: str, node_id: str, kind: str) -> None:
+        with self.c.store.session() as s:
+            row = s.get(JobNode, (job_id, node_id))
+            if row is None:
+                return
+            if kind == PREP:
+                row.prep_state = None
+            else:
+                row.release_state = None
+            s.add(row)
+
+    # -- release ----------------------------------------------------------------------
+
+    def releases_done(self, job: Job) -> bool:
+        """Start the job's release task on every node that ran its prep task; return True
+        once every one of them has finished (or its node could not run it)."""
+        if not job.spec.get("jobReleaseTask"):
+            return True
+        done = True
+        with self.c.store.session() as s:
+            for row in s.exec(select(JobNode).where(JobNode.job_id == job.id)):
+                if row.prep_state is None or row.release_state == "completed":
+                    continue
+                done = False
+                if row.release_state == "running":
+                    started = epoch((row.release_info or {}).get("startTime")) or time.time()
+                    if time.time() - started > specs.RELEASE_LIMIT_SECONDS + 60:
+                        row.release_state = "completed"  # the agent's limit failed to report
+                        s.add(row)
+                    continue
+                link = self.c.links.get(row.node_id)
+                if link is None or not link.ready:
+                    row.release_state = "completed"
+                    row.release_info = {
+                        "state": "completed",
+                        "result": "failure",
+                        "failureInfo": {
+                            "category": "servererror",
+                            "code": "NodeUnreachable",
+                            "message": "the node was not reachable when the job ended",
+                        },
+                    }
+                else:
+                    row.release_state = "running"
+                    row.release_info = {"state": "running", "startTime": views.iso(time.time())}
+                    self.c.spawn_background(self._spawn(link, job, RELEASE, 1))
+                s.add(row)
+        return done
