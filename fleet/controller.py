@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from fleet import environment, outcomes, scheduler, specs
+from fleet import environment, outcomes, scheduler, specs, task_io
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import AgentError, FleetError, RemoteError
 from fleet.job_tasks import JobTasks
@@ -99,7 +99,15 @@ class Controller:
         for t in rows:
             if t.node_id is None:
                 continue
-            att = Attempt(t.pk or 0, t.job_id, t.id, t.attempt, t.node_id, t.required_slots)
+            att = Attempt(
+                t.pk or 0,
+                t.job_id,
+                t.id,
+                t.attempt,
+                t.node_id,
+                t.required_slots,
+                output_files=t.spec.get("outputFiles") or [],
+            )
             self.inflight.setdefault(t.node_id, {})[att.key] = att
 
     def _sync_links(self) -> None:
@@ -192,36 +200,44 @@ class Controller:
             return
         att.collecting = True
         self.spawn_background(self._collect(link, att, record))
+        self._wake.set()  # its slots are free: schedule now
 
     async def _collect(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
-        """Copy the task's output files into the file store, then queue its completion.
+        """Copy the task's stdout, stderr and exit record into the controller's store and its
+        outputFiles into the file store, then queue its completion.
 
         The exit record read back from the node is the truth; the event's copy is only
-        used when the file cannot be parsed (any process of the login user could send
-        an event)."""
+        used when the file cannot be read (any process of the login user could send an
+        event). A file the task never got to write is skipped; a lost connection leaves
+        the attempt to the next reconcile."""
         conn = link.conn
         root = link.agent.hello.get("root") if link.agent else None
+        dest = self.settings.task_files / att.job_id / att.task_id
         try:
             if conn is None or root is None:
                 raise RemoteError("node disconnected before output was collected")
-            dest = self.settings.task_files / att.job_id / att.task_id
             dest.mkdir(parents=True, exist_ok=True)
             await asyncio.gather(
                 *(
-                    conn.download(f"{root}/{att.task_dir}/{name}", str(dest / name))
+                    _download_if_present(conn, f"{root}/{att.task_dir}/{name}", str(dest / name))
                     for name in COLLECTED_FILES
                 )
             )
+            record = _record_on_disk(dest, att) or record
+            if att.output_files:
+                ok = record.get("exitCode") == 0 and not record.get("error")
+                try:
+                    await task_io.save_outputs(
+                        conn, self.settings, f"{root}/{att.task_dir}", att.output_files, ok
+                    )
+                except FleetError as exc:
+                    if exc.code != "FileUploadError":
+                        raise
+                    record = {**record, "error": {"code": exc.code, "message": exc.message}}
         except FleetError as exc:
             log.warning("task %s: output not collected yet: %s", att.key, exc)
             att.collecting = False  # the next reconcile with the node collects it
             return
-        try:
-            on_disk = json.loads((dest / "exit.json").read_bytes())
-            if on_disk.get("attempt") == att.attempt and on_disk.get("key") == att.key:
-                record = on_disk
-        except (OSError, ValueError):
-            log.warning("task %s: exit.json unreadable; using the reported record", att.key)
         self.events.finished.append((att, record))
         self._wake.set()
 
@@ -257,7 +273,9 @@ class Controller:
                 continue
             if node.state not in (NodeState.IDLE, NodeState.RUNNING):
                 continue
-            used = sum(a.slots for a in self.inflight.get(node.id, {}).values())
+            # An attempt that has exited frees its slots at once, while its output is
+            # still being collected.
+            used = sum(a.slots for a in self.inflight.get(node.id, {}).values() if not a.collecting)
             snapshot.append(
                 scheduler.NodeSlots(node.id, node.pool_id, pool.task_slots_per_node, used)
             )
@@ -360,6 +378,7 @@ class Controller:
                         task.attempt,
                         a.node_id,
                         task.required_slots,
+                        output_files=task.spec.get("outputFiles") or [],
                     )
                     self.inflight.setdefault(a.node_id, {})[att.key] = att
                     placed.append(att)
@@ -378,16 +397,19 @@ class Controller:
                     )
                     limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
                     gate = self.job_tasks.gate(s, jobs[task.job_id], task, link)
-                    sends.append((gate, link, att, shlex.split(task.command_line), env, limit))
+                    files = task.spec.get("resourceFiles") or []
+                    sends.append(
+                        (gate, link, att, shlex.split(task.command_line), env, limit, files)
+                    )
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
             for att in placed:  # nothing was written: forget the plan
                 self.inflight.get(att.node_id, {}).pop(att.key, None)
             raise
         stamp = time.monotonic()
-        for gate, link, att, argv, env, limit in sends:
+        for gate, link, att, argv, env, limit, files in sends:
             self.last_assigned[att.node_id] = stamp
-            start = functools.partial(self._start, link, att, argv, env, limit)
+            start = functools.partial(self._start, link, att, argv, env, limit, files)
             if gate == "wait":
                 self.job_tasks.hold(att, start)
             else:
@@ -400,8 +422,9 @@ class Controller:
         argv: list[str],
         env: dict[str, str],
         limit: float | None,
+        files: list[dict[str, Any]],
     ) -> None:
-        self.spawn_background(self._send_spawn(link, att, argv, env, limit))
+        self.spawn_background(self._send_spawn(link, att, argv, env, limit, files))
 
     async def _send_spawn(
         self,
@@ -410,9 +433,25 @@ class Controller:
         argv: list[str],
         env: dict[str, str],
         max_wall_clock: float | None,
+        resource_files: list[dict[str, Any]],
     ) -> None:
-        if link.agent is None:
+        if link.agent is None or link.conn is None:
             return  # the node dropped; reconcile on reconnect settles this attempt
+        if resource_files:
+            root = link.agent.hello.get("root", "")
+            try:
+                await task_io.stage(
+                    link.conn, self.settings, f"{root}/{att.task_dir}", resource_files
+                )
+            except FleetError as exc:
+                if exc.code != "ResourceFileDownloadError":
+                    return  # the node dropped: reconcile settles it
+                att.collecting = True  # nothing ran: there is nothing to collect
+                self.events.finished.append(
+                    (att, {"exitCode": None, "error": {"code": exc.code, "message": exc.message}})
+                )
+                self._wake.set()
+                return
         try:
             result = await link.agent.request(
                 "spawn",
@@ -440,3 +479,21 @@ class Controller:
             return
         self.events.started.append((att, epoch(result.get("startTime")) or time.time()))
         self._wake.set()
+
+
+async def _download_if_present(conn: Any, remote: str, local: str) -> None:
+    try:
+        await conn.download(remote, local)
+    except RemoteError as exc:
+        if exc.code != "FileNotFound":
+            raise
+
+
+def _record_on_disk(dest: Any, att: Attempt) -> dict[str, Any] | None:
+    try:
+        on_disk = json.loads((dest / "exit.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    if on_disk.get("attempt") == att.attempt and on_disk.get("key") == att.key:
+        return dict(on_disk)
+    return None

@@ -59,7 +59,7 @@ def failure_info(
     error = record.get("error")
     if error:
         code = error.get("code") or "TaskFailed"
-        category = "usererror" if code in PRE_PROCESSING else "servererror"
+        category = "usererror" if code in PRE_PROCESSING | {"FileUploadError"} else "servererror"
         return {"category": category, "code": code, "message": error.get("message", "")}
     if record.get("timedOut"):
         return {

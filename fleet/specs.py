@@ -12,7 +12,7 @@ import re
 import shlex
 from typing import Any
 
-from fleet import dependencies, durations, exit_conditions
+from fleet import dependencies, durations, exit_conditions, file_specs
 from fleet.domain import FillType
 from fleet.errors import BadInput
 
@@ -53,8 +53,6 @@ _NOT_YET = {
         "networkConfiguration",
     },
     "task": {
-        "resourceFiles",
-        "outputFiles",
         "userIdentity",
         "multiInstanceSettings",
         "applicationPackageReferences",
@@ -420,6 +418,8 @@ TASK_FIELDS = {
     "constraints",
     "exitConditions",
     "dependsOn",
+    "resourceFiles",
+    "outputFiles",
     "url",
     "eTag",
 }
@@ -440,6 +440,8 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
         "constraints": parse_constraints(data.get("constraints"), target, task=True),
         "exitConditions": exit_conditions.parse_exit_conditions(data.get("exitConditions"), target),
         "dependsOn": dependencies.parse_depends_on(data.get("dependsOn"), target),
+        "resourceFiles": file_specs.parse_resource_files(data.get("resourceFiles"), target),
+        "outputFiles": file_specs.parse_output_files(data.get("outputFiles"), target),
     }
 
 

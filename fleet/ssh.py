@@ -267,6 +267,14 @@ class Connection:
                 await f.write(data)
             await sftp.posix_rename(tmp, path)
 
+    async def upload_file(self, local: str, remote: str, mode: int | None = None) -> None:
+        """Copy the local file ``local`` to ``remote`` on the node, then set ``mode`` if given."""
+        sftp = await self.sftp()
+        async with _translated(self.target):
+            await sftp.put(local, remote)
+            if mode is not None:
+                await sftp.chmod(remote, mode)
+
     async def download(self, remote: str, local: str) -> None:
         """Copy ``remote`` to the local path ``local``; Raises NotFound-like RemoteError."""
         sftp = await self.sftp()

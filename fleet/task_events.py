@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
-from sqlmodel import col
+from sqlmodel import col, select
 
 from fleet import environment, exit_conditions, outcomes
 from fleet.domain import AttemptState, JobState, NodeState, TaskState
@@ -41,6 +41,7 @@ class Attempt:
     node_id: str
     slots: int
     collecting: bool = False
+    output_files: list[dict[str, Any]] = field(default_factory=list)
     kill_sent: bool = False
     on_exit: str | None = None  # None, or what its exit means: terminate | requeue | delete
     end_reason: str | None = None
@@ -96,8 +97,18 @@ class TaskEvents:
                         state_changed_at=now,
                     )
                 )
+            rows = (
+                {
+                    t.pk: t
+                    for t in s.exec(
+                        select(Task).where(col(Task.pk).in_([att.pk for att, _ in ev.finished]))
+                    )
+                }
+                if ev.finished
+                else {}
+            )
             for att, record in ev.finished:
-                self._complete(s, att, record, now)
+                self._complete(s, rows.get(att.pk), att, record, now)
                 touched_nodes.add(att.node_id)
             for att, requeue in ev.back_to_queue:
                 values: dict[str, Any] = dict(
@@ -139,8 +150,9 @@ class TaskEvents:
         if released:
             self.c.wake()
 
-    def _complete(self, s: Any, att: Attempt, record: dict[str, Any], now: float) -> None:
-        task = s.get(Task, att.pk)
+    def _complete(
+        self, s: Any, task: Task | None, att: Attempt, record: dict[str, Any], now: float
+    ) -> None:
         if task is None or task.attempt != att.attempt or task.state == TaskState.COMPLETED:
             return
         if att.on_exit == "delete":

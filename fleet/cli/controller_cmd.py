@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from fleet.cli.common import CURRENT, OutputFormat, OutputOpt, fmt
-from fleet.controller import Controller
 
 app = typer.Typer(help="Run the controller.", no_args_is_help=True)
 
@@ -38,6 +37,8 @@ def run(
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), handlers=[handler])
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    from fleet.controller import Controller  # here: other commands start faster without it
+
     controller = Controller(CURRENT.settings, CURRENT.store, node_grace=node_grace)
 
     async def main() -> None:
