@@ -27,6 +27,7 @@ from fleet.errors import AgentError, FleetError, RemoteError
 from fleet.job_tasks import JobTasks
 from fleet.lifecycle import Lifecycle
 from fleet.node_link import NodeLink
+from fleet.retention import RetentionSweep
 from fleet.service.tasks import COLLECTED_FILES
 from fleet.settings import Settings
 from fleet.store import Store
@@ -40,7 +41,13 @@ class Controller:
     """Owns every SSH connection and writes every state change through the store."""
 
     def __init__(
-        self, settings: Settings, store: Store, *, tick: float = 0.05, node_grace: float = 30.0
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        tick: float = 0.05,
+        node_grace: float = 30.0,
+        sweep_interval: float = 30.0,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -55,6 +62,7 @@ class Controller:
         self._background: set[asyncio.Task[Any]] = set()
         self.lifecycle = Lifecycle(self)
         self.job_tasks = JobTasks(self)
+        self.retention = RetentionSweep(self, sweep_interval)
 
     def wake(self) -> None:
         """Run the next turn of the loop now rather than at the next tick."""
@@ -74,6 +82,7 @@ class Controller:
                 self._sync_links()
                 self._requeue_lost_nodes()
                 self.lifecycle.tick()
+                self.retention.tick()
                 self.events.apply()
                 self.events.release_dependents()
                 await self._schedule()

@@ -9,6 +9,7 @@ forwarding); asyncssh's exceptions become fleet's own (see :mod:`fleet.errors`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shlex
@@ -274,6 +275,13 @@ class Connection:
             await sftp.put(local, remote)
             if mode is not None:
                 await sftp.chmod(remote, mode)
+
+    async def remove_tree(self, path: str) -> None:
+        """Delete the directory ``path`` and everything in it; a missing one is fine."""
+        sftp = await self.sftp()
+        async with _translated(self.target):
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                await sftp.rmtree(path)
 
     async def download(self, remote: str, local: str) -> None:
         """Copy ``remote`` to the local path ``local``; Raises NotFound-like RemoteError."""

@@ -138,6 +138,7 @@ class Task(SQLModel, table=True):
     dependency_action: str | None = None  # satisfy | block, once completed
     deps_state: str | None = None  # waiting | blocked while dependsOn holds it back
     deps_parent: str | None = None  # the parent it waits for or is blocked by
+    files_deleted: bool = False  # its directory on the node was swept after retentionTime
     created_at: float = 0.0
     state_changed_at: float = 0.0
 

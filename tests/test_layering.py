@@ -20,6 +20,7 @@ OWNERS = {
         "service/",
         "task_events.py",
         "job_tasks.py",
+        "retention.py",
         "controller.py",
         "lifecycle.py",
         "execute.py",

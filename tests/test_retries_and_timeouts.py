@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_pool
+from tests.conftest import make_pool, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -129,3 +129,32 @@ def test_iso_durations_are_validated(pool, tmp_path):
     err = json.loads(result.stderr)["error"]
     assert err["code"] == "InvalidDuration" and err["field"] == "constraints.maxWallClockTime"
     assert pool.json("task", "list", "--job", "j") == []
+
+
+def test_task_directories_are_swept_after_their_retention_time(fleet, lab_inventory, controller):
+    make_pool(fleet, lab_inventory, "p", 1)
+    controller("--sweep-interval", "0.5")
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--json-file",
+        "-",
+        input=json.dumps(
+            [
+                {"id": "short", "commandLine": "true", "constraints": {"retentionTime": "PT1S"}},
+                {"id": "kept", "commandLine": "true"},
+            ]
+        ),
+    )
+    fleet("job", "wait", "j", "--timeout", "60")
+    tasks = {
+        t["id"]: Path(t["nodeInfo"]["taskRootDirectory"])
+        for t in fleet.json("task", "list", "--job", "j")
+    }
+    wait_for(lambda: not tasks["short"].exists(), 30, message="short task dir swept")
+    assert tasks["kept"].is_dir()  # the default retention is 7 days
+    # The collected copies stay with the controller.
+    assert fleet("task", "file", "download", "stdout.txt", "--job", "j", "--id", "short").code == 0

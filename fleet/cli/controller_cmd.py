@@ -26,6 +26,10 @@ def run(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = "info",
+    sweep_interval: Annotated[
+        float,
+        typer.Option("--sweep-interval", help="Seconds between retention sweeps of task dirs."),
+    ] = 30.0,
     output: OutputOpt = None,
 ) -> None:
     """Bootstrap nodes and run tasks until SIGTERM or Ctrl-C. Logs go to stderr
@@ -39,7 +43,9 @@ def run(
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     from fleet.controller import Controller  # here: other commands start faster without it
 
-    controller = Controller(CURRENT.settings, CURRENT.store, node_grace=node_grace)
+    controller = Controller(
+        CURRENT.settings, CURRENT.store, node_grace=node_grace, sweep_interval=sweep_interval
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
