@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from fleet import environment, outcomes, scheduler, specs, task_io
+from fleet import environment, identity, outcomes, scheduler, specs, task_io
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import AgentError, FleetError, RemoteError
 from fleet.job_tasks import JobTasks
@@ -406,19 +406,17 @@ class Controller:
                     )
                     limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
                     gate = self.job_tasks.gate(s, jobs[task.job_id], task, link)
-                    files = task.spec.get("resourceFiles") or []
-                    sends.append(
-                        (gate, link, att, shlex.split(task.command_line), env, limit, files)
-                    )
+                    io = (task.spec.get("resourceFiles") or [], task.spec.get("userIdentity"))
+                    sends.append((gate, link, att, shlex.split(task.command_line), env, limit, io))
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
             for att in placed:  # nothing was written: forget the plan
                 self.inflight.get(att.node_id, {}).pop(att.key, None)
             raise
         stamp = time.monotonic()
-        for gate, link, att, argv, env, limit, files in sends:
+        for gate, link, att, argv, env, limit, io in sends:
             self.last_assigned[att.node_id] = stamp
-            start = functools.partial(self._start, link, att, argv, env, limit, files)
+            start = functools.partial(self._start, link, att, argv, env, limit, io)
             if gate == "wait":
                 self.job_tasks.hold(att, start)
             else:
@@ -431,9 +429,9 @@ class Controller:
         argv: list[str],
         env: dict[str, str],
         limit: float | None,
-        files: list[dict[str, Any]],
+        io: tuple[list[dict[str, Any]], Any],
     ) -> None:
-        self.spawn_background(self._send_spawn(link, att, argv, env, limit, files))
+        self.spawn_background(self._send_spawn(link, att, argv, env, limit, *io))
 
     async def _send_spawn(
         self,
@@ -443,24 +441,38 @@ class Controller:
         env: dict[str, str],
         max_wall_clock: float | None,
         resource_files: list[dict[str, Any]],
+        user: dict[str, Any] | None,
     ) -> None:
+        """Prepare the task on its node (identity, resource files), then spawn it. Failures
+        before the command can start complete the attempt with their failureInfo code."""
         if link.agent is None or link.conn is None:
             return  # the node dropped; reconcile on reconnect settles this attempt
-        if resource_files:
-            root = link.agent.hello.get("root", "")
-            try:
-                await task_io.stage(
-                    link.conn, self.settings, f"{root}/{att.task_dir}", resource_files
+        task_root = f"{link.agent.hello.get('root', '')}/{att.task_dir}"
+        try:
+            if identity.needs_sudo(user, link.login_user) and not link.can_sudo:
+                raise RemoteError(
+                    f"node {att.node_id}: the login user {link.login_user} cannot run sudo "
+                    "without a password, which an admin or named-user task needs",
+                    code="UserIdentityError",
                 )
-            except FleetError as exc:
-                if exc.code != "ResourceFileDownloadError":
-                    return  # the node dropped: reconcile settles it
-                att.collecting = True  # nothing ran: there is nothing to collect
-                self.events.finished.append(
-                    (att, {"exitCode": None, "error": {"code": exc.code, "message": exc.message}})
-                )
-                self._wake.set()
-                return
+            await identity.prepare_workdir(link.conn, user, f"{task_root}/wd", link.login_user)
+            if resource_files:
+                await task_io.stage(link.conn, self.settings, task_root, resource_files)
+        except FleetError as exc:
+            if exc.code not in (
+                "ResourceFileDownloadError",
+                "UserIdentityError",
+                "UserAccountError",
+            ):
+                return  # the node dropped: reconcile settles it
+            code = "UserIdentityError" if exc.code == "UserAccountError" else exc.code
+            att.collecting = True  # nothing ran: there is nothing to collect
+            self.events.finished.append(
+                (att, {"exitCode": None, "error": {"code": code, "message": exc.message}})
+            )
+            self._wake.set()
+            return
+        argv = identity.wrap(user, argv, link.login_user)
         try:
             result = await link.agent.request(
                 "spawn",

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fleet import environment, targets, views
+from fleet import environment, identity, targets, views
 from fleet.agent_client import AgentClient
 from fleet.domain import NodeState
 from fleet.errors import (
@@ -42,6 +42,8 @@ START_TASK_DIR = "startup"
 RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
 #: Failures that no reconnect can fix: the node is unusable until an admin acts.
 FATAL = (HostKeyMismatch, HostKeyUnknown, AuthenticationFailed)
+#: Errors with these codes also leave the node unusable until an admin acts.
+FATAL_CODES = {"UserAccountError"}
 
 
 def default_node_root(user: str | None) -> str:
@@ -72,6 +74,8 @@ class NodeLink:
         self.ready = False
         self.lost_at: float | None = None
         self.boot_id_changed = False
+        self.login_user = ""
+        self.can_sudo = False
         self._start_waiter: asyncio.Future[dict[str, Any]] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
@@ -115,9 +119,11 @@ class NodeLink:
                 await self._disconnect()
                 await asyncio.sleep(RETRY_DELAYS[-1])
             except FleetError as exc:
-                self._lost(exc, NodeState.UNKNOWN)
+                fatal = exc.code in FATAL_CODES
+                self._lost(exc, NodeState.UNUSABLE if fatal else NodeState.UNKNOWN)
                 await self._disconnect()
-                await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)])
+                delay = RETRY_DELAYS[-1 if fatal else min(failures, len(RETRY_DELAYS) - 1)]
+                await asyncio.sleep(delay)
                 failures += 1
             except Exception as exc:  # a bug must not kill the controller's other nodes
                 log.exception("node %s: unexpected error", self.node_id)
@@ -171,6 +177,10 @@ class NodeLink:
             self._write_node(state=NodeState.STARTING)
         self.agent = await AgentClient.launch(self.conn, root, self._agent_event)
         hello = self.agent.hello
+        self.login_user = str(hello.get("user", ""))
+        self.can_sudo = self.login_user == "root" or await identity.can_sudo(self.conn)
+        if pool.spec.get("userAccounts"):
+            await identity.ensure_accounts(self.conn, pool.spec["userAccounts"], self.login_user)
         self.boot_id_changed = bool(node.boot_id and node.boot_id != hello.get("bootId"))
         start_needed = pool.spec.get("startTask") is not None and (
             self.boot_id_changed
@@ -283,7 +293,9 @@ class NodeLink:
                 key=START_TASK_KEY,
                 taskDir=START_TASK_DIR,
                 attempt=attempt,
-                argv=shlex.split(spec["commandLine"]),
+                argv=identity.wrap(
+                    spec.get("userIdentity"), shlex.split(spec["commandLine"]), self.login_user
+                ),
                 env=env,
                 maxWallClockSeconds=None,
             )

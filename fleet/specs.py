@@ -39,7 +39,6 @@ _NOT_YET = {
         "certificateReferences",
         "applicationPackageReferences",
         "enableInterNodeCommunication",
-        "userAccounts",
         "enableAutoScale",
         "autoScaleFormula",
         "autoScaleEvaluationInterval",
@@ -53,14 +52,13 @@ _NOT_YET = {
         "networkConfiguration",
     },
     "task": {
-        "userIdentity",
         "multiInstanceSettings",
         "applicationPackageReferences",
         "containerSettings",
         "affinityInfo",
         "authenticationTokenSettings",
     },
-    "startTask": {"resourceFiles", "userIdentity", "containerSettings"},
+    "startTask": {"resourceFiles", "containerSettings"},
 }
 
 
@@ -222,11 +220,105 @@ def _choice(obj: dict[str, Any], name: str, target: str, choices: tuple[str, ...
     return value.lower()
 
 
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+ELEVATION_LEVELS = ("nonadmin", "admin")
+
+
+def parse_user_name(value: Any, target: str, field: str) -> str:
+    """Return ``value`` if it is a safe POSIX user name (lowercase, at most 32 chars)."""
+    if not isinstance(value, str) or not USER_NAME_RE.match(value):
+        raise _fail(
+            target,
+            field,
+            f"{value!r} is not a valid user name: lowercase letters, "
+            "digits, '_' and '-', starting with a letter or '_', at most 32",
+        )
+    return value
+
+
+def parse_user_identity(value: Any, target: str, prefix: str = "userIdentity") -> dict[str, Any]:
+    """Return ``{"autoUser": {"scope", "elevationLevel"}}`` or ``{"username": name}``;
+    the default is the non-admin auto user (the node's login account)."""
+    if value is None:
+        return {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
+    _check_fields(value, target, prefix, "userIdentity", {"autoUser", "username"})
+    if "username" in value and "autoUser" in value:
+        raise _fail(target, prefix, f"{prefix} takes autoUser or username, not both")
+    if "username" in value:
+        return {"username": parse_user_name(value["username"], target, f"{prefix}.username")}
+    auto = _typed(value, "autoUser", dict, target, prefix, default={})
+    _check_fields(auto, target, f"{prefix}.autoUser", "autoUser", {"scope", "elevationLevel"})
+    level = str(auto.get("elevationLevel", "nonadmin")).lower()
+    scope = str(auto.get("scope", "pool")).lower()
+    if level not in ELEVATION_LEVELS:
+        raise _fail(
+            target,
+            f"{prefix}.autoUser.elevationLevel",
+            f"elevationLevel must be nonadmin or admin, got {level!r}",
+        )
+    if scope not in ("task", "pool"):
+        raise _fail(
+            target, f"{prefix}.autoUser.scope", f"scope must be task or pool, got {scope!r}"
+        )
+    return {"autoUser": {"scope": scope, "elevationLevel": level}}
+
+
+def parse_user_accounts(value: Any, target: str) -> list[dict[str, Any]]:
+    """Return a pool's ``userAccounts``: ``{name, elevationLevel, password?}`` each."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(target, "userAccounts", "userAccounts must be a list")
+    out, seen = [], set()
+    for i, item in enumerate(value):
+        path = f"userAccounts[{i}]"
+        _check_fields(
+            item,
+            target,
+            path,
+            "userAccount",
+            {"name", "elevationLevel", "password", "linuxUserConfiguration"},
+        )
+        name = parse_user_name(item.get("name"), target, f"{path}.name")
+        if name in seen:
+            raise _fail(target, f"{path}.name", f"user account {name!r} is listed twice")
+        seen.add(name)
+        level = str(item.get("elevationLevel", "nonadmin")).lower()
+        if level not in ELEVATION_LEVELS:
+            raise _fail(
+                target, f"{path}.elevationLevel", "elevationLevel must be nonadmin or admin"
+            )
+        if item.get("linuxUserConfiguration"):
+            raise _fail(
+                target,
+                f"{path}.linuxUserConfiguration",
+                "linuxUserConfiguration is not supported yet",
+                "UnsupportedProperty",
+            )
+        if item.get("password") is not None:
+            raise _fail(
+                target,
+                f"{path}.password",
+                "passwords for pool user accounts are not "
+                "supported yet (they need fleet's encrypted secret store)",
+                "UnsupportedProperty",
+            )
+        account: dict[str, Any] = {"name": name, "elevationLevel": level}
+        out.append(account)
+    return out
+
+
 def parse_start_task(value: Any, target: str) -> dict[str, Any] | None:
     """Return a normalized ``startTask`` or None when absent."""
     if value is None:
         return None
-    allowed = {"commandLine", "environmentSettings", "waitForSuccess", "maxTaskRetryCount"}
+    allowed = {
+        "commandLine",
+        "environmentSettings",
+        "waitForSuccess",
+        "maxTaskRetryCount",
+        "userIdentity",
+    }
     _check_fields(value, target, "startTask", "startTask", allowed)
     return {
         "commandLine": parse_command_line(
@@ -237,6 +329,9 @@ def parse_start_task(value: Any, target: str) -> dict[str, Any] | None:
         ),
         "waitForSuccess": _typed(value, "waitForSuccess", bool, target, "startTask", True),
         "maxTaskRetryCount": _retry_count(value, target, "startTask"),
+        "userIdentity": parse_user_identity(
+            value.get("userIdentity"), target, "startTask.userIdentity"
+        ),
     }
 
 
@@ -253,6 +348,7 @@ def parse_pool(data: Any) -> dict[str, Any]:
         "maxTasksPerNode",
         "taskSchedulingPolicy",
         "startTask",
+        "userAccounts",
     } | _ACCEPTED_POOL
     _check_fields(data, target, "", "pool", allowed)
     hosts = _typed(data, "hosts", list, target, required=True)
@@ -285,7 +381,15 @@ def parse_pool(data: Any) -> dict[str, Any]:
         taskSlotsPerNode=slots,
         taskSchedulingPolicy={"nodeFillType": fill.lower()},
         startTask=parse_start_task(data.get("startTask"), target),
+        userAccounts=parse_user_accounts(data.get("userAccounts"), target),
     )
+    start_user = ((out["startTask"] or {}).get("userIdentity") or {}).get("username")
+    if start_user and start_user not in {a["name"] for a in out["userAccounts"]}:
+        raise _fail(
+            target,
+            "startTask.userIdentity.username",
+            f"user {start_user!r} is not one of the pool's userAccounts",
+        )
     return out
 
 
@@ -420,6 +524,7 @@ TASK_FIELDS = {
     "dependsOn",
     "resourceFiles",
     "outputFiles",
+    "userIdentity",
     "url",
     "eTag",
 }
@@ -442,6 +547,7 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
         "dependsOn": dependencies.parse_depends_on(data.get("dependsOn"), target),
         "resourceFiles": file_specs.parse_resource_files(data.get("resourceFiles"), target),
         "outputFiles": file_specs.parse_output_files(data.get("outputFiles"), target),
+        "userIdentity": parse_user_identity(data.get("userIdentity"), target),
     }
 
 

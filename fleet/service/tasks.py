@@ -10,12 +10,12 @@ from sqlmodel import Session, col, select
 
 from fleet import dependencies, specs
 from fleet.domain import JobState, TaskResult, TaskState
-from fleet.errors import Conflict, NotFound
+from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service import dependency_state
 from fleet.service.jobs import get_job
 from fleet.settings import Settings
 from fleet.store import Store
-from fleet.tables import Task
+from fleet.tables import Job, Pool, Task
 
 #: Files of a task that the controller collects from the node when the task ends.
 COLLECTED_FILES = ("stdout.txt", "stderr.txt", "exit.json")
@@ -47,6 +47,7 @@ def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
                 target=f"task {job_id}/{taken[0]}",
                 field="id",
             )
+        _check_users(s, job, items)
         new_deps = {t["id"]: t.get("dependsOn") for t in items}
         if any(new_deps.values()) or job.spec.get("usesTaskDependencies"):
             existing = {
@@ -205,3 +206,21 @@ def set_task(store: Store, job_id: str, task_id: str, constraints: dict[str, Any
         task.spec = {**task.spec, "constraints": parsed}
         s.add(task)
         return task
+
+
+def _check_users(s: Session, job: Job, items: list[dict[str, Any]]) -> None:
+    """Refuse a task that names a user account its job's pool does not define."""
+    named = [(t["id"], (t.get("userIdentity") or {}).get("username")) for t in items]
+    named = [(tid, user) for tid, user in named if user]
+    if not named:
+        return
+    pool = s.get(Pool, job.pool_id)
+    accounts = {a["name"] for a in (pool.spec.get("userAccounts") or [])} if pool else set()
+    for tid, user in named:
+        if user not in accounts:
+            raise BadInput(
+                f"user {user!r} is not one of pool {job.pool_id}'s userAccounts",
+                code="InvalidPropertyValue",
+                target=f"task {job.id}/{tid}",
+                field="userIdentity.username",
+            )

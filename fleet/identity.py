@@ -1,0 +1,79 @@
+"""Who a task runs as: the node's login account, root through ``sudo -n``, or a pool user.
+
+Nothing here goes through a shell: commands are argv lists, user names are
+validated against a strict pattern (see :mod:`fleet.specs`), and the sudoers line
+reaches ``tee`` on its standard input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleet.errors import RemoteError
+from fleet.ssh import Connection
+
+SUDO = ["sudo", "-n"]
+
+
+def needs_sudo(identity: dict[str, Any] | None, login_user: str) -> bool:
+    """Return whether running as ``identity`` needs passwordless sudo on the node."""
+    if login_user == "root" or not identity:
+        return False
+    if "username" in identity:
+        return identity["username"] != login_user
+    return (identity.get("autoUser") or {}).get("elevationLevel") == "admin"
+
+
+def wrap(identity: dict[str, Any] | None, argv: list[str], login_user: str) -> list[str]:
+    """Return ``argv`` as it must be spawned to run as ``identity`` (environment kept)."""
+    if not needs_sudo(identity, login_user):
+        return argv
+    assert identity is not None
+    if "username" in identity:
+        return [*SUDO, "-u", identity["username"], "--preserve-env", "--", *argv]
+    return [*SUDO, "--preserve-env", "--", *argv]
+
+
+async def can_sudo(conn: Connection) -> bool:
+    """Return whether the login user may run ``sudo`` without a password on the node."""
+    result = await conn.run([*SUDO, "true"])
+    return result.exit_code == 0
+
+
+async def ensure_accounts(
+    conn: Connection, accounts: list[dict[str, Any]], login_user: str
+) -> None:
+    """Create the pool's user accounts on the node (admins get passwordless sudo).
+
+    Raises RemoteError with code UserAccountError naming the account and the reason."""
+    sudo = [] if login_user == "root" else SUDO
+    for account in accounts:
+        name = account["name"]
+        if (await conn.run(["id", "-u", name])).exit_code != 0:
+            await _must(conn, [*sudo, "useradd", "--create-home", "--shell", "/bin/sh", name], name)
+        if account.get("elevationLevel") == "admin":
+            path = f"/etc/sudoers.d/fleet-{name}"
+            line = f"{name} ALL=(ALL) NOPASSWD:ALL\n".encode()
+            await _must(conn, [*sudo, "tee", path], name, stdin=line)
+            await _must(conn, [*sudo, "chmod", "0440", path], name)
+
+
+async def prepare_workdir(
+    conn: Connection, identity: dict[str, Any] | None, wd: str, login_user: str
+) -> None:
+    """Make a named user's task working directory theirs before the task starts."""
+    if not identity or "username" not in identity or not needs_sudo(identity, login_user):
+        return
+    await conn.makedirs(wd)
+    await _must(conn, [*SUDO, "chown", f"{identity['username']}:", wd], identity["username"])
+
+
+async def _must(conn: Connection, argv: list[str], name: str, stdin: bytes | None = None) -> None:
+    result = await conn.run(argv, stdin=stdin)
+    if result.exit_code != 0:
+        detail = result.stderr.decode(errors="replace").strip()[-300:]
+        raise RemoteError(
+            f"{argv[len(SUDO) if argv[0] == 'sudo' else 0]} for user {name} failed "
+            f"(exit {result.exit_code}): {detail}",
+            code="UserAccountError",
+        )

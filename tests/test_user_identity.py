@@ -1,0 +1,155 @@
+"""User identities: admin through sudo -n, pool user accounts, and the argv that runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet.identity import needs_sudo, wrap
+
+ACCOUNTS = ["fleettestuser", "fleettestadmin"]
+
+
+@pytest.mark.parametrize(
+    ("identity", "login", "expected"),
+    [
+        (None, "fleetlab", ["id"]),
+        ({"autoUser": {"elevationLevel": "nonadmin"}}, "fleetlab", ["id"]),
+        (
+            {"autoUser": {"elevationLevel": "admin"}},
+            "fleetlab",
+            ["sudo", "-n", "--preserve-env", "--", "id"],
+        ),
+        ({"autoUser": {"elevationLevel": "admin"}}, "root", ["id"]),
+        (
+            {"username": "bob"},
+            "fleetlab",
+            ["sudo", "-n", "-u", "bob", "--preserve-env", "--", "id"],
+        ),
+        ({"username": "fleetlab"}, "fleetlab", ["id"]),
+    ],
+)
+def test_the_argv_that_runs_a_task_as_someone(identity, login, expected):
+    assert wrap(identity, ["id"], login) == expected
+    assert needs_sudo(identity, login) == (expected[0] == "sudo")
+
+
+@pytest.fixture
+def accounts():
+    if os.geteuid() != 0:
+        pytest.skip("creating OS user accounts on the lab host needs root")
+    yield ACCOUNTS
+    for name in ACCOUNTS:
+        subprocess.run(["userdel", "-r", name], capture_output=True)
+        subprocess.run(["rm", "-f", f"/etc/sudoers.d/fleet-{name}"], capture_output=True)
+
+
+@pytest.mark.lab
+def test_tasks_run_as_admin_as_pool_users_and_as_the_login_user(
+    fleet, lab_inventory, controller, accounts, tmp_path
+):
+    fleet("host", "import", str(lab_inventory))
+    host = fleet.json("host", "list")[0]["id"]
+    (tmp_path / "pool.json").write_text(
+        json.dumps(
+            {
+                "id": "p",
+                "hosts": [host],
+                "taskSlotsPerNode": 4,
+                "userAccounts": [
+                    {"name": "fleettestuser"},
+                    {"name": "fleettestadmin", "elevationLevel": "admin"},
+                ],
+                "startTask": {
+                    "commandLine": "/bin/sh -c 'id -u > $FLEET_NODE_SHARED_DIR/start-uid'",
+                    "userIdentity": {"autoUser": {"elevationLevel": "admin"}},
+                },
+            }
+        )
+    )
+    fleet("pool", "create", "--json-file", str(tmp_path / "pool.json"))
+    controller()
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--json-file",
+        "-",
+        input=json.dumps(
+            [
+                {"id": "plain", "commandLine": "id -un"},
+                {
+                    "id": "admin",
+                    "commandLine": "id -u",
+                    "userIdentity": {"autoUser": {"scope": "task", "elevationLevel": "admin"}},
+                },
+                {
+                    "id": "named",
+                    "commandLine": "/bin/sh -c 'id -un; echo $FLEET_TASK_ID; touch mine'",
+                    "userIdentity": {"username": "fleettestuser"},
+                },
+                {
+                    "id": "named-admin",
+                    "commandLine": "sudo -n id -u",
+                    "userIdentity": {"username": "fleettestadmin"},
+                },
+            ]
+        ),
+    )
+    assert fleet("job", "wait", "j", "--timeout", "90").code == 0
+
+    def out(task):
+        return fleet("task", "file", "download", "stdout.txt", "--job", "j", "--id", task).stdout
+
+    assert out("plain") == "fleetlab\n"
+    assert out("admin") == "0\n"
+    assert out("named") == "fleettestuser\nnamed\n"  # the environment survives sudo
+    assert out("named-admin") == "0\n"
+    node = fleet.json("node", "list", "--pool", "p")[0]
+    assert Path(node["nodeRootDirectory"], "shared", "start-uid").read_text() == "0\n"
+
+
+def test_bad_user_names_and_passwords_are_refused(fleet, tmp_path):
+    (tmp_path / "inv.ini").write_text("n1 ansible_host=127.0.0.1\n")
+    fleet("host", "import", str(tmp_path / "inv.ini"))
+    for accounts, code in (
+        ([{"name": "Root; rm -rf /"}], "InvalidPropertyValue"),
+        ([{"name": "ok", "password": "secret"}], "UnsupportedProperty"),
+    ):
+        (tmp_path / "pool.json").write_text(
+            json.dumps({"id": "p", "hosts": ["n1"], "userAccounts": accounts})
+        )
+        result = fleet(
+            "pool", "create", "--json-file", str(tmp_path / "pool.json"), "-o", "json", check=False
+        )
+        assert result.code == 2
+        assert json.loads(result.stderr)["error"]["code"] == code
+    assert fleet.json("pool", "list") == []
+
+
+def test_a_task_naming_a_user_its_pool_lacks_is_refused(fleet, tmp_path):
+    (tmp_path / "inv.ini").write_text("n1 ansible_host=127.0.0.1\n")
+    fleet("host", "import", str(tmp_path / "inv.ini"))
+    fleet("pool", "create", "--id", "p", "--hosts", "n1")
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    result = fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--json-file",
+        "-",
+        "-o",
+        "json",
+        check=False,
+        input=json.dumps({"id": "t", "commandLine": "id", "userIdentity": {"username": "nobody"}}),
+    )
+    assert result.code == 2
+    assert json.loads(result.stderr)["error"]["field"] == "userIdentity.username"
+    assert fleet.json("task", "list", "--job", "j") == []
