@@ -1,8 +1,12 @@
-"""The node agent that fleet uploads to each node, and helpers to read and name it.
+"""The node agent that fleet uploads to each node, its task client, and helpers to read them.
 
 ``fleet_agent.py`` is a stdlib-only script (Python 3.8+) speaking the protocol in
 ``docs/agent-protocol.md``. The controller uploads its bytes to
 ``<root>/volatile/agent-<agent_hash()[:16]>.py`` and runs it there.
+
+``fleet_task.py`` (stdlib only, Python 3.8+) is the node-side client through which a
+task calls the controller ("Calls from tasks" in the protocol); the controller uploads
+it next to the agent, executable.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 from pathlib import Path
 
 AGENT_FILE = "fleet_agent.py"
+CLIENT_FILE = "fleet_task.py"
 
 
 def agent_source() -> bytes:
@@ -21,3 +26,13 @@ def agent_source() -> bytes:
 def agent_hash() -> str:
     """Return the SHA-256 hex digest of :func:`agent_source`."""
     return hashlib.sha256(agent_source()).hexdigest()
+
+
+def client_source() -> bytes:
+    """Return the bytes of ``fleet_task.py`` (the ``fleet-task`` client) as shipped."""
+    return (Path(__file__).parent / CLIENT_FILE).read_bytes()
+
+
+def client_hash() -> str:
+    """Return the SHA-256 hex digest of :func:`client_source`."""
+    return hashlib.sha256(client_source()).hexdigest()

@@ -3,8 +3,8 @@
 # Contract: docs/agent-protocol.md. Stdlib only; runs on Python 3.8 or newer (Linux).
 #
 # One single-threaded selectors loop watches stdin (requests), the Unix socket
-# volatile/agent.sock (exit notices from wrappers) and one start-result pipe per spawn
-# in flight. Each spawn forks a *wrapper* (no exec) that owns the attempt for its whole
+# volatile/agent.sock (exit notices from wrappers, calls from tasks, whose connections
+# wait there for the controller's answer) and one start-result pipe per spawn in flight. Each spawn forks a *wrapper* (no exec) that owns the attempt for its whole
 # life: it prepares the task dir, starts the command in a new session, writes
 # attempt.json, reports the start over the pipe, enforces the wall-clock limit and the
 # kill op, writes exit.json and tells whichever agent is listening. Wrappers outlive
@@ -16,6 +16,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import functools
 import gc
 import json
 import os
@@ -41,7 +42,9 @@ KILL_SIGNAL = signal.SIGUSR1  # agent -> wrapper: stop the task (TERM, grace, KI
 WAKE_SIGNALS = [signal.SIGCHLD, KILL_SIGNAL]  # what a wrapper waits for
 NOTIFY_TIMEOUT_SECONDS = 10.0
 MAX_LINE_BYTES = 16 << 20
-MAX_NOTICE_BYTES = 1 << 20
+MAX_SOCKET_LINE_BYTES = 1 << 20  # an exit notice or a call on agent.sock
+MAX_CALLS = 64  # call connections open at once (waiting for or receiving an answer)
+EXIT_ANSWER_SECONDS = 5.0  # how long an exiting agent keeps sending answers
 EXIT_BUSY = 3
 STDOUT_FILE, STDERR_FILE = "stdout.txt", "stderr.txt"
 ATTEMPT_FILE, EXIT_FILE = "attempt.json", "exit.json"
@@ -452,6 +455,12 @@ def check_command(args: dict) -> tuple:
     return argv, env, None if limit is None else float(limit)
 
 
+def call_error(code: str, message: str, exit_status: int = 1) -> dict:
+    """Return the answer to a call that failed in the agent."""
+    error = {"code": code, "message": message, "exitStatus": exit_status}
+    return {"ok": False, "error": error}
+
+
 class PendingSpawn:
     """A spawn request whose wrapper has not reported the start result yet."""
 
@@ -478,7 +487,10 @@ class Agent:
         self.discarding = False  # inside an overlong line
         self.spawns = {}  # start-result pipe fd -> PendingSpawn
         self.spawning = {}  # real task dir -> PendingSpawn
-        self.notices = {}  # wrapper connection -> bytes received
+        self.peers = {}  # connection on agent.sock -> bytes of its line received so far
+        self.calls = {}  # callId -> connection of a task waiting for the answer
+        self.answers = {}  # connection -> memoryview of the answer still to send
+        self.last_call_id = 0
         self.running = True
 
     def hello(self) -> dict:
@@ -537,10 +549,19 @@ class Agent:
         self.flush()
 
     def close(self) -> None:
-        """Release the socket, pipes and lock; tasks keep running."""
+        """Answer the calls still waiting, release the socket, pipes and lock; tasks
+        keep running."""
         with contextlib.suppress(OSError):
             remove_file(SOCKET_NAME)  # still ours: we hold the lock
-        for conn in self.notices:
+        message = "the agent stopped before the controller answered"
+        for conn in self.calls.values():
+            self.answer_client(conn, call_error("ControllerUnavailable", message))
+        deadline = time.monotonic() + EXIT_ANSWER_SECONDS
+        for conn, data in self.answers.items():  # finish them, blocking but bounded
+            with contextlib.suppress(OSError):
+                conn.settimeout(max(0.001, deadline - time.monotonic()))
+                conn.sendall(data)
+        for conn in list(self.peers) + list(self.answers):
             conn.close()
         for fd in self.spawns:
             os.close(fd)
@@ -619,6 +640,21 @@ class Agent:
     def op_shutdown(self, _request_id, _args) -> dict:
         """Stop the agent after this reply; tasks keep running."""
         self.running = False
+        return {}
+
+    def op_answer(self, _request_id, args) -> dict:
+        """Send the controller's answer to the task waiting on call args["callId"]."""
+        call_id, ok = require(args, "callId", int), args.get("ok")
+        if ok is True and isinstance(args.get("result"), dict):
+            answer = {"ok": True, "result": args["result"]}
+        elif ok is False and isinstance(args.get("error"), dict):
+            answer = {"ok": False, "error": args["error"]}
+        else:
+            raise AgentError("BadRequest", "give ok true and a result, or ok false and an error")
+        conn = self.calls.pop(call_id, None)
+        if conn is None:
+            raise AgentError("UnknownCall", "call %d is not waiting for an answer" % call_id)
+        self.answer_client(conn, answer)
         return {}
 
     def task_dir_of(self, args: dict) -> str:
@@ -730,44 +766,113 @@ class Agent:
                 return  # nothing there: the notice did not come from this wrapper
             self.finish_spawn(pending)
 
-    # -- exit notices from wrappers on the Unix socket
+    # -- agent.sock: exit notices from wrappers, calls from tasks
 
     def on_accept(self, listener: socket.socket) -> None:
-        """Accept the connections of wrappers that report an exit."""
+        """Accept the connections of wrappers that report an exit and tasks that call."""
         for _ in range(64):
             try:
                 conn, _ = listener.accept()
             except OSError:  # BlockingIOError: none left; others: try next round
                 return
             conn.setblocking(False)
-            self.notices[conn] = b""
-            self.selector.register(conn, selectors.EVENT_READ, self.on_notice_data)
+            self.peers[conn] = b""
+            self.selector.register(conn, selectors.EVENT_READ, self.on_peer_data)
 
-    def on_notice_data(self, conn: socket.socket) -> None:
-        """Read a wrapper's notice line; forward it as an event once complete."""
+    def on_peer_data(self, conn: socket.socket) -> None:
+        """Read the one line a connection sends; act on it once complete."""
         try:
             chunk = conn.recv(1 << 16)
         except BlockingIOError:
             return
         except OSError:
             chunk = b""
-        data = self.notices[conn] = self.notices[conn] + chunk
-        if chunk and b"\n" not in data and len(data) <= MAX_NOTICE_BYTES:
+        data = self.peers[conn] = self.peers[conn] + chunk
+        line, newline, _ = data.partition(b"\n")
+        if chunk and not newline and len(line) <= MAX_SOCKET_LINE_BYTES:
             return
-        self.selector.unregister(conn)
-        del self.notices[conn]
-        conn.close()
+        del self.peers[conn]
+        if len(line) > MAX_SOCKET_LINE_BYTES:
+            message = "a call line may hold at most %d bytes" % MAX_SOCKET_LINE_BYTES
+            self.answer_client(conn, call_error("CallTooLarge", message, 2))
+            return
         try:
-            notice = json.loads(data.split(b"\n", 1)[0])
+            message = json.loads(line)
         except (ValueError, RecursionError):
-            notice = None
-        if not isinstance(notice, dict) or notice.get("event") != "exited":
-            log("ignoring a malformed notice on %s" % SOCKET_NAME)
+            message = None
+        if isinstance(message, dict) and "call" in message:
+            self.start_call(conn, message["call"])
+        elif isinstance(message, dict) and message.get("event") == "exited":
+            self.selector.unregister(conn)
+            conn.close()
+            self.settle_spawn(message.get("taskDir"), message.get("attempt"))
+            event = {"type": "event", "event": "exited"}
+            event.update(
+                (name, message.get(name)) for name in ("key", "taskDir", "attempt", "exit")
+            )
+            self.send(event)
+        else:
+            log("answering a malformed line on %s with BadCall" % SOCKET_NAME)
+            error = 'expected one JSON line {"call": {"token", "op", "args"}}'
+            self.answer_client(conn, call_error("BadCall", error, 2))
+
+    def start_call(self, conn: socket.socket, call) -> None:
+        """Forward a task's call to the controller as a call event (or refuse it); the
+        connection waits for the answer."""
+        fields = (("token", str), ("op", str), ("args", dict))
+        if not isinstance(call, dict) or not all(
+            isinstance(call.get(name), kind) and call[name] != "" for name, kind in fields
+        ):
+            error = "call must be an object with token (str), op (str) and args (object)"
+            self.answer_client(conn, call_error("BadCall", error, 2))
+        elif len(self.calls) + len(self.answers) >= MAX_CALLS:
+            error = "more than %d calls are open on this node" % MAX_CALLS
+            self.answer_client(conn, call_error("TooManyCalls", error))
+        else:
+            self.last_call_id += 1
+            call_id = self.last_call_id
+            self.calls[call_id] = conn
+            on_hangup = functools.partial(self.on_call_hangup, call_id)
+            self.selector.modify(conn, selectors.EVENT_READ, on_hangup)
+            event = {"type": "event", "event": "call", "callId": call_id}
+            event.update((name, call[name]) for name in ("token", "op", "args"))
+            self.send(event)
+
+    def on_call_hangup(self, call_id: int, conn: socket.socket) -> None:
+        """Drop a waiting call whose client closed (more bytes it sends are ignored)."""
+        try:
+            chunk = conn.recv(1 << 16)
+        except BlockingIOError:
             return
-        self.settle_spawn(notice.get("taskDir"), notice.get("attempt"))
-        event = {"type": "event", "event": "exited"}
-        event.update((name, notice.get(name)) for name in ("key", "taskDir", "attempt", "exit"))
-        self.send(event)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            del self.calls[call_id]
+            self.selector.unregister(conn)
+            conn.close()
+
+    def answer_client(self, conn: socket.socket, answer: dict) -> None:
+        """Send one answer line on conn, then close it; the part the socket does not take
+        at once goes out as the client reads."""
+        self.answers[conn] = memoryview(encode_line(answer))
+        self.selector.modify(conn, selectors.EVENT_WRITE, self.on_answer_writable)
+        self.on_answer_writable(conn)
+
+    def on_answer_writable(self, conn: socket.socket) -> None:
+        """Send more of an answer; close the connection once sent or if the client left."""
+        data = self.answers[conn]
+        try:
+            data = data[conn.send(data) :]
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # the client is gone
+        if data:
+            self.answers[conn] = data
+            return
+        del self.answers[conn]
+        self.selector.unregister(conn)
+        conn.close()
 
 
 # ---------------------------------------------------------------- startup

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from agent_bootstrap import agent_hash, agent_source
+from agent_bootstrap import agent_hash, agent_source, client_hash, client_source
 from fleet.errors import AgentError, Unreachable
 from fleet.ssh import Connection, Process
 
@@ -23,6 +23,11 @@ EventHandler = Callable[[dict[str, Any]], None]
 def agent_remote_path(root: str) -> str:
     """Return where the agent file lives on a node: named by its content hash."""
     return f"{root.rstrip('/')}/volatile/agent-{agent_hash()[:16]}.py"
+
+
+def client_remote_path(root: str) -> str:
+    """Return where the node-side client for tasks (``fleet-task``) lives on a node."""
+    return f"{root.rstrip('/')}/volatile/fleet-task-{client_hash()[:16]}.py"
 
 
 class AgentClient:
@@ -43,9 +48,11 @@ class AgentClient:
         """Upload the agent if this node lacks this version, start it and return the client
         once it said hello. Raises AgentError or Unreachable."""
         path = agent_remote_path(root)
-        if not await conn.exists(path):
-            await conn.makedirs(f"{root.rstrip('/')}/volatile")
-            await conn.upload_bytes(agent_source(), path, 0o644)
+        helper = client_remote_path(root)
+        for remote, source, mode in ((path, agent_source, 0o644), (helper, client_source, 0o755)):
+            if not await conn.exists(remote):
+                await conn.makedirs(f"{root.rstrip('/')}/volatile")
+                await conn.upload_bytes(source(), remote, mode)
         process = await conn.start_process(["python3", path, root])
         client = cls(conn.target.host_id, process, on_event)
         await client._handshake()

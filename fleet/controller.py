@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from fleet import environment, identity, outcomes, scheduler, specs, task_io
+from fleet import environment, identity, outcomes, scheduler, specs, task_calls, task_io
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import AgentError, FleetError, RemoteError
 from fleet.job_tasks import JobTasks
@@ -32,6 +32,7 @@ from fleet.service.tasks import COLLECTED_FILES
 from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, Task
+from fleet.task_calls import TaskCalls
 from fleet.task_events import Attempt, TaskEvents, epoch
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Controller:
         self.lifecycle = Lifecycle(self)
         self.job_tasks = JobTasks(self)
         self.retention = RetentionSweep(self, sweep_interval)
+        self.calls = TaskCalls(self)
 
     def wake(self) -> None:
         """Run the next turn of the loop now rather than at the next tick."""
@@ -196,6 +198,9 @@ class Controller:
         self._wake.set()
 
     def _agent_event(self, link: NodeLink, msg: dict[str, Any]) -> None:
+        if msg.get("event") == "call":
+            self.calls.handle(link, msg)
+            return
         if "#" in str(msg.get("key")):
             self.job_tasks.on_event(link, msg)
             return
@@ -325,6 +330,7 @@ class Controller:
                     col(Job.pool_id),
                     col(Job.priority),
                     col(Job.created_at),
+                    col(Task.job_manager),
                 )
                 .join(Job, col(Job.id) == col(Task.job_id))
                 .where(
@@ -338,9 +344,24 @@ class Controller:
                 .order_by(col(Job.priority).desc(), col(Job.created_at), col(Task.pk))
                 .limit(limit)
             ).all()
+            # A job manager starts before all other tasks of its job.
+            managed = (
+                set(
+                    s.exec(
+                        select(Task.job_id).where(
+                            col(Task.job_manager).is_(True),
+                            col(Task.state) == TaskState.ACTIVE,
+                            col(Task.job_id).in_({r[1] for r in rows}),
+                        )
+                    ).all()
+                )
+                if rows
+                else set()
+            )
         return [
             scheduler.PendingTask(job_id, task_id, pool_id, priority, created, pk or 0, slots)
-            for pk, job_id, task_id, slots, pool_id, priority, created in rows
+            for pk, job_id, task_id, slots, pool_id, priority, created, manager in rows
+            if manager or job_id not in managed
         ]
 
     async def _dispatch(
@@ -404,6 +425,9 @@ class Controller:
                             *task.spec.get("environmentSettings", []),
                         ],
                     )
+                    if task.job_manager:
+                        token, task.token_hash = task_calls.new_token()
+                        env.update(task_calls.client_env(root, token))
                     limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
                     gate = self.job_tasks.gate(s, jobs[task.job_id], task, link)
                     io = (task.spec.get("resourceFiles") or [], task.spec.get("userIdentity"))

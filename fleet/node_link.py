@@ -314,6 +314,9 @@ class NodeLink:
                 await self.conn.download(f"{root}/{START_TASK_DIR}/{name}", str(dest / name))
 
     def _agent_event(self, msg: dict[str, Any]) -> None:
+        if msg.get("event") == "call":
+            self._on_event(self, msg)
+            return
         if msg.get("event") != "exited":
             return
         if msg.get("key") == START_TASK_KEY:

@@ -47,7 +47,6 @@ _NOT_YET = {
         "resizeTimeout",
     },
     "job": {
-        "jobManagerTask",
         "autoPoolSpecification",
         "networkConfiguration",
     },
@@ -409,7 +408,30 @@ JOB_FIELDS = {
     "usesTaskDependencies",
     "jobPreparationTask",
     "jobReleaseTask",
+    "jobManagerTask",
 }
+
+
+def parse_job_manager_task(value: Any, target: str) -> dict[str, Any] | None:
+    """Return a normalized ``jobManagerTask`` (a task spec with a ``jobManager`` section:
+    ``killJobOnCompletion`` and ``runExclusive``, both true by default), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail(target, "jobManagerTask", "jobManagerTask must be a JSON object")
+    extra = {"killJobOnCompletion", "runExclusive", "allowLowPriorityNode"}
+    task = parse_task(
+        {k: v for k, v in value.items() if k not in extra} | {"id": value.get("id", "jobmanager")},
+        target.removeprefix("job "),
+    )
+    task["jobManager"] = {
+        "killJobOnCompletion": _typed(
+            value, "killJobOnCompletion", bool, target, "jobManagerTask", default=True
+        ),
+        "runExclusive": _typed(value, "runExclusive", bool, target, "jobManagerTask", default=True),
+    }
+    return task
+
 
 RELEASE_LIMIT_SECONDS = 15 * 60
 
@@ -504,6 +526,7 @@ def parse_job(data: Any) -> dict[str, Any]:
             data, "onAllTasksComplete", target, ("noaction", "terminatejob")
         ),
         "usesTaskDependencies": _typed(data, "usesTaskDependencies", bool, target, default=False),
+        "jobManagerTask": parse_job_manager_task(data.get("jobManagerTask"), target),
         "jobPreparationTask": prep,
         "jobReleaseTask": release,
         "onTaskFailure": _choice(

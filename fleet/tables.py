@@ -139,6 +139,8 @@ class Task(SQLModel, table=True):
     deps_state: str | None = None  # waiting | blocked while dependsOn holds it back
     deps_parent: str | None = None  # the parent it waits for or is blocked by
     files_deleted: bool = False  # its directory on the node was swept after retentionTime
+    token_hash: str | None = Field(default=None, index=True)  # a job manager's call token
+    job_manager: bool = False  # the job's jobManagerTask: it starts before the job's other tasks
     created_at: float = 0.0
     state_changed_at: float = 0.0
 

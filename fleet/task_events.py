@@ -197,7 +197,14 @@ class TaskEvents:
             failure_code=(outcome.failure_info or {}).get("code"),
         )
         task.dependency_action = actions["dependencyAction"]
+        task.token_hash = None  # a finished job manager can no longer call
         s.add(task)
+        manager = task.spec.get("jobManager") or {}
+        if manager.get("killJobOnCompletion") and job is not None and job.state == JobState.ACTIVE:
+            job.state = JobState.TERMINATING
+            job.state_changed_at = now
+            job.termination_reason = job.termination_reason or "JMComplete"
+            s.add(job)
         if (
             outcome.failure_info
             and job is not None

@@ -94,6 +94,7 @@ def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
             "onTaskFailure": row.spec.get("onTaskFailure"),
             "constraints": row.spec.get("constraints") or None,
             "commonEnvironmentSettings": row.spec.get("commonEnvironmentSettings") or None,
+            "jobManagerTask": row.spec.get("jobManagerTask"),
             "jobPreparationTask": row.spec.get("jobPreparationTask"),
             "jobReleaseTask": row.spec.get("jobReleaseTask"),
             "creationTime": iso(row.created_at),

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from agent_bootstrap import agent_hash, agent_source
+from agent_bootstrap import agent_hash, agent_source, client_hash, client_source, fleet_task
 
 AGENT = Path(__file__).resolve().parent.parent / "agent_bootstrap" / "fleet_agent.py"
+CLIENT = AGENT.parent / "fleet_task.py"
 AGENT_PYTHON = os.environ.get("FLEET_TEST_AGENT_PYTHON", sys.executable)
 LAYOUT = ("startup", "shared", "applications", "certs", "fsmounts", "volatile", "workitems")
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -202,6 +203,14 @@ def test_package_helpers_return_the_agent_file():
     assert agent_hash() == hashlib.sha256(AGENT.read_bytes()).hexdigest()
     first_line = agent_source().split(b"\n", 1)[0]
     assert re.fullmatch(rb'""".+"""', first_line)  # a one-line module docstring
+
+
+def test_package_helpers_return_the_client_file():
+    assert client_source() == CLIENT.read_bytes()
+    assert client_hash() == hashlib.sha256(CLIENT.read_bytes()).hexdigest()
+    shebang, docstring = client_source().split(b"\n")[:2]
+    assert shebang == b"#!/usr/bin/env python3"
+    assert re.fullmatch(rb'""".+"""', docstring)
 
 
 def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
@@ -414,7 +423,11 @@ def test_task_outlives_a_killed_agent_and_the_next_agent_reports_it(agents, root
     pid = first.call("spawn", args)["pid"]
     wrapper = json.loads((root / args["taskDir"] / "attempt.json").read_text())["wrapperPid"]
     wrapper_fds = Path(f"/proc/{wrapper}/fd")
-    assert {os.readlink(fd) for fd in wrapper_fds.iterdir()} == {"/dev/null"}
+
+    def only_devnull():  # the wrapper closes its start-result pipe after the agent read it
+        return {os.readlink(fd) for fd in wrapper_fds.iterdir()} == {"/dev/null"}
+
+    wait_until(only_devnull, what="the wrapper to hold only /dev/null")
     first.proc.kill()
     first.proc.wait()
     # No wrapper or task holds the agent's stdout: it reaches EOF at once.
@@ -554,3 +567,296 @@ def test_hundreds_of_spawns_are_served_quickly(agents):
     elapsed = time.monotonic() - began
     assert elapsed < 10, f"{count} tasks took {elapsed:.2f} s"
     assert len(list(agent_fds.iterdir())) == fds_before  # no pipe or connection leaked
+
+
+# ---------------------------------------------------------------- calls from tasks
+
+
+def run_client(root, *argv, env=None, stdin_text=None):
+    """Start fleet_task.py as a task would (FLEET_AGENT_DIR, FLEET_TASK_TOKEN set)."""
+    full_env = {**os.environ, "FLEET_AGENT_DIR": str(root / "volatile")}
+    full_env.update({"FLEET_TASK_TOKEN": "tok-1", **(env or {})})
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, (stdin_text or "").encode())  # small: fits in the pipe
+    os.close(write_fd)
+    with open(read_fd, "rb") as stdin:
+        return subprocess.Popen(
+            [AGENT_PYTHON, str(CLIENT), *argv],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            text=True,
+        )
+
+
+def client_outcome(proc):
+    """Wait for a client; return (exit status, stdout, stderr)."""
+    out, err = proc.communicate(timeout=TIMEOUT)
+    return proc.returncode, out, err
+
+
+def call_line(token="tok-1", op="listTasks", args=None):
+    return json.dumps({"call": {"token": token, "op": op, "args": args or {}}}).encode() + b"\n"
+
+
+def open_call(root, line):
+    """Connect to agent.sock as a client and send line; return the socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(TIMEOUT)
+    sock.connect(str(root / "volatile" / "agent.sock"))
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(line)
+    return sock
+
+
+def read_answer(sock):
+    """Return the answer line the agent sends on sock (then EOF), decoded."""
+    data = b""
+    while chunk := sock.recv(1 << 16):
+        data += chunk
+    sock.close()
+    assert data.endswith(b"\n") and data.count(b"\n") == 1, data[:200]
+    return json.loads(data)
+
+
+def answer(agent, call_id, **fields):
+    """Send an answer request; return its reply."""
+    return agent.request("answer", {"callId": call_id, **fields})
+
+
+def agent_socket_count(agent):
+    """Return how many sockets the agent holds open (stdin/stdout are pipes)."""
+    count = 0
+    for fd in Path(f"/proc/{agent.proc.pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def test_call_from_a_task_reaches_the_controller_and_back(agents, tmp_path):
+    # A root too long for a socket path: agent and client both use the relative name.
+    root = tmp_path / ("r" * 60) / ("s" * 60) / "root"
+    agent = agents(node_root=root)
+    assert len(str(root / "volatile" / "agent.sock")) > 107
+    client = run_client(
+        root, "add-task", "--id", "t1", "--command-line", "echo hi", "--env", "A=1=2"
+    )
+    event = agent.wait_event("call")
+    assert event == {
+        "type": "event",
+        "event": "call",
+        "callId": event["callId"],
+        "token": "tok-1",
+        "op": "addTasks",
+        "args": {
+            "tasks": [
+                {
+                    "id": "t1",
+                    "commandLine": "echo hi",
+                    "environmentSettings": [{"name": "A", "value": "1=2"}],
+                }
+            ]
+        },
+    }
+    assert isinstance(event["callId"], int)
+    added = {"id": "t1", "state": "active"}
+    reply = answer(agent, event["callId"], ok=True, result={"tasks": [added]})
+    assert reply["ok"] and reply["result"] == {}, reply
+    status, out, err = client_outcome(client)
+    assert (status, json.loads(out), err) == (0, added, "")
+    # Answered once: a second answer is refused.
+    assert answer(agent, event["callId"], ok=True, result={})["error"]["code"] == "UnknownCall"
+
+    tasks = [{"id": "a", "commandLine": "true"}, {"id": "b", "commandLine": "false"}]
+    client = run_client(root, "add-tasks", "--json-file", "-", stdin_text=json.dumps(tasks))
+    second = agent.wait_event("call")
+    assert second["callId"] > event["callId"]
+    assert (second["op"], second["args"]) == ("addTasks", {"tasks": tasks})
+    assert answer(agent, second["callId"], ok=True, result={"tasks": tasks})["ok"]
+    status, out, _ = client_outcome(client)
+    assert (status, json.loads(out)) == (0, tasks)
+
+    client = run_client(root, "show-job")
+    third = agent.wait_event("call")
+    assert (third["op"], third["args"]) == ("showJob", {})
+    assert answer(agent, third["callId"], ok=True, result={"job": {"id": "J"}})["ok"]
+    status, out, _ = client_outcome(client)
+    assert (status, json.loads(out)) == (0, {"id": "J"})
+
+
+def test_python_api_of_the_client(agents, root, monkeypatch, tmp_path):
+    agent = agents()
+    monkeypatch.setenv("FLEET_AGENT_DIR", str(root / "volatile"))
+    monkeypatch.setenv("FLEET_TASK_TOKEN", "tok-2")
+    monkeypatch.chdir(tmp_path)
+    outcome = queue.Queue()
+
+    def in_thread(function, *args):
+        def run():
+            try:
+                outcome.put(function(*args))
+            except fleet_task.FleetTaskError as exc:
+                outcome.put(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    in_thread(fleet_task.list_tasks)
+    event = agent.wait_event("call")
+    assert (event["token"], event["op"], event["args"]) == ("tok-2", "listTasks", {})
+    assert answer(agent, event["callId"], ok=True, result={"tasks": [{"id": "x"}]})["ok"]
+    assert outcome.get(timeout=TIMEOUT) == [{"id": "x"}]
+    assert Path.cwd() == tmp_path  # restored after connecting
+
+    in_thread(fleet_task.add_tasks, [{"id": "y", "commandLine": "true"}])
+    event = agent.wait_event("call")
+    assert event["args"] == {"tasks": [{"id": "y", "commandLine": "true"}]}
+    error = {"code": "TaskExists", "message": "task y exists", "exitStatus": 4}
+    assert answer(agent, event["callId"], ok=False, error=error)["ok"]
+    exc = outcome.get(timeout=TIMEOUT)
+    assert isinstance(exc, fleet_task.FleetTaskError)
+    assert (exc.code, exc.message, exc.exit_status) == ("TaskExists", "task y exists", 4)
+
+    in_thread(fleet_task.call, "showJob", {}, 0.3)
+    event = agent.wait_event("call")
+    exc = outcome.get(timeout=TIMEOUT)
+    assert (exc.code, exc.exit_status) == ("TimedOut", 5)
+    wait_until(lambda: agent_socket_count(agent) == 1, what="the agent to drop the call")
+    assert answer(agent, event["callId"], ok=True, result={})["error"]["code"] == "UnknownCall"
+
+    monkeypatch.delenv("FLEET_TASK_TOKEN")
+    with pytest.raises(fleet_task.FleetTaskError) as raised:
+        fleet_task.show_job()
+    assert (raised.value.code, raised.value.exit_status) == ("NotInATask", 2)
+
+
+def test_error_answer_sets_the_client_exit_status(agents, root, tmp_path):
+    agent = agents()
+    client = run_client(root, "list-tasks")
+    event = agent.wait_event("call")
+    error = {"code": "JobNotActive", "message": "the job is completed", "exitStatus": 4}
+    assert answer(agent, event["callId"], ok=False, error=error)["ok"]
+    assert client_outcome(client) == (4, "", "error [JobNotActive]: the job is completed\n")
+
+    # Outside a task, or with no agent listening, the client fails on its own.
+    status, _, err = client_outcome(run_client(root, "show-job", env={"FLEET_TASK_TOKEN": ""}))
+    assert status == 2 and err.startswith("error [NotInATask]: FLEET_TASK_TOKEN")
+    no_agent = {"FLEET_AGENT_DIR": str(tmp_path)}
+    status, _, err = client_outcome(run_client(root, "show-job", env=no_agent))
+    assert status == 1 and err.startswith("error [AgentUnavailable]: ")
+
+
+def test_client_that_disconnects_leaves_an_unknown_call(agents, root):
+    agent = agents()
+    baseline = agent_socket_count(agent)
+    sock = open_call(root, call_line())
+    event = agent.wait_event("call")
+    sock.close()
+    wait_until(lambda: agent_socket_count(agent) == baseline, what="the agent to drop the call")
+    reply = answer(agent, event["callId"], ok=True, result={})
+    assert reply["error"]["code"] == "UnknownCall"
+    assert answer(agent, 12345, ok=True, result={})["error"]["code"] == "UnknownCall"
+    bad_answers = [
+        {"callId": "1", "ok": True, "result": {}},
+        {"callId": 1, "ok": "yes", "result": {}},
+        {"callId": 1, "ok": True, "result": [1]},
+        {"callId": 1, "ok": False},
+        {"ok": True, "result": {}},
+    ]
+    for args in bad_answers:
+        assert agent.error_code("answer", args) == "BadRequest", args
+
+
+def test_pending_calls_get_controller_unavailable_when_stdin_closes(agents, root):
+    agent = agents()
+    client = run_client(root, "show-job")
+    sock = open_call(root, call_line(op="showJob"))
+    for _ in range(2):
+        agent.wait_event("call")
+    agent.close()
+    assert agent.proc.returncode == 0
+    status, out, err = client_outcome(client)
+    assert (status, out) == (1, "") and err.startswith("error [ControllerUnavailable]: ")
+    error = read_answer(sock)["error"]
+    assert error["code"] == "ControllerUnavailable" and error["exitStatus"] == 1
+
+
+def test_malformed_and_oversized_calls_are_refused(agents, root, tmp_path):
+    agent = agents()
+    lines = [
+        b"not json\n",
+        b'{"call": "listTasks"}\n',
+        b'{"call": {"token": "t", "op": 1, "args": {}}}\n',
+        b'{"call": {"token": 5, "op": "listTasks", "args": {}}}\n',
+        b'{"call": {"token": "", "op": "listTasks", "args": {}}}\n',
+        b'{"call": {"token": "t", "op": "listTasks"}}\n',
+        b'{"call": {"token": "t", "op": "listTasks", "args": [1]}}\n',
+        b'{"event": "other"}\n',
+        b"[" * 100_000 + b"\n",
+        b'{"call": {"token": "t", "op": "x", "args": {}}',  # no newline: the client shuts down
+    ]
+    for line in lines:
+        sock = open_call(root, line)
+        if not line.endswith(b"\n"):
+            sock.shutdown(socket.SHUT_WR)
+        error = read_answer(sock)["error"]
+        assert (error["code"], error["exitStatus"]) == ("BadCall", 2), line[:60]
+
+    big = b'{"call": {"token": "t", "op": "addTasks", "args": {"x": "' + b"a" * (1 << 20)
+    error = read_answer(open_call(root, big + b'"}}}\n'))["error"]
+    assert error["code"] == "CallTooLarge"
+    # The client reads the refusal even though the agent stopped reading its line.
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps({"id": "big", "commandLine": "x" * (1 << 20)}))
+    status, _, err = client_outcome(run_client(root, "add-tasks", "--json-file", str(tasks)))
+    assert status == 2 and err.startswith("error [CallTooLarge]: ")
+
+    ping_id = agent.send("ping")
+    assert agent.next_message()["id"] == ping_id  # nothing was forwarded
+    assert agent.proc.poll() is None
+
+
+def test_concurrent_calls_are_answered_out_of_order_beside_exit_notices(agents, root):
+    agent = agents()
+    first = run_client(root, "list-tasks", env={"FLEET_TASK_TOKEN": "first"})
+    event_1 = agent.wait_event("call")
+    second = run_client(root, "list-tasks", env={"FLEET_TASK_TOKEN": "second"})
+    event_2 = agent.wait_event("call")
+    assert (event_1["token"], event_2["token"]) == ("first", "second")
+    assert event_2["callId"] > event_1["callId"]
+
+    agent.call("spawn", spawn_args("beside", ["true"]))
+    assert agent.wait_exited("workitems/job/beside")["exit"]["exitCode"] == 0
+
+    assert answer(agent, event_2["callId"], ok=True, result={"tasks": [{"id": "2"}]})["ok"]
+    assert client_outcome(second)[:2] == (0, '[\n  {\n    "id": "2"\n  }\n]\n')
+    assert first.poll() is None
+    assert answer(agent, event_1["callId"], ok=True, result={"tasks": [{"id": "1"}]})["ok"]
+    status, out, _ = client_outcome(first)
+    assert (status, json.loads(out)) == (0, [{"id": "1"}])
+
+
+def test_too_many_pending_calls_are_refused(agents, root):
+    agent = agents()
+    socks = [open_call(root, call_line(token=f"t{i}")) for i in range(64)]
+    events = [agent.wait_event("call") for _ in socks]
+    assert len({e["callId"] for e in events}) == 64
+    error = read_answer(open_call(root, call_line()))["error"]
+    assert (error["code"], error["exitStatus"]) == ("TooManyCalls", 1)
+    assert answer(agent, events[0]["callId"], ok=True, result={"n": 0})["ok"]
+    assert read_answer(socks[0]) == {"ok": True, "result": {"n": 0}}
+    sock = open_call(root, call_line(token="late"))
+    assert agent.wait_event("call")["token"] == "late"
+    sock.close()
+    for other in socks[1:]:
+        other.close()
+
+
+def test_a_large_answer_reaches_a_slow_client(agents, root):
+    agent = agents()
+    sock = open_call(root, call_line())
+    event = agent.wait_event("call")
+    tasks = [{"id": f"t{i}", "commandLine": "x" * 1000} for i in range(5000)]
+    assert answer(agent, event["callId"], ok=True, result={"tasks": tasks})["ok"]
+    assert agent.call("ping")  # the agent serves while the answer waits for the client
+    assert read_answer(sock) == {"ok": True, "result": {"tasks": tasks}}

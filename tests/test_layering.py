@@ -21,6 +21,7 @@ OWNERS = {
         "task_events.py",
         "job_tasks.py",
         "retention.py",
+        "task_calls.py",
         "controller.py",
         "lifecycle.py",
         "execute.py",

@@ -188,7 +188,10 @@ def wait(
                     f"job {job_id} ({job.state}): {counts['completed']}/{total} "
                     f"completed, {counts['running']} running, {counts['failed']} failed"
                 )
-            if job.state == JobState.COMPLETED or (counts["active"] == counts["running"] == 0):
+            settled = (
+                counts["active"] == counts["running"] == 0 and job.state != JobState.TERMINATING
+            )
+            if job.state == JobState.COMPLETED or settled:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimedOut(

@@ -23,7 +23,7 @@ def create_job(store: Store, data: dict[str, Any]) -> Job:
     spec = specs.parse_job(data)
     now = time.time()
     with store.session() as s:
-        get_pool(s, spec["poolInfo"]["poolId"])
+        pool = get_pool(s, spec["poolInfo"]["poolId"])
         if s.get(Job, spec["id"]) is not None:
             raise Conflict(
                 "a job with this id exists already", code="JobExists", target=f"job {spec['id']}"
@@ -37,6 +37,22 @@ def create_job(store: Store, data: dict[str, Any]) -> Job:
             state_changed_at=now,
         )
         s.add(job)
+        manager = spec.get("jobManagerTask")
+        if manager:
+            # The job manager is the job's first task; run exclusive, it takes a whole node.
+            slots = pool.task_slots_per_node if manager["jobManager"]["runExclusive"] else 1
+            s.add(
+                Task(
+                    job_id=job.id,
+                    id=manager["id"],
+                    command_line=manager["commandLine"],
+                    spec=manager,
+                    required_slots=min(slots, pool.task_slots_per_node),
+                    job_manager=True,
+                    created_at=now,
+                    state_changed_at=now,
+                )
+            )
     return job
 
 

@@ -1,0 +1,106 @@
+"""Calls from tasks on nodes to the controller, such as a job manager adding tasks.
+
+A task that may call (a job manager) gets a random token in its environment; only
+its SHA-256 is stored. A call arrives through the node agent (docs/agent-protocol.md,
+"Calls from tasks") and may touch the caller's own job only. Nodes never need a route
+to the controller: the call rides the SSH channel the controller opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import col, select
+
+from fleet import views
+from fleet.agent_client import client_remote_path
+from fleet.domain import TaskState
+from fleet.errors import BadInput, FleetError
+from fleet.service import jobs as job_service
+from fleet.service import tasks as task_service
+from fleet.tables import Task
+
+if TYPE_CHECKING:
+    from fleet.controller import Controller
+    from fleet.node_link import NodeLink
+
+log = logging.getLogger(__name__)
+
+
+def new_token() -> tuple[str, str]:
+    """Return a fresh token and the hash to store for it."""
+    token = secrets.token_urlsafe(32)
+    return token, token_hash(token)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def client_env(root: str, token: str) -> dict[str, str]:
+    """Return the variables a calling task needs: its token, the agent dir and the client."""
+    return {
+        "FLEET_TASK_TOKEN": token,
+        "FLEET_AGENT_DIR": f"{root.rstrip('/')}/volatile",
+        "FLEET_TASK_CLIENT": client_remote_path(root),
+    }
+
+
+class TaskCalls:
+    """Answers the calls tasks make through their node's agent."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    def handle(self, link: NodeLink, msg: dict[str, Any]) -> None:
+        """Start answering one ``call`` event from ``link``'s agent."""
+        self.c.spawn_background(self._answer(link, msg))
+
+    async def _answer(self, link: NodeLink, msg: dict[str, Any]) -> None:
+        answer: dict[str, Any]
+        try:
+            answer = {
+                "ok": True,
+                "result": self.run(
+                    str(msg.get("token", "")), str(msg.get("op", "")), msg.get("args") or {}
+                ),
+            }
+        except FleetError as exc:
+            answer = {
+                "ok": False,
+                "error": {"code": exc.code, "message": str(exc), "exitStatus": exc.exit_status},
+            }
+        if link.agent is not None:
+            try:
+                await link.agent.request("answer", callId=msg.get("callId"), **answer)
+            except FleetError as exc:
+                log.info("node %s: call %s not answered: %s", link.node_id, msg.get("callId"), exc)
+
+    def run(self, token: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one call for the task holding ``token``. Raises FleetError."""
+        job_id = self._caller_job(token)
+        store = self.c.store
+        if op == "addTasks":
+            rows = task_service.add_tasks(store, job_id, args.get("tasks"))
+            self.c.wake()
+            return {"tasks": [views.task(r) for r in rows]}
+        if op == "listTasks":
+            return {"tasks": [views.task(t) for t in task_service.list_tasks(store, job_id)]}
+        if op == "showJob":
+            job = job_service.show_job(store, job_id)
+            return {"job": views.job(job, job_service.task_counts(store, job_id))}
+        raise BadInput(
+            f"unknown call {op!r}; calls are addTasks, listTasks, showJob", code="UnknownCall"
+        )
+
+    def _caller_job(self, token: str) -> str:
+        with self.c.store.session() as s:
+            task = s.exec(select(Task).where(col(Task.token_hash) == token_hash(token))).first()
+        if not token or task is None or task.state == TaskState.COMPLETED:
+            raise FleetError(
+                "the call's token belongs to no running job manager", code="InvalidToken"
+            )
+        return task.job_id
