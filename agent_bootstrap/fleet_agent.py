@@ -3,12 +3,13 @@
 # Contract: docs/agent-protocol.md. Stdlib only; runs on Python 3.8 or newer (Linux).
 #
 # One single-threaded selectors loop watches stdin (requests), the Unix socket
-# volatile/agent.sock (exit notices from wrappers, calls from tasks, whose connections
-# wait there for the controller's answer) and one start-result pipe per spawn in flight. Each spawn forks a *wrapper* (no exec) that owns the attempt for its whole
-# life: it prepares the task dir, starts the command in a new session, writes
-# attempt.json, reports the start over the pipe, enforces the wall-clock limit and the
-# kill op, writes exit.json and tells whichever agent is listening. Wrappers outlive
-# the agent, so tasks keep running and their records wait on disk meanwhile.
+# volatile/agent.sock (exit notices from wrappers; calls from tasks, whose connections
+# then wait for the controller's answer) and one start-result pipe per spawn in flight.
+# Each spawn forks a *wrapper* (no exec) that owns the attempt for its whole life: it
+# prepares the task dir, starts the command in a new session, writes attempt.json,
+# reports the start over the pipe, enforces the wall-clock limit and the kill op,
+# writes exit.json and tells whichever agent is listening. Wrappers outlive the agent,
+# so tasks keep running and their records wait on disk meanwhile.
 
 from __future__ import annotations
 
@@ -805,16 +806,18 @@ class Agent:
         elif isinstance(message, dict) and message.get("event") == "exited":
             self.selector.unregister(conn)
             conn.close()
-            self.settle_spawn(message.get("taskDir"), message.get("attempt"))
-            event = {"type": "event", "event": "exited"}
-            event.update(
-                (name, message.get(name)) for name in ("key", "taskDir", "attempt", "exit")
-            )
-            self.send(event)
+            self.forward_exit(message)
         else:
             log("answering a malformed line on %s with BadCall" % SOCKET_NAME)
             error = 'expected one JSON line {"call": {"token", "op", "args"}}'
             self.answer_client(conn, call_error("BadCall", error, 2))
+
+    def forward_exit(self, notice: dict) -> None:
+        """Send a wrapper's exit notice to the controller (after the spawn reply)."""
+        self.settle_spawn(notice.get("taskDir"), notice.get("attempt"))
+        event = {"type": "event", "event": "exited"}
+        event.update((name, notice.get(name)) for name in ("key", "taskDir", "attempt", "exit"))
+        self.send(event)
 
     def start_call(self, conn: socket.socket, call) -> None:
         """Forward a task's call to the controller as a call event (or refuse it); the

@@ -62,7 +62,7 @@ def _connect(agent_dir: str, timeout: float) -> socket.socket:
     to 107 bytes), then go back to the previous working directory."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
+        sock.settimeout(max(0.001, timeout))
         with _chdir_lock:
             previous = os.open(".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY)
             try:
@@ -108,7 +108,7 @@ def _parse_answer(line: bytes) -> dict:
     """Return the result of an answer line; raises FleetTaskError for an error answer."""
     try:
         answer = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         answer = None
     if not isinstance(answer, dict):
         raise FleetTaskError("BadAnswer", "the agent's answer is not a JSON object")
@@ -213,9 +213,9 @@ def _parser() -> argparse.ArgumentParser:
     many = commands.add_parser("add-tasks", help="add tasks from a JSON file to this job")
     many.add_argument("--json-file", required=True, help="a task object or a list ('-': stdin)")
     one = commands.add_parser("add-task", help="add one task to this job; print it")
-    one.add_argument("--id", required=True, dest="task_id")
-    one.add_argument("--command-line", required=True)
-    one.add_argument("--env", action="append", default=[], help="NAME=VALUE, repeatable")
+    one.add_argument("--id", required=True, dest="task_id", metavar="ID")
+    one.add_argument("--command-line", required=True, metavar="COMMAND_LINE")
+    one.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="repeatable")
     commands.add_parser("list-tasks", help="list the tasks of this job")
     commands.add_parser("show-job", help="show this job")
     return parser

@@ -26,6 +26,7 @@ from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import AgentError, FleetError, RemoteError
 from fleet.job_tasks import JobTasks
 from fleet.lifecycle import Lifecycle
+from fleet.multi_instance import MultiInstance
 from fleet.node_link import NodeLink
 from fleet.retention import RetentionSweep
 from fleet.service.tasks import COLLECTED_FILES
@@ -65,6 +66,7 @@ class Controller:
         self.job_tasks = JobTasks(self)
         self.retention = RetentionSweep(self, sweep_interval)
         self.calls = TaskCalls(self)
+        self.multi = MultiInstance(self)
 
     def wake(self) -> None:
         """Run the next turn of the loop now rather than at the next tick."""
@@ -183,6 +185,10 @@ class Controller:
                     )
         self._wake.set()
 
+    def _root(self, node_id: str) -> str:
+        link = self.links.get(node_id)
+        return str(link.agent.hello.get("root", "")) if link and link.agent else ""
+
     def links_pool(self, node_id: str) -> str:
         """Return the pool a node belongs to ('' if it left)."""
         with self.store.session() as s:
@@ -200,6 +206,9 @@ class Controller:
     def _agent_event(self, link: NodeLink, msg: dict[str, Any]) -> None:
         if msg.get("event") == "call":
             self.calls.handle(link, msg)
+            return
+        if "@" in str(msg.get("key")):
+            self.multi.on_event(msg)
             return
         if "#" in str(msg.get("key")):
             self.job_tasks.on_event(link, msg)
@@ -331,6 +340,7 @@ class Controller:
                     col(Job.priority),
                     col(Job.created_at),
                     col(Task.job_manager),
+                    col(Task.instances),
                 )
                 .join(Job, col(Job.id) == col(Task.job_id))
                 .where(
@@ -359,8 +369,10 @@ class Controller:
                 else set()
             )
         return [
-            scheduler.PendingTask(job_id, task_id, pool_id, priority, created, pk or 0, slots)
-            for pk, job_id, task_id, slots, pool_id, priority, created, manager in rows
+            scheduler.PendingTask(
+                job_id, task_id, pool_id, priority, created, pk or 0, slots, instances
+            )
+            for pk, job_id, task_id, slots, pool_id, priority, created, manager, instances in rows
             if manager or job_id not in managed
         ]
 
@@ -429,7 +441,15 @@ class Controller:
                         token, task.token_hash = task_calls.new_token()
                         env.update(task_calls.client_env(root, token))
                     limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
-                    gate = self.job_tasks.gate(s, jobs[task.job_id], task, link)
+                    if task.spec.get("multiInstanceSettings"):
+                        nodes = [a.node_id, *a.others]
+                        roots = {n: self._root(n) for n in nodes}
+                        env = self.multi.prepare(s, task, att, nodes, roots, env)
+                        for n in a.others:
+                            placed.append(self.inflight[n][f"{att.key}@{nodes.index(n)}"])
+                        gate = "multi"
+                    else:
+                        gate = self.job_tasks.gate(s, jobs[task.job_id], task, link)
                     io = (task.spec.get("resourceFiles") or [], task.spec.get("userIdentity"))
                     sends.append((gate, link, att, shlex.split(task.command_line), env, limit, io))
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
@@ -441,7 +461,9 @@ class Controller:
         for gate, link, att, argv, env, limit, io in sends:
             self.last_assigned[att.node_id] = stamp
             start = functools.partial(self._start, link, att, argv, env, limit, io)
-            if gate == "wait":
+            if gate == "multi":
+                self.multi.launch(att, start)
+            elif gate == "wait":
                 self.job_tasks.hold(att, start)
             else:
                 start()

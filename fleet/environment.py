@@ -53,3 +53,12 @@ def build(
     for item in user_env:
         env[item["name"]] = item["value"]
     return env
+
+
+def twins(values: Mapping[str, str]) -> dict[str, str]:
+    """Return ``values`` under both names: ``FLEET_<NAME>`` and ``AZ_BATCH_<NAME>``."""
+    out = {}
+    for name, value in values.items():
+        out[f"FLEET_{name}"] = value
+        out[f"AZ_BATCH_{name}"] = value
+    return out

@@ -34,6 +34,7 @@ class PendingTask:
     job_seq: float = 0.0
     seq: int = 0
     required_slots: int = 1
+    instances: int = 1  # a multi-instance task needs this many distinct nodes at once
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Assignment:
     job_id: str
     task_id: str
     node_id: str
+    others: tuple[str, ...] = ()  # the other nodes of a multi-instance task
 
 
 def order(tasks: Sequence[PendingTask]) -> list[PendingTask]:
@@ -68,7 +70,8 @@ def plan(
     ``job_room`` caps how many more tasks of a job may start (its ``maxParallelTasks``
     less those running); jobs missing from it have no cap. ``avoid`` lists, per job,
     nodes its tasks must not go to (its prep task failed there). Running tasks are
-    never moved.
+    never moved. A multi-instance task gets ``instances`` distinct nodes at once, or
+    none (``Assignment.others`` lists the nodes besides the primary).
     """
     fill_types = fill_types or {}
     job_left = dict(job_room or {})
@@ -83,22 +86,29 @@ def plan(
         pool_free = free.get(task.pool_id)
         if not pool_free or job_left.get(task.job_id, 1) <= 0:
             continue
-        node_id = _choose(
-            pool_free,
-            task.required_slots,
-            fill_types.get(task.pool_id),
-            rank,
-            (avoid or {}).get(task.job_id, set()),
-        )
-        if node_id is None:
+        avoid_nodes = set((avoid or {}).get(task.job_id, set()))
+        chosen: list[str] = []
+        for _ in range(task.instances):  # one node per instance, all or none
+            node_id = _choose(
+                pool_free,
+                task.required_slots,
+                fill_types.get(task.pool_id),
+                rank,
+                avoid_nodes | set(chosen),
+            )
+            if node_id is None:
+                break
+            chosen.append(node_id)
+        if len(chosen) < task.instances:
             continue
-        pool_free[node_id] -= task.required_slots
+        for node_id in chosen:
+            pool_free[node_id] -= task.required_slots
+            rank[node_id] = (float("inf"), len(result), node_id)  # just placed: last in line
+            if pool_free[node_id] == 0:
+                del pool_free[node_id]
         if task.job_id in job_left:
             job_left[task.job_id] -= 1
-        rank[node_id] = (float("inf"), len(result), node_id)  # just placed: last in line
-        if pool_free[node_id] == 0:
-            del pool_free[node_id]
-        result.append(Assignment(task.job_id, task.task_id, node_id))
+        result.append(Assignment(task.job_id, task.task_id, chosen[0], tuple(chosen[1:])))
     return result
 
 

@@ -38,7 +38,6 @@ _NOT_YET = {
         "targetLowPriorityNodes",
         "certificateReferences",
         "applicationPackageReferences",
-        "enableInterNodeCommunication",
         "enableAutoScale",
         "autoScaleFormula",
         "autoScaleEvaluationInterval",
@@ -51,7 +50,6 @@ _NOT_YET = {
         "networkConfiguration",
     },
     "task": {
-        "multiInstanceSettings",
         "applicationPackageReferences",
         "containerSettings",
         "affinityInfo",
@@ -348,6 +346,7 @@ def parse_pool(data: Any) -> dict[str, Any]:
         "taskSchedulingPolicy",
         "startTask",
         "userAccounts",
+        "enableInterNodeCommunication",
     } | _ACCEPTED_POOL
     _check_fields(data, target, "", "pool", allowed)
     hosts = _typed(data, "hosts", list, target, required=True)
@@ -381,6 +380,9 @@ def parse_pool(data: Any) -> dict[str, Any]:
         taskSchedulingPolicy={"nodeFillType": fill.lower()},
         startTask=parse_start_task(data.get("startTask"), target),
         userAccounts=parse_user_accounts(data.get("userAccounts"), target),
+        enableInterNodeCommunication=_typed(
+            data, "enableInterNodeCommunication", bool, target, default=False
+        ),
     )
     start_user = ((out["startTask"] or {}).get("userIdentity") or {}).get("username")
     if start_user and start_user not in {a["name"] for a in out["userAccounts"]}:
@@ -548,9 +550,34 @@ TASK_FIELDS = {
     "resourceFiles",
     "outputFiles",
     "userIdentity",
+    "multiInstanceSettings",
     "url",
     "eTag",
 }
+
+
+def parse_multi_instance(value: Any, target: str) -> dict[str, Any] | None:
+    """Return normalized ``multiInstanceSettings`` (``numberOfInstances``,
+    ``coordinationCommandLine``, ``commonResourceFiles``) or None."""
+    if value is None:
+        return None
+    path = "multiInstanceSettings"
+    _check_fields(
+        value,
+        target,
+        path,
+        path,
+        {"numberOfInstances", "coordinationCommandLine", "commonResourceFiles"},
+    )
+    return {
+        "numberOfInstances": _int_in(value, "numberOfInstances", target, 1, 1000, 1, path),
+        "coordinationCommandLine": parse_command_line(
+            value.get("coordinationCommandLine"), target, f"{path}.coordinationCommandLine"
+        ),
+        "commonResourceFiles": file_specs.parse_resource_files(
+            value.get("commonResourceFiles"), target
+        ),
+    }
 
 
 def parse_task(data: Any, job_id: str) -> dict[str, Any]:
@@ -571,6 +598,7 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
         "resourceFiles": file_specs.parse_resource_files(data.get("resourceFiles"), target),
         "outputFiles": file_specs.parse_output_files(data.get("outputFiles"), target),
         "userIdentity": parse_user_identity(data.get("userIdentity"), target),
+        "multiInstanceSettings": parse_multi_instance(data.get("multiInstanceSettings"), target),
     }
 
 

@@ -141,6 +141,7 @@ class Task(SQLModel, table=True):
     files_deleted: bool = False  # its directory on the node was swept after retentionTime
     token_hash: str | None = Field(default=None, index=True)  # a job manager's call token
     job_manager: bool = False  # the job's jobManagerTask: it starts before the job's other tasks
+    instances: int = 1  # multiInstanceSettings.numberOfInstances
     created_at: float = 0.0
     state_changed_at: float = 0.0
 
@@ -160,4 +161,21 @@ class JobNode(SQLModel, table=True):
     release_info: dict[str, Any] | None = _json()
 
 
-ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode)
+class Subtask(SQLModel, table=True):
+    """One instance of a multi-instance task: its node and how its coordination command went."""
+
+    __tablename__ = "subtasks"
+
+    job_id: str = Field(primary_key=True)
+    task_id: str = Field(primary_key=True)
+    instance: int = Field(primary_key=True)  # 0 is the primary
+    attempt: int = 0
+    node_id: str = ""
+    state: str = "running"
+    exit_code: int | None = None
+    failure_info: dict[str, Any] | None = _json()
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode, Subtask)

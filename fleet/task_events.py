@@ -133,6 +133,8 @@ class TaskEvents:
                 self.c.inflight.get(att.node_id, {}).pop(att.key, None)
             self.update_node_busy(s, touched_nodes | {a.node_id for a, _ in ev.started}, now)
         self._dirty_jobs.update(att.job_id for att, _ in ev.finished)
+        for att, _ in [*ev.finished, *ev.back_to_queue]:
+            self.c.multi.finish(att)
 
     def release_dependents(self) -> None:
         """Re-evaluate the held tasks of jobs whose tasks completed, and of every job every

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fleet.domain import NodeState
-from fleet.tables import Host, HostKey, Job, Node, Pool, Task
+from fleet.tables import Host, HostKey, Job, Node, Pool, Subtask, Task
 
 
 def iso(ts: float | None) -> str | None:
@@ -155,5 +155,23 @@ def task(row: Task) -> dict[str, Any]:
             else None,
             "executionInfo": execution,
             "nodeInfo": node_info,
+        }
+    )
+
+
+def subtask(row: Subtask) -> dict[str, Any]:
+    """Azure's SubtaskInformation: one instance of a multi-instance task."""
+    return _drop_none(
+        {
+            "id": row.instance,
+            "nodeInfo": {"nodeId": row.node_id},
+            "state": row.state,
+            "exitCode": row.exit_code,
+            "result": None
+            if row.state != "completed"
+            else ("failure" if row.failure_info else "success"),
+            "failureInfo": row.failure_info,
+            "startTime": iso(row.start_time),
+            "endTime": iso(row.end_time),
         }
     )

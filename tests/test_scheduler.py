@@ -28,6 +28,7 @@ def _load(case: dict) -> tuple[list[NodeSlots], list[PendingTask]]:
             t.get("jobSeq", 0),
             t.get("seq", i),
             t.get("slots", 1),
+            t.get("instances", 1),
         )
         for i, t in enumerate(case["tasks"])
     ]
@@ -39,7 +40,7 @@ def test_scheduler_case(path: Path) -> None:
     case = json.loads(path.read_text())
     nodes, tasks = _load(case)
     got = [
-        [f"{a.job_id}/{a.task_id}", a.node_id]
+        [f"{a.job_id}/{a.task_id}", a.node_id, *a.others]
         for a in plan(
             nodes,
             tasks,

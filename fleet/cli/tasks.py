@@ -147,6 +147,24 @@ def set_(
     emit(views.task(service.set_task(CURRENT.store, job, task_id, current)), output)
 
 
+@app.command("subtasks")
+def subtasks(job: JobOpt, task_id: TaskOpt, output: OutputOpt = None) -> None:
+    """List the instances of a multi-instance task (0 is the primary)."""
+    rows = [views.subtask(r) for r in service.list_subtasks(CURRENT.store, job, task_id)]
+    emit(
+        rows,
+        output,
+        [
+            ("ID", "id"),
+            ("NODE", "nodeInfo.nodeId"),
+            ("STATE", "state"),
+            ("EXIT", "exitCode"),
+            ("START", "startTime"),
+            ("END", "endTime"),
+        ],
+    )
+
+
 @file_app.command("list")
 def file_list(
     job: JobOpt,

@@ -15,7 +15,7 @@ from fleet.service import dependency_state
 from fleet.service.jobs import get_job
 from fleet.settings import Settings
 from fleet.store import Store
-from fleet.tables import Job, Pool, Task
+from fleet.tables import Job, Node, Pool, Subtask, Task
 
 #: Files of a task that the controller collects from the node when the task ends.
 COLLECTED_FILES = ("stdout.txt", "stderr.txt", "exit.json")
@@ -48,6 +48,7 @@ def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
                 field="id",
             )
         _check_users(s, job, items)
+        _check_multi_instance(s, job, items)
         new_deps = {t["id"]: t.get("dependsOn") for t in items}
         if any(new_deps.values()) or job.spec.get("usesTaskDependencies"):
             existing = {
@@ -70,6 +71,7 @@ def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
                 created_at=now,
                 state_changed_at=now,
                 deps_state="waiting" if t.get("dependsOn") else None,
+                instances=(t.get("multiInstanceSettings") or {}).get("numberOfInstances", 1),
             )
             for t in items
         ]
@@ -224,3 +226,50 @@ def _check_users(s: Session, job: Job, items: list[dict[str, Any]]) -> None:
                 target=f"task {job.id}/{tid}",
                 field="userIdentity.username",
             )
+
+
+def _check_multi_instance(s: Session, job: Job, items: list[dict[str, Any]]) -> None:
+    """Refuse a multi-instance task its pool can never run, instead of leaving it active."""
+    wanted = [
+        (t["id"], t["multiInstanceSettings"]["numberOfInstances"])
+        for t in items
+        if t.get("multiInstanceSettings")
+    ]
+    if not wanted:
+        return
+    pool = s.get(Pool, job.pool_id)
+    nodes = len(s.exec(select(Node.id).where(Node.pool_id == job.pool_id)).all())
+    for tid, count in wanted:
+        target = f"task {job.id}/{tid}"
+        if pool is None or not pool.spec.get("enableInterNodeCommunication"):
+            raise BadInput(
+                f"pool {job.pool_id} does not set enableInterNodeCommunication, which "
+                "a multi-instance task needs",
+                code="MultiInstanceTaskNotSatisfiable",
+                target=target,
+                field="multiInstanceSettings",
+            )
+        if count > nodes:
+            raise BadInput(
+                f"the task needs {count} nodes at once but pool {job.pool_id} has {nodes}",
+                code="MultiInstanceTaskNotSatisfiable",
+                target=target,
+                field="multiInstanceSettings.numberOfInstances",
+            )
+
+
+def list_subtasks(store: Store, job_id: str, task_id: str) -> list[Subtask]:
+    """Return the instances of a multi-instance task's latest attempt. Raises NotFound."""
+    with store.session() as s:
+        task = get_task(s, job_id, task_id)
+        return list(
+            s.exec(
+                select(Subtask)
+                .where(
+                    Subtask.job_id == job_id,
+                    Subtask.task_id == task_id,
+                    Subtask.attempt == task.attempt,
+                )
+                .order_by(col(Subtask.instance))
+            )
+        )
