@@ -103,7 +103,11 @@ class AgentClient:
                     try:
                         self._on_event(msg)
                     except Exception:
-                        log.exception("node %s: event handler failed for %r", self.node_id, msg)
+                        log.exception(
+                            "node %s: event handler failed for a %s event",
+                            self.node_id,
+                            msg.get("event"),
+                        )  # calls carry tokens
         finally:
             self.closed.set()
             error = Unreachable("agent channel closed", target=f"node {self.node_id}")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import col, select
 
 from fleet import views
-from fleet.agent_client import client_remote_path
+from fleet.agent_client import AgentClient, client_remote_path
 from fleet.domain import TaskState
 from fleet.errors import BadInput, FleetError
 from fleet.service import jobs as job_service
@@ -56,10 +56,12 @@ class TaskCalls:
         self.c = controller
 
     def handle(self, link: NodeLink, msg: dict[str, Any]) -> None:
-        """Start answering one ``call`` event from ``link``'s agent."""
-        self.c.spawn_background(self._answer(link, msg))
+        """Start answering one ``call`` event from ``link``'s agent. The answer goes to the
+        agent that sent the call (call ids restart with each agent), or nowhere."""
+        if link.agent is not None:
+            self.c.spawn_background(self._answer(link.node_id, link.agent, msg))
 
-    async def _answer(self, link: NodeLink, msg: dict[str, Any]) -> None:
+    async def _answer(self, node_id: str, agent: AgentClient, msg: dict[str, Any]) -> None:
         answer: dict[str, Any]
         try:
             answer = {
@@ -73,11 +75,12 @@ class TaskCalls:
                 "ok": False,
                 "error": {"code": exc.code, "message": str(exc), "exitStatus": exc.exit_status},
             }
-        if link.agent is not None:
-            try:
-                await link.agent.request("answer", callId=msg.get("callId"), **answer)
-            except FleetError as exc:
-                log.info("node %s: call %s not answered: %s", link.node_id, msg.get("callId"), exc)
+        if agent.closed.is_set():
+            return
+        try:
+            await agent.request("answer", callId=msg.get("callId"), **answer)
+        except FleetError as exc:
+            log.info("node %s: call %s not answered: %s", node_id, msg.get("callId"), exc)
 
     def run(self, token: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Carry out one call for the task holding ``token``. Raises FleetError."""
