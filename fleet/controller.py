@@ -300,7 +300,13 @@ class Controller:
             # still being collected.
             used = sum(a.slots for a in self.inflight.get(node.id, {}).values() if not a.collecting)
             snapshot.append(
-                scheduler.NodeSlots(node.id, node.pool_id, pool.task_slots_per_node, used)
+                scheduler.NodeSlots(
+                    node.id,
+                    node.pool_id,
+                    pool.task_slots_per_node,
+                    used,
+                    self.last_assigned.get(node.id, 0.0),
+                )
             )
         free = sum(n.capacity - n.used for n in snapshot)
         if free <= 0:

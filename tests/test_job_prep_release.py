@@ -33,20 +33,20 @@ def test_prep_runs_once_per_node_before_tasks_and_release_runs_where_prep_ran(
         fleet,
         tmp_path,
         maxParallelTasks=2,
-        jobPreparationTask={"commandLine": f"/bin/sh -c 'sleep 1; echo ready >> {MARK}'"},
+        jobPreparationTask={"commandLine": f"/bin/sh -c 'sleep 3; echo ready >> {MARK}'"},
         jobReleaseTask={"commandLine": f"/bin/sh -c 'echo released >> {MARK}'"},
     )
-    for i in range(4):
-        fleet(
-            "task",
-            "create",
-            "--job",
-            "j",
-            "--id",
-            f"t{i}",
-            "--command-line",
-            f"/bin/sh -c 'cat {MARK}'",
-        )
+    fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--json-file",
+        "-",
+        input=json.dumps(
+            [{"id": f"t{i}", "commandLine": f"/bin/sh -c 'cat {MARK}'"} for i in range(4)]
+        ),
+    )
     seen_preparing = wait_for(
         lambda: any(t["state"] == "preparing" for t in fleet.json("task", "list", "--job", "j")),
         30,

@@ -312,6 +312,10 @@ def test_default_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("FLEET_HOME", str(tmp_path / "home"))
     assert lab.default_dir() == tmp_path / "home" / "lab"
     monkeypatch.delenv("FLEET_HOME")
+    if os.geteuid() == 0:
+        # Root's own home is private to the lab user: root's default lives in /var/lib.
+        assert lab.default_dir() == Path("/var/lib/fleet-lab")
+        return
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert lab.default_dir() == tmp_path / "xdg" / "fleet" / "lab"
     monkeypatch.delenv("XDG_DATA_HOME")

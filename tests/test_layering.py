@@ -22,6 +22,7 @@ OWNERS = {
         "job_tasks.py",
         "retention.py",
         "task_calls.py",
+        "multi_instance.py",
         "controller.py",
         "lifecycle.py",
         "execute.py",

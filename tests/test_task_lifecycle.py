@@ -67,11 +67,11 @@ def test_reactivating_a_failed_task_runs_it_again_with_counters_reset(job):
     assert job("job", "wait", "j", "--timeout", "60", check=False).code == 1
     failed = _show(job, "t")
     assert failed["executionInfo"]["retryCount"] == 1
-    ok = job("task", "reactivate", "--job", "j", "--id", "t", "-o", "json", check=False)
-    assert ok.code == 0
     # The problem gets fixed on the node, then the reactivated task succeeds.
     root = failed["nodeInfo"]["taskRootDirectory"].split("/workitems/")[0]
     job("exec", "--pool", "p", "--", "touch", f"{root}/shared/fixed-j")
+    ok = job("task", "reactivate", "--job", "j", "--id", "t", "-o", "json", check=False)
+    assert ok.code == 0
     assert job("job", "wait", "j", "--timeout", "60").code == 0
     info = _show(job, "t")["executionInfo"]
     assert info["result"] == "success" and info["retryCount"] == 0
