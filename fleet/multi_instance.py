@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session
 
-from fleet import environment, outcomes
+from fleet import environment, outcomes, task_io
 from fleet.errors import FleetError
 from fleet.tables import Host, Subtask, Task
 from fleet.task_events import Attempt, epoch
@@ -47,6 +47,7 @@ class Run:
     nodes: list[str]
     coordination: str
     env: dict[str, dict[str, str]]  # node -> environment of its instance
+    common_files: list[dict[str, Any]] = field(default_factory=list)
     start_primary: Callable[[], None] | None = None
     subs: dict[int, Attempt] = field(default_factory=dict)
     waiting: set[int] = field(default_factory=set)
@@ -78,7 +79,13 @@ class MultiInstance:
             "NODE_IDS": ",".join(nodes),
             "MASTER_NODE": addresses[0],
         }
-        run = Run(att, nodes, settings["coordinationCommandLine"], {})
+        run = Run(
+            att,
+            nodes,
+            settings["coordinationCommandLine"],
+            {},
+            settings.get("commonResourceFiles") or [],
+        )
         now = time.time()
         for i, node in enumerate(nodes):
             per_node = dict(env)
@@ -140,6 +147,15 @@ class MultiInstance:
             )
             return
         try:
+            if run.common_files and link.conn is not None:
+                root = link.agent.hello.get("root", "")
+                await task_io.stage(
+                    link.conn,
+                    self.c.settings,
+                    f"{root}/{run.primary.task_dir}",
+                    run.common_files,
+                    into="",
+                )
             await link.agent.request(
                 "spawn",
                 key=sub_key(run.primary.key, i),

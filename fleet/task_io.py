@@ -26,12 +26,17 @@ HTTP_TIMEOUT = 60.0
 
 
 async def stage(
-    conn: Connection, settings: Settings, task_root: str, resource_files: list[dict[str, Any]]
+    conn: Connection,
+    settings: Settings,
+    task_root: str,
+    resource_files: list[dict[str, Any]],
+    into: str = "wd",
 ) -> None:
-    """Copy every resource file into the task's working directory on the node.
+    """Copy every resource file under ``into`` (the working directory, or "" for the task
+    directory itself, where a multi-instance task's common files go) on the node.
 
     Raises RemoteError with code ResourceFileDownloadError, naming the file."""
-    wd = f"{task_root}/wd"
+    wd = f"{task_root}/{into}".rstrip("/")
     for rf in resource_files:
         try:
             if "httpUrl" in rf:

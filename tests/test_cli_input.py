@@ -185,3 +185,32 @@ def _leaf_commands():
 def test_every_command_takes_the_output_option(name, command):
     opts = {o for p in command.params for o in getattr(p, "opts", [])}
     assert {"-o", "--output"} <= opts, f"fleet {name} lacks -o/--output"
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "field"),
+    [
+        ("job", {"id": "j2", "poolInfo": {"poolId": "p"}, "priority": "high"}, "priority"),
+        (
+            "job",
+            {"id": "j2", "poolInfo": {"poolId": "p"}, "usesTaskDependencies": "yes"},
+            "usesTaskDependencies",
+        ),
+        ("task", {"id": "t", "commandLine": ["echo", "hi"]}, "commandLine"),
+        (
+            "task",
+            {"id": "t", "commandLine": "true", "constraints": {"maxTaskRetryCount": "3"}},
+            "constraints.maxTaskRetryCount",
+        ),
+        ("task", {"id": "t", "commandLine": "true", "requiredSlots": 0}, "requiredSlots"),
+    ],
+)
+def test_wrongly_typed_fields_are_rejected_by_name(with_pool, kind, spec, field):
+    if kind == "task":
+        with_pool("job", "create", "--id", "j", "--pool", "p")
+        args = ("task", "create", "--job", "j")
+    else:
+        args = ("job", "create")
+    result = with_pool(*args, "--json-file", "-", "-o", "json", check=False, input=json.dumps(spec))
+    assert result.code == 2
+    assert json.loads(result.stderr)["error"]["field"] == field

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.lab
 
 COORDINATION = (
     "/bin/sh -c 'echo \"$FLEET_NODE_ID $FLEET_HOST_LIST $FLEET_NODE_IDS "
-    "$FLEET_IS_CURRENT_NODE_MASTER\" > $FLEET_TASK_SHARED_DIR/seen'"
+    '$FLEET_IS_CURRENT_NODE_MASTER $(cat $FLEET_TASK_SHARED_DIR/common.txt)" '
+    "> $FLEET_TASK_SHARED_DIR/seen'"
 )
 
 
@@ -29,6 +30,8 @@ def test_a_multi_instance_task_on_three_nodes_sees_one_host_list(
     fleet, lab_inventory, controller, tmp_path
 ):
     hosts = _pool(fleet, lab_inventory, tmp_path)
+    (tmp_path / "common.txt").write_text("shared-input\n")
+    fleet("file", "upload", str(tmp_path / "common.txt"), "mpi/common.txt")
     controller()
     fleet("job", "create", "--id", "j", "--pool", "p")
     fleet(
@@ -45,6 +48,7 @@ def test_a_multi_instance_task_on_three_nodes_sees_one_host_list(
                 "multiInstanceSettings": {
                     "numberOfInstances": 3,
                     "coordinationCommandLine": COORDINATION,
+                    "commonResourceFiles": [{"autoStorageContainerName": "mpi"}],
                 },
             }
         ),
@@ -61,7 +65,7 @@ def test_a_multi_instance_task_on_three_nodes_sees_one_host_list(
         "task", "file", "download", "stdout.txt", "--job", "j", "--id", "mpi"
     ).stdout.splitlines()
     node_ids = ",".join(nodes)
-    assert primary_line == f"{nodes[0]} 127.0.0.1,127.0.0.1,127.0.0.1 {node_ids} true"
+    assert primary_line == f"{nodes[0]} 127.0.0.1,127.0.0.1,127.0.0.1 {node_ids} true shared-input"
     assert master == "127.0.0.1"
     # Every instance saw the same host list; only the primary is the master.
     roots = {n["id"]: n["nodeRootDirectory"] for n in fleet.json("node", "list", "--pool", "p")}
@@ -72,6 +76,7 @@ def test_a_multi_instance_task_on_three_nodes_sees_one_host_list(
             "127.0.0.1,127.0.0.1,127.0.0.1",
             node_ids,
             "true" if i == 0 else "false",
+            "shared-input",
         ]
 
 
