@@ -134,13 +134,18 @@ def _host_key_error(target: Target, presented: str | None) -> FleetError:
 
 
 @asynccontextmanager
-async def _translated(target: Target) -> AsyncIterator[None]:
-    """Map asyncssh and socket errors raised inside the block to fleet's errors."""
+async def _translated(target: Target, path: str | None = None) -> AsyncIterator[None]:
+    """Map asyncssh and socket errors raised inside the block to fleet's errors; a missing
+    remote ``path`` becomes RemoteError with code FileNotFound."""
     where = f"node {target.host_id}"
     try:
         yield
     except FleetError:
         raise
+    except asyncssh.SFTPNoSuchFile as exc:
+        raise RemoteError(
+            f"{path or 'the file'} does not exist", code="FileNotFound", target=where
+        ) from exc
     except asyncssh.PermissionDenied as exc:
         raise AuthenticationFailed(
             f"{target.user or 'the login user'}@{target.address}:{target.port} refused our key: "
@@ -284,30 +289,16 @@ class Connection:
                 await sftp.rmtree(path)
 
     async def download(self, remote: str, local: str) -> None:
-        """Copy ``remote`` to the local path ``local``; Raises NotFound-like RemoteError."""
+        """Copy ``remote`` to the local path ``local``. Raises RemoteError (FileNotFound)."""
         sftp = await self.sftp()
-        async with _translated(self.target):
-            try:
-                await sftp.get(remote, local)
-            except asyncssh.SFTPNoSuchFile as exc:
-                raise RemoteError(
-                    f"{remote} does not exist",
-                    code="FileNotFound",
-                    target=f"node {self.target.host_id}",
-                ) from exc
+        async with _translated(self.target, remote):
+            await sftp.get(remote, local)
 
     async def realpath(self, path: str) -> str:
         """Return ``path`` with every symlink resolved, as the node sees it."""
         sftp = await self.sftp()
-        async with _translated(self.target):
-            try:
-                return str(await sftp.realpath(path))
-            except asyncssh.SFTPNoSuchFile as exc:
-                raise RemoteError(
-                    f"{path} does not exist",
-                    code="FileNotFound",
-                    target=f"node {self.target.host_id}",
-                ) from exc
+        async with _translated(self.target, path):
+            return str(await sftp.realpath(path))
 
     async def walk(self, path: str, recursive: bool) -> list[RemoteFile]:
         """Return the entries under directory ``path`` (relative names, '/'-separated),
@@ -315,17 +306,10 @@ class Connection:
         sftp = await self.sftp()
         out: list[RemoteFile] = []
         pending = [""]
-        async with _translated(self.target):
+        async with _translated(self.target, path):
             while pending:
                 rel = pending.pop()
-                try:
-                    entries = await sftp.readdir(f"{path}/{rel}" if rel else path)
-                except asyncssh.SFTPNoSuchFile as exc:
-                    raise RemoteError(
-                        f"{path} does not exist",
-                        code="FileNotFound",
-                        target=f"node {self.target.host_id}",
-                    ) from exc
+                entries = await sftp.readdir(f"{path}/{rel}" if rel else path)
                 for entry in entries:
                     name = str(entry.filename)
                     if name in (".", ".."):
@@ -343,18 +327,10 @@ class Connection:
     async def read_range(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Return bytes ``start`` .. ``end`` (inclusive, as HTTP ranges) of a remote file."""
         sftp = await self.sftp()
-        async with _translated(self.target):
-            try:
-                async with sftp.open(path, "rb") as f:
-                    await f.seek(start)
-                    size = -1 if end is None else max(0, end - start + 1)
-                    return _as_bytes(await f.read(size))
-            except asyncssh.SFTPNoSuchFile as exc:
-                raise RemoteError(
-                    f"{path} does not exist",
-                    code="FileNotFound",
-                    target=f"node {self.target.host_id}",
-                ) from exc
+        async with _translated(self.target, path), sftp.open(path, "rb") as f:
+            await f.seek(start)
+            size = -1 if end is None else max(0, end - start + 1)
+            return _as_bytes(await f.read(size))
 
     async def close(self) -> None:
         """Close the connection and wait for it to go."""
