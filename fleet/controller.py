@@ -32,7 +32,7 @@ from fleet.retention import RetentionSweep
 from fleet.service.tasks import COLLECTED_FILES
 from fleet.settings import Settings
 from fleet.store import Store
-from fleet.tables import Job, Node, Pool, Task
+from fleet.tables import Job, Node, Pool, StaleAttempt, Task
 from fleet.task_calls import TaskCalls
 from fleet.task_events import Attempt, TaskEvents, epoch
 
@@ -57,7 +57,6 @@ class Controller:
         self.node_grace = node_grace
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, dict[str, Attempt]] = {}  # node -> key -> attempt
-        self.stale: dict[str, list[Attempt]] = {}  # node -> requeued attempts to kill there
         self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
         self.events = TaskEvents(self)
         self._wake = asyncio.Event()
@@ -177,13 +176,35 @@ class Controller:
                 elif item.get("state") == "missing":
                     self.events.back_to_queue.append((att, self._was_started(att)))
         await self.job_tasks.reconcile(link)
-        for att in self.stale.pop(link.node_id, []):
-            if link.agent is not None:
-                with contextlib.suppress(FleetError):
-                    await link.agent.request(
-                        "kill", key=att.key, taskDir=att.task_dir, attempt=att.attempt
-                    )
+        await self._kill_stale(link)
         self._wake.set()
+
+    async def _kill_stale(self, link: NodeLink) -> None:
+        """Kill attempts that were requeued off this node while it was lost."""
+        with self.store.session() as s:
+            stale = list(s.exec(select(StaleAttempt).where(StaleAttempt.node_id == link.node_id)))
+        done = []
+        for row in stale:
+            if link.agent is None:
+                return
+            try:
+                result = await link.agent.request(
+                    "kill", key=row.key, taskDir=row.task_dir, attempt=row.attempt
+                )
+            except AgentError:
+                result = {}  # the agent refused (e.g. a bad path): nothing to kill
+            except FleetError:
+                return  # the node dropped again: try on its next return
+            if result.get("killed"):
+                log.warning(
+                    "node %s: killed stale attempt %d of %s", link.node_id, row.attempt, row.key
+                )
+            done.append((row.node_id, row.key, row.attempt))
+        with self.store.session() as s:
+            for pk in done:
+                gone = s.get(StaleAttempt, pk)
+                if gone is not None:
+                    s.delete(gone)
 
     def _root(self, node_id: str) -> str:
         link = self.links.get(node_id)
@@ -278,7 +299,6 @@ class Controller:
                     len(attempts),
                 )
                 self.events.back_to_queue.extend((a, True) for a in attempts)
-                self.stale.setdefault(node_id, []).extend(attempts)
 
     # -- applying events in one transaction -----------------------------------------
 

@@ -178,4 +178,16 @@ class Subtask(SQLModel, table=True):
     end_time: float | None = None
 
 
-ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode, Subtask)
+class StaleAttempt(SQLModel, table=True):
+    """An attempt requeued off a lost node, to kill there if the node comes back with it
+    still running (so a task never has two live attempts, even across a controller restart)."""
+
+    __tablename__ = "stale_attempts"
+
+    node_id: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    attempt: int = Field(primary_key=True)
+    task_dir: str
+
+
+ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode, Subtask, StaleAttempt)

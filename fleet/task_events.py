@@ -22,7 +22,7 @@ from fleet import environment, exit_conditions, outcomes
 from fleet.domain import AttemptState, JobState, NodeState, TaskState
 from fleet.lifecycle import job_action_state
 from fleet.service import dependency_state
-from fleet.tables import Job, Node, Task
+from fleet.tables import Job, Node, StaleAttempt, Task
 
 if TYPE_CHECKING:
     from fleet.controller import Controller
@@ -121,6 +121,16 @@ class TaskEvents:
                 )
                 if requeue:
                     values.update(requeue_count=col(Task.requeue_count) + 1, last_requeue_time=now)
+                    link = self.c.links.get(att.node_id)
+                    if link is None or not link.ready:  # it may still run there: kill on return
+                        s.merge(
+                            StaleAttempt(
+                                node_id=att.node_id,
+                                key=att.key,
+                                attempt=att.attempt,
+                                task_dir=att.task_dir,
+                            )
+                        )
                 s.exec(
                     update(Task)
                     .where(col(Task.pk) == att.pk, col(Task.attempt) == att.attempt)

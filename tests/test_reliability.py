@@ -137,3 +137,55 @@ def test_strict_policy_refuses_a_host_with_no_recorded_key(fleet, lab_inventory,
     assert result.code == 1
     assert result.json()[0]["error"]["code"] == "HostKeyUnknown"
     assert "hostKeyFingerprint" not in fleet.json("host", "show", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_stale_attempt_dies_when_its_node_returns_even_after_a_controller_restart(
+    fleet, lab_inventory, lab, controller
+):
+    make_pool(fleet, lab_inventory, "p", 2)
+    first = controller()
+    wait_for(
+        lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
+        60,
+        message="nodes idle",
+    )
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    fleet(
+        "task",
+        "create",
+        "--job",
+        "j",
+        "--id",
+        "t",
+        "--command-line",
+        "/bin/sh -c 'echo $$ > pid; test $FLEET_TASK_ATTEMPT -ge 2 || sleep 300'",
+    )
+    task = wait_for(
+        lambda: (t := _tasks(fleet, "j")["t"])["state"] == "running" and t,
+        60,
+        message="task running",
+    )
+    victim = task["nodeInfo"]["nodeId"]
+    pid_file = Path(task["nodeInfo"]["taskRootDirectory"], "wd", "pid")
+    pid = int(
+        wait_for(
+            lambda: pid_file.exists() and pid_file.read_text().strip(), 30, message="pid written"
+        )
+    )
+    try:
+        lab_mod.stop_node(lab, victim, kill_sessions=True)
+        assert fleet("job", "wait", "j", "--timeout", "60").code == 0  # requeued and done
+        assert _tasks(fleet, "j")["t"]["nodeInfo"]["nodeId"] != victim
+        assert _alive(pid)  # the first attempt still runs on the lost node
+        first.kill()  # and only the store remembers it
+    finally:
+        lab_mod.start_node(lab, victim)
+    controller()
+    wait_for(lambda: not _alive(pid), 60, message="stale attempt killed")
