@@ -15,7 +15,6 @@ import logging
 import shlex
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from fleet import environment, identity, targets, views
@@ -331,8 +330,3 @@ def _set_state(node: Node, state: NodeState) -> None:
     if node.state != state:
         node.state = state
         node.state_changed_at = time.time()
-
-
-def start_task_output(settings: Settings, node_id: str, name: str) -> Path:
-    """Return where a node's collected start task file lives."""
-    return settings.node_files / node_id / START_TASK_DIR / name

@@ -8,7 +8,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from fleet import specs
-from fleet.domain import JobState, NodeState
+from fleet.domain import JobState
 from fleet.errors import Conflict, NotFound
 from fleet.store import Store
 from fleet.tables import Host, Job, Node, Pool
@@ -128,8 +128,3 @@ def show_node(store: Store, pool_id: str, node_id: str) -> tuple[Node, Host]:
         host = s.get(Host, node_id)
         assert host is not None
         return node, host
-
-
-def node_is_ready(node: Node) -> bool:
-    """Return whether the node may take tasks now."""
-    return node.state in (NodeState.IDLE, NodeState.RUNNING) and node.scheduling_state == "enabled"
