@@ -108,6 +108,21 @@ class Fleet:
     def json(self, *args: str) -> Any:
         return self(*args, "-o", "json").json()
 
+    def add_tasks(self, job: str, tasks: Any, check: bool = True) -> Result:
+        """``fleet task create --job JOB --json-file -`` with ``tasks`` (an object or a list)."""
+        return self(
+            "task",
+            "create",
+            "--job",
+            job,
+            "--json-file",
+            "-",
+            "-o",
+            "json",
+            check=check,
+            input=json.dumps(tasks),
+        )
+
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Fleet:
@@ -216,3 +231,12 @@ def make_pool(
     hosts = [h["id"] for h in fleet.json("host", "list")][:nodes]
     fleet("pool", "create", "--id", pool_id, "--hosts", ",".join(hosts), *extra)
     return hosts
+
+
+def wait_for_idle_nodes(fleet: Fleet, pool: str, timeout: float = 60) -> None:
+    """Wait until every node of ``pool`` is idle."""
+    wait_for(
+        lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", pool)),
+        timeout,
+        message=f"nodes of {pool} idle",
+    )

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ControllerProcess, Fleet, make_pool, pg_database, wait_for
+from tests.conftest import (
+    ControllerProcess,
+    Fleet,
+    make_pool,
+    pg_database,
+    wait_for,
+    wait_for_idle_nodes,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -138,11 +145,7 @@ def test_start_task_runs_before_tasks_and_node_becomes_idle(fleet, lab_inventory
     )
     controller()
     fleet("pool", "show", "p")
-    wait_for(
-        lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
-        60,
-        message="nodes idle",
-    )
+    wait_for_idle_nodes(fleet, "p")
     for node in fleet.json("node", "list", "--pool", "p"):
         info = node["startTaskInfo"]
         assert (

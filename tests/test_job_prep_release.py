@@ -36,16 +36,8 @@ def test_prep_runs_once_per_node_before_tasks_and_release_runs_where_prep_ran(
         jobPreparationTask={"commandLine": f"/bin/sh -c 'sleep 3; echo ready >> {MARK}'"},
         jobReleaseTask={"commandLine": f"/bin/sh -c 'echo released >> {MARK}'"},
     )
-    fleet(
-        "task",
-        "create",
-        "--job",
-        "j",
-        "--json-file",
-        "-",
-        input=json.dumps(
-            [{"id": f"t{i}", "commandLine": f"/bin/sh -c 'cat {MARK}'"} for i in range(4)]
-        ),
+    fleet.add_tasks(
+        "j", [{"id": f"t{i}", "commandLine": f"/bin/sh -c 'cat {MARK}'"} for i in range(4)]
     )
     seen_preparing = wait_for(
         lambda: any(t["state"] == "preparing" for t in fleet.json("task", "list", "--job", "j")),

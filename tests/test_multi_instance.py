@@ -34,24 +34,17 @@ def test_a_multi_instance_task_on_three_nodes_sees_one_host_list(
     fleet("file", "upload", str(tmp_path / "common.txt"), "mpi/common.txt")
     controller()
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet(
-        "task",
-        "create",
-        "--job",
+    fleet.add_tasks(
         "j",
-        "--json-file",
-        "-",
-        input=json.dumps(
-            {
-                "id": "mpi",
-                "commandLine": "/bin/sh -c 'cat $FLEET_TASK_SHARED_DIR/seen; echo $FLEET_MASTER_NODE'",
-                "multiInstanceSettings": {
-                    "numberOfInstances": 3,
-                    "coordinationCommandLine": COORDINATION,
-                    "commonResourceFiles": [{"autoStorageContainerName": "mpi"}],
-                },
-            }
-        ),
+        {
+            "id": "mpi",
+            "commandLine": "/bin/sh -c 'cat $FLEET_TASK_SHARED_DIR/seen; echo $FLEET_MASTER_NODE'",
+            "multiInstanceSettings": {
+                "numberOfInstances": 3,
+                "coordinationCommandLine": COORDINATION,
+                "commonResourceFiles": [{"autoStorageContainerName": "mpi"}],
+            },
+        },
     )
     assert fleet("job", "wait", "j", "--timeout", "90").code == 0
     subtasks = fleet.json("task", "subtasks", "--job", "j", "--id", "mpi")
@@ -84,23 +77,16 @@ def test_a_failed_coordination_command_fails_the_task(fleet, lab_inventory, cont
     _pool(fleet, lab_inventory, tmp_path, nodes=2)
     controller()
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet(
-        "task",
-        "create",
-        "--job",
+    fleet.add_tasks(
         "j",
-        "--json-file",
-        "-",
-        input=json.dumps(
-            {
-                "id": "mpi",
-                "commandLine": "echo never",
-                "multiInstanceSettings": {
-                    "numberOfInstances": 2,
-                    "coordinationCommandLine": "/bin/sh -c 'test $FLEET_IS_CURRENT_NODE_MASTER = true'",
-                },
-            }
-        ),
+        {
+            "id": "mpi",
+            "commandLine": "echo never",
+            "multiInstanceSettings": {
+                "numberOfInstances": 2,
+                "coordinationCommandLine": "/bin/sh -c 'test $FLEET_IS_CURRENT_NODE_MASTER = true'",
+            },
+        },
     )
     assert fleet("job", "wait", "j", "--timeout", "60", check=False).code == 1
     info = fleet.json("task", "show", "--job", "j", "--id", "mpi")["executionInfo"]
@@ -116,26 +102,17 @@ def test_a_failed_coordination_command_fails_the_task(fleet, lab_inventory, cont
 def test_a_multi_instance_task_the_pool_cannot_run_is_refused(fleet, lab_inventory, tmp_path):
     _pool(fleet, lab_inventory, tmp_path, nodes=2)
     fleet("job", "create", "--id", "j", "--pool", "p")
-    result = fleet(
-        "task",
-        "create",
-        "--job",
+    result = fleet.add_tasks(
         "j",
-        "--json-file",
-        "-",
-        "-o",
-        "json",
+        {
+            "id": "big",
+            "commandLine": "true",
+            "multiInstanceSettings": {
+                "numberOfInstances": 3,
+                "coordinationCommandLine": "true",
+            },
+        },
         check=False,
-        input=json.dumps(
-            {
-                "id": "big",
-                "commandLine": "true",
-                "multiInstanceSettings": {
-                    "numberOfInstances": 3,
-                    "coordinationCommandLine": "true",
-                },
-            }
-        ),
     )
     assert result.code == 2
     err = json.loads(result.stderr)["error"]

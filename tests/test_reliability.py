@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fleet import lab as lab_mod
-from tests.conftest import make_pool, wait_for
+from tests.conftest import make_pool, wait_for, wait_for_idle_nodes
 
 pytestmark = pytest.mark.lab
 
@@ -61,11 +61,7 @@ def test_controller_sigkill_mid_job_loses_nothing(fleet, lab_inventory, lab, con
 def test_node_lost_mid_task_requeues_it_onto_another_node(fleet, lab_inventory, lab, controller):
     hosts = make_pool(fleet, lab_inventory, "p", 2)
     controller()
-    wait_for(
-        lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
-        60,
-        message="nodes idle",
-    )
+    wait_for_idle_nodes(fleet, "p")
     fleet("job", "create", "--id", "j", "--pool", "p")
     fleet(
         "task",
@@ -151,11 +147,7 @@ def test_a_stale_attempt_dies_when_its_node_returns_even_after_a_controller_rest
 ):
     make_pool(fleet, lab_inventory, "p", 2)
     first = controller()
-    wait_for(
-        lambda: all(n["state"] == "idle" for n in fleet.json("node", "list", "--pool", "p")),
-        60,
-        message="nodes idle",
-    )
+    wait_for_idle_nodes(fleet, "p")
     fleet("job", "create", "--id", "j", "--pool", "p")
     fleet(
         "task",

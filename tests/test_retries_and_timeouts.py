@@ -135,19 +135,12 @@ def test_task_directories_are_swept_after_their_retention_time(fleet, lab_invent
     make_pool(fleet, lab_inventory, "p", 1)
     controller("--sweep-interval", "0.5")
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet(
-        "task",
-        "create",
-        "--job",
+    fleet.add_tasks(
         "j",
-        "--json-file",
-        "-",
-        input=json.dumps(
-            [
-                {"id": "short", "commandLine": "true", "constraints": {"retentionTime": "PT1S"}},
-                {"id": "kept", "commandLine": "true"},
-            ]
-        ),
+        [
+            {"id": "short", "commandLine": "true", "constraints": {"retentionTime": "PT1S"}},
+            {"id": "kept", "commandLine": "true"},
+        ],
     )
     fleet("job", "wait", "j", "--timeout", "60")
     tasks = {

@@ -39,7 +39,7 @@ def job(fleet, lab_inventory, controller):
 
 
 def _add(fleet, task: dict) -> None:
-    fleet("task", "create", "--job", "j", "--json-file", "-", input=json.dumps(task))
+    fleet.add_tasks("j", task)
 
 
 def _sha(data: bytes) -> str:
@@ -160,25 +160,14 @@ def test_an_output_upload_failure_is_file_upload_error(job, tmp_path):
 
 
 def test_azure_storage_urls_are_refused_by_name(job):
-    result = job(
-        "task",
-        "create",
-        "--job",
+    result = job.add_tasks(
         "j",
-        "--json-file",
-        "-",
-        "-o",
-        "json",
+        {
+            "id": "t",
+            "commandLine": "true",
+            "resourceFiles": [{"storageContainerUrl": "https://acct.blob.core.windows.net/c?sas"}],
+        },
         check=False,
-        input=json.dumps(
-            {
-                "id": "t",
-                "commandLine": "true",
-                "resourceFiles": [
-                    {"storageContainerUrl": "https://acct.blob.core.windows.net/c?sas"}
-                ],
-            }
-        ),
     )
     assert result.code == 2
     err = json.loads(result.stderr)["error"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tests.conftest import make_pool, wait_for
@@ -49,20 +47,13 @@ def test_terminating_an_active_task_completes_it_at_once(job):
 
 
 def test_reactivating_a_failed_task_runs_it_again_with_counters_reset(job):
-    job(
-        "task",
-        "create",
-        "--job",
+    job.add_tasks(
         "j",
-        "--json-file",
-        "-",
-        input=json.dumps(
-            {
-                "id": "t",
-                "constraints": {"maxTaskRetryCount": 1},
-                "commandLine": "/bin/sh -c 'test -e $FLEET_NODE_SHARED_DIR/fixed-$FLEET_JOB_ID'",
-            }
-        ),
+        {
+            "id": "t",
+            "constraints": {"maxTaskRetryCount": 1},
+            "commandLine": "/bin/sh -c 'test -e $FLEET_NODE_SHARED_DIR/fixed-$FLEET_JOB_ID'",
+        },
     )
     assert job("job", "wait", "j", "--timeout", "60", check=False).code == 1
     failed = _show(job, "t")

@@ -74,33 +74,26 @@ def test_tasks_run_as_admin_as_pool_users_and_as_the_login_user(
     fleet("pool", "create", "--json-file", str(tmp_path / "pool.json"))
     controller()
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet(
-        "task",
-        "create",
-        "--job",
+    fleet.add_tasks(
         "j",
-        "--json-file",
-        "-",
-        input=json.dumps(
-            [
-                {"id": "plain", "commandLine": "id -un"},
-                {
-                    "id": "admin",
-                    "commandLine": "id -u",
-                    "userIdentity": {"autoUser": {"scope": "task", "elevationLevel": "admin"}},
-                },
-                {
-                    "id": "named",
-                    "commandLine": "/bin/sh -c 'id -un; echo $FLEET_TASK_ID; touch mine'",
-                    "userIdentity": {"username": "fleettestuser"},
-                },
-                {
-                    "id": "named-admin",
-                    "commandLine": "sudo -n id -u",
-                    "userIdentity": {"username": "fleettestadmin"},
-                },
-            ]
-        ),
+        [
+            {"id": "plain", "commandLine": "id -un"},
+            {
+                "id": "admin",
+                "commandLine": "id -u",
+                "userIdentity": {"autoUser": {"scope": "task", "elevationLevel": "admin"}},
+            },
+            {
+                "id": "named",
+                "commandLine": "/bin/sh -c 'id -un; echo $FLEET_TASK_ID; touch mine'",
+                "userIdentity": {"username": "fleettestuser"},
+            },
+            {
+                "id": "named-admin",
+                "commandLine": "sudo -n id -u",
+                "userIdentity": {"username": "fleettestadmin"},
+            },
+        ],
     )
     assert fleet("job", "wait", "j", "--timeout", "90").code == 0
 
@@ -138,17 +131,8 @@ def test_a_task_naming_a_user_its_pool_lacks_is_refused(fleet, tmp_path):
     fleet("host", "import", str(tmp_path / "inv.ini"))
     fleet("pool", "create", "--id", "p", "--hosts", "n1")
     fleet("job", "create", "--id", "j", "--pool", "p")
-    result = fleet(
-        "task",
-        "create",
-        "--job",
-        "j",
-        "--json-file",
-        "-",
-        "-o",
-        "json",
-        check=False,
-        input=json.dumps({"id": "t", "commandLine": "id", "userIdentity": {"username": "nobody"}}),
+    result = fleet.add_tasks(
+        "j", {"id": "t", "commandLine": "id", "userIdentity": {"username": "nobody"}}, check=False
     )
     assert result.code == 2
     assert json.loads(result.stderr)["error"]["field"] == "userIdentity.username"
