@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
+import agent_bootstrap
 from agent_bootstrap import agent_hash, agent_source, client_hash, client_source, fleet_task
 
-AGENT = Path(__file__).resolve().parent.parent / "agent_bootstrap" / "fleet_agent.py"
+AGENT = Path(agent_bootstrap.__file__).resolve().parent / "fleet_agent.py"
 CLIENT = AGENT.parent / "fleet_task.py"
 AGENT_PYTHON = os.environ.get("FLEET_TEST_AGENT_PYTHON", sys.executable)
 LAYOUT = ("startup", "shared", "applications", "certs", "fsmounts", "volatile", "workitems")

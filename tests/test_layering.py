@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "fleet"
+import fleet
+
+PACKAGE = Path(fleet.__file__).resolve().parent
 
 #: library -> the only modules (relative to fleet/) allowed to import it
 OWNERS = {

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from fleet import __version__
 from fleet.cli import common, controller_cmd, exec_cmd, files, hosts, jobs, lab, pools, tasks
 from fleet.cli.common import OutputFormat
 from fleet.errors import FleetError
@@ -30,6 +31,12 @@ app.add_typer(files.app, name="file")
 exec_cmd.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"fleet {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     home: Annotated[
@@ -45,6 +52,12 @@ def _global(
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="Output format.")
     ] = OutputFormat.TABLE,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     common.CURRENT.home = home
     common.CURRENT.db_url = db_url
