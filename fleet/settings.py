@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+#: Controller state (the database, collected output, the file store) is the owner's only.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 def default_home() -> Path:
@@ -43,3 +48,24 @@ class Settings:
     def files(self) -> Path:
         """Root of the controller's file store: ``files/<container>/<path>``."""
         return self.home / "files"
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents owner-only (0700), and take group and other
+    permissions off ``path`` if it exists with them (unless it is a shared sticky dir such
+    as /tmp). Returns ``path``."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    mode = path.stat().st_mode
+    if mode & 0o077 and not mode & stat.S_ISVTX:
+        path.chmod(PRIVATE_DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty and owner-only (0600) if it is missing, and take group and
+    other permissions off it if it exists with them."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(PRIVATE_FILE_MODE)

@@ -19,6 +19,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from fleet import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 from fleet.errors import FleetError
+from fleet.settings import private_dir, private_file
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -33,7 +34,11 @@ class Store:
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                db = Path(parsed.database)
+                private_dir(db.parent)
+                for path in (db, *(db.with_name(db.name + s) for s in ("-wal", "-shm"))):
+                    if path == db or path.exists():
+                        private_file(path)  # SQLite gives -wal and -shm the db's mode
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
         elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
             "",

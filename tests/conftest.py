@@ -25,7 +25,10 @@ LAB_NODES = int(os.environ.get("FLEET_TEST_LAB_NODES", "5"))
 PG_URL = os.environ.get("FLEET_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
 
-if os.environ.get("FLEET_TEST_INSTALLED") and Path(fleet_pkg.__file__).resolve().parent == ROOT / "fleet":
+if (
+    os.environ.get("FLEET_TEST_INSTALLED")
+    and Path(fleet_pkg.__file__).resolve().parent == ROOT / "fleet"
+):
     raise RuntimeError(
         f"FLEET_TEST_INSTALLED is set but fleet was imported from the checkout "
         f"({fleet_pkg.__file__}): run pytest with PYTHONSAFEPATH=1 --import-mode=append"

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleet.settings import Settings
+from fleet.settings import Settings, private_dir
 from fleet.store import Store
 
 
@@ -48,6 +48,7 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
+            private_dir(self.settings.home)
             self._store = Store(self.settings.db_url)
         return self._store
 
