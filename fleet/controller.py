@@ -177,6 +177,8 @@ class Controller:
                     self.events.back_to_queue.append((att, self._was_started(att)))
         await self.job_tasks.reconcile(link)
         await self._kill_stale(link)
+        with self.store.session() as s:  # the node came back idle: it is running what it runs
+            self.events.update_node_busy(s, [link.node_id], time.time())
         self._wake.set()
 
     async def _kill_stale(self, link: NodeLink) -> None:
