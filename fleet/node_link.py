@@ -27,6 +27,7 @@ from fleet.errors import (
     HostKeyMismatch,
     HostKeyUnknown,
     RemoteError,
+    Unreachable,
 )
 from fleet.service.hosts import record_host_key
 from fleet.settings import Settings
@@ -214,28 +215,21 @@ class NodeLink:
     # -- start task -------------------------------------------------------------------
 
     async def _run_start_task(self, pool: Pool, root: str) -> bool:
-        """Run the pool's start task with its retries; return whether it succeeded."""
+        """Run the pool's start task with its retries; return whether it succeeded. An
+        attempt that a controller before this one left running is waited for, never started
+        a second time."""
         spec = pool.spec["startTask"]
         wait = spec.get("waitForSuccess", True)
         max_retries = spec.get("maxTaskRetryCount", 0)
-        retries = 0
+        retries, record = await self._reattach_start_task()
         while True:
-            with self.store.session() as s:
-                node = s.get(Node, self.node_id)
-                assert node is not None
-                node.start_task_attempt += 1
-                attempt = node.start_task_attempt
-                node.start_task_info = {
-                    "state": "running",
-                    "startTime": views.iso(time.time()),
-                    "retryCount": retries,
-                }
-                _set_state(node, NodeState.WAITING_FOR_START_TASK if wait else NodeState.IDLE)
-                s.add(node)
+            if record is None:
+                attempt = self._begin_start_attempt(retries, wait)
             if not wait and retries == 0:
                 self.ready = True
                 await self._on_ready(self)
-            record = await self._start_task_attempt(pool, root, spec, attempt)
+            if record is None:
+                record = await self._start_task_attempt(pool, root, spec, attempt)
             exit_code = record.get("exitCode")
             await self._collect_start_output(root)
             info: dict[str, Any] = {
@@ -270,7 +264,60 @@ class NodeLink:
                     ],
                 )
                 return False
-            retries += 1
+            retries, record = retries + 1, None
+
+    def _begin_start_attempt(self, retries: int, wait: bool) -> int:
+        """Record a new start task attempt as running (written ahead of the spawn); return
+        its number."""
+        with self.store.session() as s:
+            node = s.get(Node, self.node_id)
+            assert node is not None
+            node.start_task_attempt += 1
+            node.start_task_info = {
+                "state": "running",
+                "startTime": views.iso(time.time()),
+                "retryCount": retries,
+            }
+            _set_state(node, NodeState.WAITING_FOR_START_TASK if wait else NodeState.IDLE)
+            s.add(node)
+            return node.start_task_attempt
+
+    async def _reattach_start_task(self) -> tuple[int, dict[str, Any] | None]:
+        """Return the retry count and exit record of the start task attempt recorded as
+        running (by a controller that has died since): waited for while it still runs, read
+        back if it exited. Returns (0, None) when there is none to reattach to."""
+        with self.store.session() as s:
+            node = s.get(Node, self.node_id)
+            info = (node.start_task_info or {}) if node else {}
+            attempt = node.start_task_attempt if node else 0
+        if info.get("state") != "running" or not attempt or self.agent is None:
+            return 0, None
+        retries = int(info.get("retryCount") or 0)
+        self._start_waiter = asyncio.get_running_loop().create_future()
+        query = {"key": START_TASK_KEY, "taskDir": START_TASK_DIR, "attempt": attempt}
+        status = await self.agent.request("status", tasks=[query])
+        item = (status.get("tasks") or [{}])[0]
+        if item.get("state") == "running":
+            log.info("node %s: reattached to start task attempt %d", self.node_id, attempt)
+            return retries, await self._start_exit()
+        if item.get("state") == "exited":
+            return retries, dict(item.get("exit") or {})
+        return retries, None
+
+    async def _start_exit(self) -> dict[str, Any]:
+        """Wait for the start task's exit event; raises Unreachable if the agent goes first."""
+        assert self._start_waiter is not None and self.agent is not None
+        closed: asyncio.Future[Any] = asyncio.ensure_future(self.agent.closed.wait())
+        waiter: asyncio.Future[Any] = self._start_waiter
+        try:
+            await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+        if not self._start_waiter.done():
+            raise Unreachable(
+                "agent channel closed during the start task", target=f"node {self.node_id}"
+            )
+        return self._start_waiter.result()
 
     async def _start_task_attempt(
         self, pool: Pool, root: str, spec: dict[str, Any], attempt: int
@@ -302,7 +349,7 @@ class NodeLink:
             if exc.code not in ("CommandProgramNotFound", "CommandProgramNotExecutable"):
                 raise
             return {"exitCode": None, "error": {"code": exc.code, "message": exc.message}}
-        return await self._start_waiter
+        return await self._start_exit()
 
     async def _collect_start_output(self, root: str) -> None:
         assert self.conn is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import signal
 from pathlib import Path
 
@@ -58,3 +59,29 @@ def test_a_node_whose_agent_was_killed_shows_running_while_its_task_runs(
     assert fleet.json("node", "list", "--pool", "p")[0]["state"] == "running"
     assert fleet("job", "wait", "j", "--timeout", "60", check=False).code == 0
     wait_for_idle_nodes(fleet, "p")
+
+
+def test_a_controller_killed_mid_start_task_reattaches_instead_of_running_it_again(
+    fleet, lab_inventory, lab, controller
+):
+    runs = Path(tempfile.mkdtemp(dir=lab.dir / "nodes"))  # writable by the lab's login user
+    runs.chmod(0o777)
+    log = runs / "start.log"
+    make_pool(
+        fleet,
+        lab_inventory,
+        "p",
+        1,
+        "--start-task",
+        f"/bin/sh -c 'echo begin $FLEET_TASK_ATTEMPT >> {log}; sleep 5; echo end >> {log}'",
+    )
+    first = controller()
+    wait_for(lambda: log.exists() and log.read_text(), 60, message="start task begun")
+    assert fleet.json("node", "list", "--pool", "p")[0]["state"] == "waitingforstarttask"
+    first.kill()
+    controller()
+    wait_for_idle_nodes(fleet, "p", timeout=60)
+    assert log.read_text() == "begin 1\nend\n"
+    info = fleet.json("node", "list", "--pool", "p")[0]["startTaskInfo"]
+    assert info["state"] == "completed"
+    assert info["exitCode"] == 0
