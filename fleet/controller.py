@@ -23,7 +23,14 @@ from sqlmodel import col, select
 
 from fleet import environment, identity, outcomes, scheduler, specs, task_calls, task_io
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
-from fleet.errors import AgentError, FleetError, RemoteError
+from fleet.errors import (
+    STORAGE_ERRNOS,
+    AgentError,
+    ControllerStorageError,
+    FleetError,
+    RemoteError,
+    storage_error,
+)
 from fleet.job_tasks import JobTasks
 from fleet.lifecycle import Lifecycle
 from fleet.multi_instance import MultiInstance
@@ -37,6 +44,13 @@ from fleet.task_calls import TaskCalls
 from fleet.task_events import Attempt, TaskEvents, epoch
 
 log = logging.getLogger(__name__)
+
+#: Longest wait before retrying a turn of the loop or a collection that failed.
+TURN_RETRY_MAX = 5.0
+COLLECT_RETRY_MAX = 30.0
+SPAWN_RETRY_DELAY = 2.0
+#: Spawn refusals that say the task itself can never run: it completes instead of retrying.
+REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
 
 
 class Controller:
@@ -81,17 +95,19 @@ class Controller:
             sum(len(a) for a in self.inflight.values()),
         )
         try:
+            failures = 0
             while not stop.is_set():
-                self._sync_links()
-                self._requeue_lost_nodes()
-                self.lifecycle.tick()
-                self.retention.tick()
-                self.events.apply()
-                self.events.release_dependents()
-                await self._schedule()
+                delay = self.tick
+                try:
+                    await self._turn()
+                    failures = 0
+                except FleetError as exc:  # e.g. the database is unreachable or its disk full
+                    failures += 1
+                    delay = min(TURN_RETRY_MAX, self.tick * 2**failures)
+                    log.error("controller: %s (%s); retrying in %.1f s", exc, exc.code, delay)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.tick)
+                    await asyncio.wait_for(self._wake.wait(), delay)
         finally:
             for task in list(self._background):
                 task.cancel()
@@ -100,10 +116,26 @@ class Controller:
             )
             log.info("controller stopped")
 
+    async def _turn(self) -> None:
+        self._sync_links()
+        self._requeue_lost_nodes()
+        self.lifecycle.tick()
+        self.retention.tick()
+        self.events.apply()
+        self.events.release_dependents()
+        await self._schedule()
+
     def spawn_background(self, coro: Any) -> None:
+        """Run ``coro`` beside the loop. Each background step records its own outcome; an
+        exception that escapes one anyway is logged here, never lost."""
         task = asyncio.create_task(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("controller: a background step failed", exc_info=exc)
 
     def _load_inflight(self) -> None:
         with self.store.session() as s:
@@ -249,43 +281,72 @@ class Controller:
         self._wake.set()  # its slots are free: schedule now
 
     async def _collect(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
+        """Collect a finished attempt (see :meth:`_collect_once`), then queue its completion.
+
+        When the controller's own disk is full, collection is retried with backoff until
+        space returns; a lost connection leaves the attempt to the next reconcile with the
+        node; any other failure completes the attempt with the reason in its failureInfo."""
+        delay = 1.0
+        while True:
+            try:
+                record = await self._collect_once(link, att, record)
+                break
+            except (ControllerStorageError, OSError) as exc:
+                if isinstance(exc, OSError):
+                    if exc.errno not in STORAGE_ERRNOS:
+                        record = _internal_error(att, exc, record)
+                        break
+                    exc = storage_error(exc, "the task's output")
+                log.error(
+                    "task %s: %s (%s); collecting again in %.0f s", att.key, exc, exc.code, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, COLLECT_RETRY_MAX)
+                if self.inflight.get(att.node_id, {}).get(att.key) is not att:
+                    return  # requeued or deleted meanwhile
+            except FleetError as exc:
+                log.warning("task %s: output not collected yet: %s", att.key, exc)
+                att.collecting = False  # the next reconcile with the node collects it
+                return
+            except Exception as exc:
+                record = _internal_error(att, exc, record)
+                break
+        self.events.finished.append((att, record))
+        self._wake.set()
+
+    async def _collect_once(
+        self, link: NodeLink, att: Attempt, record: dict[str, Any]
+    ) -> dict[str, Any]:
         """Copy the task's stdout, stderr and exit record into the controller's store and its
-        outputFiles into the file store, then queue its completion.
+        outputFiles into the file store; return the exit record to complete it with.
 
         The exit record read back from the node is the truth; the event's copy is only
         used when the file cannot be read (any process of the login user could send an
-        event). A file the task never got to write is skipped; a lost connection leaves
-        the attempt to the next reconcile."""
+        event). A file the task never got to write is skipped."""
         conn = link.conn
         root = link.agent.hello.get("root") if link.agent else None
         dest = self.settings.task_files / att.job_id / att.task_id
-        try:
-            if conn is None or root is None:
-                raise RemoteError("node disconnected before output was collected")
-            dest.mkdir(parents=True, exist_ok=True)
-            await asyncio.gather(
-                *(
-                    _download_if_present(conn, f"{root}/{att.task_dir}/{name}", str(dest / name))
-                    for name in COLLECTED_FILES
-                )
+        if conn is None or root is None:
+            raise RemoteError("node disconnected before output was collected")
+        dest.mkdir(parents=True, exist_ok=True)
+        await asyncio.gather(
+            *(
+                _download_if_present(conn, f"{root}/{att.task_dir}/{name}", str(dest / name))
+                for name in COLLECTED_FILES
             )
-            record = _record_on_disk(dest, att) or record
-            if att.output_files:
-                ok = record.get("exitCode") == 0 and not record.get("error")
-                try:
-                    await task_io.save_outputs(
-                        conn, self.settings, f"{root}/{att.task_dir}", att.output_files, ok
-                    )
-                except FleetError as exc:
-                    if exc.code != "FileUploadError":
-                        raise
-                    record = {**record, "error": {"code": exc.code, "message": exc.message}}
-        except FleetError as exc:
-            log.warning("task %s: output not collected yet: %s", att.key, exc)
-            att.collecting = False  # the next reconcile with the node collects it
-            return
-        self.events.finished.append((att, record))
-        self._wake.set()
+        )
+        record = _record_on_disk(dest, att) or record
+        if att.output_files:
+            ok = record.get("exitCode") == 0 and not record.get("error")
+            try:
+                await task_io.save_outputs(
+                    conn, self.settings, f"{root}/{att.task_dir}", att.output_files, ok
+                )
+            except FleetError as exc:
+                if exc.code != "FileUploadError":
+                    raise
+                record = {**record, "error": {"code": exc.code, "message": exc.message}}
+        return record
 
     def _requeue_lost_nodes(self) -> None:
         now = time.time()
@@ -507,6 +568,13 @@ class Controller:
     ) -> None:
         self.spawn_background(self._send_spawn(link, att, argv, env, limit, *io))
 
+    def _finish_unstarted(self, att: Attempt, code: str, message: str) -> None:
+        """Complete an attempt whose command never started, with ``code`` as its failure."""
+        att.collecting = True  # nothing ran: there is nothing to collect
+        error = {"code": code, "message": message}
+        self.events.finished.append((att, {"exitCode": None, "error": error}))
+        self._wake.set()
+
     async def _send_spawn(
         self,
         link: NodeLink,
@@ -533,18 +601,18 @@ class Controller:
             if resource_files:
                 await task_io.stage(link.conn, self.settings, task_root, resource_files)
         except FleetError as exc:
-            if exc.code not in (
-                "ResourceFileDownloadError",
-                "UserIdentityError",
-                "UserAccountError",
-            ):
-                return  # the node dropped: reconcile settles it
-            code = "UserIdentityError" if exc.code == "UserAccountError" else exc.code
-            att.collecting = True  # nothing ran: there is nothing to collect
-            self.events.finished.append(
-                (att, {"exitCode": None, "error": {"code": code, "message": exc.message}})
-            )
-            self._wake.set()
+            if exc.code in ("ResourceFileDownloadError", "UserIdentityError", "UserAccountError"):
+                code = "UserIdentityError" if exc.code == "UserAccountError" else exc.code
+                self._finish_unstarted(att, code, exc.message)
+            elif link.agent is not None and not link.agent.closed.is_set():
+                log.warning("task %s: not started on %s: %s", att.key, att.node_id, exc)
+                await asyncio.sleep(SPAWN_RETRY_DELAY)
+                self.events.back_to_queue.append((att, False))
+                self._wake.set()
+            return  # else the node dropped: the reconcile on its return settles the attempt
+        except Exception as exc:
+            failed = _internal_error(att, exc, {})["error"]
+            self._finish_unstarted(att, failed["code"], failed["message"])
             return
         argv = identity.wrap(user, argv, link.login_user)
         try:
@@ -558,14 +626,13 @@ class Controller:
                 maxWallClockSeconds=max_wall_clock,
             )
         except AgentError as exc:
-            if exc.code in outcomes.PRE_PROCESSING:
-                self.exited(
-                    link,
-                    att,
-                    {"exitCode": None, "error": {"code": exc.code, "message": exc.message}},
-                )
-            else:
+            if exc.code in outcomes.PRE_PROCESSING or exc.code in REFUSED_FOR_GOOD:
+                code = "TaskRejectedByNode" if exc.code in REFUSED_FOR_GOOD else exc.code
+                error = {"code": code, "message": f"node {att.node_id}: {exc.message}"}
+                self.exited(link, att, {"exitCode": None, "error": error})
+            else:  # the node's trouble, not the task's: try again, but not in a tight loop
                 log.warning("task %s: spawn failed on %s: %s", att.key, att.node_id, exc)
+                await asyncio.sleep(SPAWN_RETRY_DELAY)
                 self.events.back_to_queue.append((att, False))
             self._wake.set()
             return
@@ -582,6 +649,13 @@ async def _download_if_present(conn: Any, remote: str, local: str) -> None:
     except RemoteError as exc:
         if exc.code != "FileNotFound":
             raise
+
+
+def _internal_error(att: Attempt, exc: BaseException, record: dict[str, Any]) -> dict[str, Any]:
+    """Return ``record`` marked with an unexpected failure of the controller, logged here."""
+    log.error("task %s: unexpected error while handling it", att.key, exc_info=exc)
+    message = f"fleet failed while handling this task: {exc!r}"
+    return {**record, "error": {"code": "InternalError", "message": message}}
 
 
 def _record_on_disk(dest: Any, att: Attempt) -> dict[str, Any] | None:

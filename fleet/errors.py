@@ -5,6 +5,7 @@
     ├── NotFound                    exit 3  (no such host, pool, node, job, task, file)
     ├── Conflict                    exit 4  (exists already, in use, wrong state)
     ├── TimedOut                    exit 5  (a wait ran out of time)
+    ├── ControllerStorageError      exit 1  (the controller's own disk: full, read-only)
     └── RemoteError                 exit 1  (something on a node or the link to it)
         ├── HostKeyMismatch         a node presented a key other than the recorded one
         ├── HostKeyUnknown          strict policy and no key recorded yet
@@ -20,6 +21,7 @@ to stderr and exits with ``exit_status``.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 EXIT_OK = 0
@@ -87,6 +89,26 @@ class Conflict(FleetError):
 class TimedOut(FleetError):
     code = "TimedOut"
     exit_status = EXIT_TIMED_OUT
+
+
+class ControllerStorageError(FleetError):
+    """The controller could not write its own files or database (code ``ControllerDiskFull``
+    when the disk or quota is full): the controller's problem, never a node's."""
+
+    code = "ControllerStorageError"
+
+
+#: errno values that mean the controller's own storage failed, not a node or the network.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def storage_error(exc: OSError, what: str) -> ControllerStorageError:
+    """Return the ControllerStorageError for an OSError whose errno is in STORAGE_ERRNOS."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return ControllerStorageError(
+        f"the controller cannot write {what}: {exc.strerror or exc}",
+        code="ControllerDiskFull" if full else "ControllerStorageError",
+    )
 
 
 class RemoteError(FleetError):

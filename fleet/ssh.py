@@ -21,12 +21,14 @@ from dataclasses import dataclass
 import asyncssh
 
 from fleet.errors import (
+    STORAGE_ERRNOS,
     AuthenticationFailed,
     FleetError,
     HostKeyMismatch,
     HostKeyUnknown,
     RemoteError,
     Unreachable,
+    storage_error,
 )
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,8 @@ async def _translated(target: Target, path: str | None = None) -> AsyncIterator[
     except (asyncssh.ConnectionLost, asyncssh.DisconnectError, asyncssh.ChannelOpenError) as exc:
         raise Unreachable(f"connection lost: {exc}", target=where) from exc
     except (TimeoutError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            raise storage_error(exc, "a file it fetched from this node") from exc
         reason = str(exc) or type(exc).__name__
         raise Unreachable(
             f"cannot reach {target.address}:{target.port}: {reason}", target=where

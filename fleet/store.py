@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from fleet import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
-from fleet.errors import FleetError
+from fleet.errors import ControllerStorageError, FleetError
 from fleet.settings import private_dir, private_file
 
 BUSY_TIMEOUT_MS = 30_000
@@ -67,11 +67,7 @@ class Store:
                 session.commit()
             except DBAPIError as exc:
                 session.rollback()
-                raise FleetError(
-                    f"database error: {exc.orig}; if this database was made by another version "
-                    "of fleet, use a new --home or --db-url",
-                    code="DatabaseError",
-                ) from exc
+                raise database_error(exc) from exc
             except BaseException:
                 session.rollback()
                 raise
@@ -79,6 +75,30 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+
+
+#: What SQLite and PostgreSQL say when the disk or quota is full.
+_FULL = ("database or disk is full", "disk i/o error", "no space left on device", "disk full")
+#: What they say about a schema this version does not know.
+_SCHEMA = ("no such table", "no such column", "does not exist", "has no column")
+
+
+def database_error(exc: DBAPIError) -> FleetError:
+    """Return the fleet error for an error the database raised: the controller's disk is
+    full (ControllerDiskFull), a schema from another version of fleet, or anything else."""
+    text = str(exc.orig)
+    lowered = text.lower()
+    if any(s in lowered for s in _FULL):
+        return ControllerStorageError(
+            f"the database cannot be written, the disk is full: {text}", code="ControllerDiskFull"
+        )
+    if any(s in lowered for s in _SCHEMA):
+        return FleetError(
+            f"database error: {text}; this database may have been made by another version "
+            "of fleet: use a new --home or --db-url",
+            code="DatabaseError",
+        )
+    return FleetError(f"database error: {text}", code="DatabaseError")
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -79,7 +79,20 @@ class TaskEvents:
         self.started, self.finished, self.back_to_queue = [], [], []
         if not (ev.started or ev.finished or ev.back_to_queue):
             return
-        now = time.time()
+        try:
+            self._write(ev, time.time())
+        except BaseException:
+            # Nothing was committed: keep every event for the next turn.
+            self.started[:0], self.finished[:0] = ev.started, ev.finished
+            self.back_to_queue[:0] = ev.back_to_queue
+            raise
+        for att, _ in [*ev.finished, *ev.back_to_queue]:
+            self.c.inflight.get(att.node_id, {}).pop(att.key, None)
+        self._dirty_jobs.update(att.job_id for att, _ in ev.finished)
+        for att, _ in [*ev.finished, *ev.back_to_queue]:
+            self.c.multi.finish(att)
+
+    def _write(self, ev: _Batch, now: float) -> None:
         touched_nodes: set[str] = set()
         with self.c.store.session() as s:
             for att, started_at in ev.started:
@@ -137,14 +150,10 @@ class TaskEvents:
                     .values(**values)
                 )
                 touched_nodes.add(att.node_id)
-            for att, _ in ev.finished:
-                self.c.inflight.get(att.node_id, {}).pop(att.key, None)
-            for att, _ in ev.back_to_queue:
-                self.c.inflight.get(att.node_id, {}).pop(att.key, None)
-            self.update_node_busy(s, touched_nodes | {a.node_id for a, _ in ev.started}, now)
-        self._dirty_jobs.update(att.job_id for att, _ in ev.finished)
-        for att, _ in [*ev.finished, *ev.back_to_queue]:
-            self.c.multi.finish(att)
+            done = {(a.node_id, a.key) for a, _ in [*ev.finished, *ev.back_to_queue]}
+            self.update_node_busy(
+                s, touched_nodes | {a.node_id for a, _ in ev.started}, now, leaving=done
+            )
 
     def release_dependents(self) -> None:
         """Re-evaluate the held tasks of jobs whose tasks completed, and of every job every
@@ -231,13 +240,21 @@ class TaskEvents:
                 job.disable_tasks = "requeue" if job.state == JobState.DISABLING else None
                 s.add(job)
 
-    def update_node_busy(self, s: Any, node_ids: Iterable[str], now: float) -> None:
+    def update_node_busy(
+        self,
+        s: Any,
+        node_ids: Iterable[str],
+        now: float,
+        leaving: Container[tuple[str, str]] = (),
+    ) -> None:
+        """Set each ready node ``running`` or ``idle`` by whether it has attempts in flight,
+        not counting the (node, key) pairs in ``leaving``."""
         for node_id in node_ids:
             node = s.get(Node, node_id)
             link = self.c.links.get(node_id)
             if node is None or link is None or not link.ready:
                 continue
-            busy = bool(self.c.inflight.get(node_id))
+            busy = any((node_id, key) not in leaving for key in self.c.inflight.get(node_id, {}))
             want = NodeState.RUNNING if busy else NodeState.IDLE
             if node.state in (NodeState.IDLE, NodeState.RUNNING) and node.state != want:
                 node.state = want

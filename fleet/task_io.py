@@ -9,20 +9,31 @@ neither is retried.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import posixpath
-import shutil
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from fleet import file_patterns, file_store
-from fleet.errors import FleetError, RemoteError
+from fleet.errors import (
+    STORAGE_ERRNOS,
+    ControllerStorageError,
+    FleetError,
+    RemoteError,
+    storage_error,
+)
 from fleet.settings import Settings
 from fleet.ssh import Connection
 
+#: Resource files from an httpUrl are fetched by the controller, then copied to the node:
+#: each read may wait HTTP_TIMEOUT s, the whole download HTTP_DEADLINE s and HTTP_MAX_BYTES.
 HTTP_TIMEOUT = 60.0
+HTTP_DEADLINE = float(os.environ.get("FLEET_HTTP_DEADLINE", 600))
+HTTP_MAX_BYTES = int(os.environ.get("FLEET_HTTP_MAX_BYTES", 4 << 30))
 
 
 async def stage(
@@ -83,11 +94,27 @@ async def _stage_url(conn: Connection, rf: dict[str, Any], wd: str) -> None:
 
 
 def _fetch(url: str, path: str) -> None:
+    """Download ``url`` to ``path`` within HTTP_DEADLINE seconds and HTTP_MAX_BYTES bytes.
+    Raises RemoteError for any failure (bad status line, refused, reset, too big, too slow)."""
+    deadline = time.monotonic() + HTTP_DEADLINE
+    size = 0
     try:
         with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as resp, open(path, "wb") as out:  # noqa: S310 (http/https checked in file_specs)
-            shutil.copyfileobj(resp, out)
+            while chunk := resp.read(1 << 20):
+                size += len(chunk)
+                if size > HTTP_MAX_BYTES:
+                    raise RemoteError(f"larger than the {HTTP_MAX_BYTES >> 20} MiB limit")
+                if time.monotonic() > deadline:
+                    raise RemoteError(f"took longer than {HTTP_DEADLINE:.0f} s")
+                out.write(chunk)
+    except FleetError:
+        raise
     except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:
+            raise storage_error(exc, "a downloaded resource file") from exc
         raise RemoteError(f"download failed: {exc}") from exc
+    except (http.client.HTTPException, ValueError) as exc:
+        raise RemoteError(f"download failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _mode(rf: dict[str, Any]) -> int | None:
@@ -129,6 +156,8 @@ async def save_outputs(
                 name = out["path"] if single else f"{out['path']}/{rel}"
                 stored.append(await _save(conn, settings, f"{task_root}/{base}{rel}", name))
         return stored
+    except ControllerStorageError:
+        raise  # the controller's disk, not the task's outputs: collection is retried
     except FleetError as exc:
         raise RemoteError(
             f"cannot save output files: {exc.message}", code="FileUploadError"
