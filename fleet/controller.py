@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Longest wait before retrying a turn of the loop or a collection that failed.
 TURN_RETRY_MAX = 5.0
+#: Longest wait between turns of an idle loop (CLI requests are seen within this time).
+IDLE_TICK_MAX = 0.25
 COLLECT_RETRY_MAX = 30.0
 SPAWN_RETRY_DELAY = 2.0
 #: Spawn refusals that say the task itself can never run: it completes instead of retrying.
@@ -95,12 +97,14 @@ class Controller:
             sum(len(a) for a in self.inflight.values()),
         )
         try:
-            failures = 0
+            failures, idle = 0, self.tick
             while not stop.is_set():
-                delay = self.tick
                 try:
-                    await self._turn()
+                    busy = await self._turn()
                     failures = 0
+                    # Idle turns come less and less often; any work, or a wake, resets that.
+                    idle = self.tick if busy else min(idle * 1.5, IDLE_TICK_MAX)
+                    delay = idle
                 except FleetError as exc:  # e.g. the database is unreachable or its disk full
                     failures += 1
                     delay = min(TURN_RETRY_MAX, self.tick * 2**failures)
@@ -116,14 +120,17 @@ class Controller:
             )
             log.info("controller stopped")
 
-    async def _turn(self) -> None:
+    async def _turn(self) -> bool:
+        """Run one turn of the loop; return whether it found anything to do."""
+        woken = self._wake.is_set()
         self._sync_links()
         self._requeue_lost_nodes()
         self.lifecycle.tick()
         self.retention.tick()
-        self.events.apply()
+        applied = self.events.apply()
         self.events.release_dependents()
-        await self._schedule()
+        placed = await self._schedule()
+        return woken or applied or placed
 
     def spawn_background(self, coro: Any) -> None:
         """Run ``coro`` beside the loop. Each background step records its own outcome; an
@@ -365,10 +372,11 @@ class Controller:
 
     # -- applying events in one transaction -----------------------------------------
 
-    async def _schedule(self) -> None:
+    async def _schedule(self) -> bool:
+        """Place pending tasks on free slots; return whether any was placed."""
         ready = {nid: link for nid, link in self.links.items() if link.ready}
         if not ready:
-            return
+            return False
         with self.store.session() as s:
             nodes = s.exec(select(Node).where(col(Node.id).in_(list(ready)))).all()
             pools = {p.id: p for p in s.exec(select(Pool).where(Pool.state == PoolState.ACTIVE))}
@@ -393,16 +401,17 @@ class Controller:
             )
         free = sum(n.capacity - n.used for n in snapshot)
         if free <= 0:
-            return
+            return False
         pending = self._pending_tasks({n.pool_id for n in snapshot}, limit=free * 2)
         if not pending:
-            return
+            return False
         fill_types = {p.id: p.node_fill_type for p in pools.values()}
         job_room = self._job_room({t.job_id for t in pending})
         avoid = self.job_tasks.excluded_nodes()
         plan = scheduler.plan(snapshot, pending, fill_types, job_room, avoid)
         if plan:
             await self._dispatch(plan, pending, {n.id: n.pool_id for n in snapshot})
+        return bool(plan)
 
     def _job_room(self, job_ids: set[str]) -> dict[str, int]:
         """Return how many more tasks each capped job may start (maxParallelTasks)."""

@@ -73,12 +73,13 @@ class TaskEvents:
         self._dirty_jobs: set[str] = set()
         self._deps_swept_at = 0.0
 
-    def apply(self) -> None:
-        """Apply every event gathered since the last turn in one transaction."""
+    def apply(self) -> bool:
+        """Apply every event gathered since the last turn in one transaction; return
+        whether there was any."""
         ev = _Batch(self.started, self.finished, self.back_to_queue)
         self.started, self.finished, self.back_to_queue = [], [], []
         if not (ev.started or ev.finished or ev.back_to_queue):
-            return
+            return False
         try:
             self._write(ev, time.time())
         except BaseException:
@@ -91,6 +92,7 @@ class TaskEvents:
         self._dirty_jobs.update(att.job_id for att, _ in ev.finished)
         for att, _ in [*ev.finished, *ev.back_to_queue]:
             self.c.multi.finish(att)
+        return True
 
     def _write(self, ev: _Batch, now: float) -> None:
         touched_nodes: set[str] = set()
