@@ -5,12 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import threading
 from typing import Annotated
 
 import typer
 
 from fleet.cli.common import CURRENT, OutputFormat, OutputOpt, fmt
+from fleet.errors import EXIT_FAILED
+
+log = logging.getLogger(__name__)
+
+#: Seconds after the first SIGTERM/SIGINT by which the process is gone, whatever blocks it.
+SHUTDOWN_DEADLINE = 15.0
 
 app = typer.Typer(help="Run the controller.", no_args_is_help=True)
 
@@ -50,11 +58,31 @@ def run(
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        seen: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_signal, stop, sig, seen)
         await controller.run(stop)
 
     asyncio.run(main())
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals, seen: list[signal.Signals]) -> None:
+    """First SIGTERM/SIGINT: stop cleanly, within SHUTDOWN_DEADLINE. Second: exit at once."""
+    if seen:
+        log.warning("second %s: exiting at once", sig.name)
+        os._exit(128 + sig)
+    seen.append(sig)
+    log.info("%s: stopping (at most %.0f s)", sig.name, SHUTDOWN_DEADLINE)
+    stop.set()
+    watchdog = threading.Timer(SHUTDOWN_DEADLINE, _shutdown_overdue)
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def _shutdown_overdue() -> None:
+    # A thread, so that it fires even when the event loop is stuck.
+    log.error("shutdown took more than %.0f s: exiting now", SHUTDOWN_DEADLINE)
+    os._exit(EXIT_FAILED)
 
 
 class _JsonFormatter(logging.Formatter):
