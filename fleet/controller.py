@@ -107,7 +107,10 @@ class Controller:
             task.cancel()
         waiting += [asyncio.create_task(link.stop()) for link in self.links.values()]
         if waiting:
-            _, late = await asyncio.wait(waiting, timeout=SHUTDOWN_LIMIT)
+            done, late = await asyncio.wait(waiting, timeout=SHUTDOWN_LIMIT)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a node dropping mid-shutdown is no news
             if late:
                 log.warning("shutdown: %d tasks still wait on nodes; leaving them", len(late))
 
