@@ -54,6 +54,9 @@ SPAWN_RETRY_DELAY = 2.0
 #: Spawn refusals that say the task itself can never run: it completes instead of retrying.
 REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
 
+#: Seconds shutdown waits for background work and links (each bounds itself sooner).
+SHUTDOWN_LIMIT = 6.0
+
 
 class Controller:
     """Owns every SSH connection and writes every state change through the store."""
@@ -113,11 +116,7 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         finally:
-            for task in list(self._background):
-                task.cancel()
-            await asyncio.gather(
-                *(link.stop() for link in self.links.values()), return_exceptions=True
-            )
+            await self._shutdown()
             log.info("controller stopped")
 
     async def _turn(self) -> bool:
@@ -131,6 +130,21 @@ class Controller:
         self.events.release_dependents()
         placed = await self._schedule()
         return woken or applied or placed
+
+    async def _shutdown(self) -> None:
+        """Cancel background work and stop every link, within SHUTDOWN_LIMIT seconds whatever
+        the nodes do (a link cuts the connection of a node that does not answer)."""
+        waiting = list(self._background)
+        for task in waiting:
+            task.cancel()
+        waiting += [asyncio.create_task(link.stop()) for link in self.links.values()]
+        if waiting:
+            done, late = await asyncio.wait(waiting, timeout=SHUTDOWN_LIMIT)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: a node dropping mid-shutdown is no news
+            if late:
+                log.warning("shutdown: %d tasks still wait on nodes; leaving them", len(late))
 
     def spawn_background(self, coro: Any) -> None:
         """Run ``coro`` beside the loop. Each background step records its own outcome; an
@@ -185,10 +199,12 @@ class Controller:
             self.spawn_background(self._shutdown_link(link))
 
     async def _shutdown_link(self, link: NodeLink) -> None:
-        if link.agent is not None:
-            with contextlib.suppress(FleetError):
-                await link.agent.request("shutdown", timeout=5)
-        await link.stop()
+        try:
+            if link.agent is not None:
+                with contextlib.suppress(FleetError):
+                    await link.agent.request("shutdown", timeout=5)
+        finally:
+            await link.stop()  # also when cancelled: the link must not outlive the controller
 
     # -- node events ------------------------------------------------------------------
 

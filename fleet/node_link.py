@@ -44,6 +44,10 @@ RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
 FATAL = (HostKeyMismatch, HostKeyUnknown, AuthenticationFailed)
 #: Errors with these codes also leave the node unusable until an admin acts.
 FATAL_CODES = {"UserAccountError"}
+#: Seconds a stopping link's work gets to unwind before its connection is cut.
+STOP_GRACE = 1.0
+#: Seconds after which a stopping link stops waiting for its work.
+STOP_LIMIT = 4.0
 
 
 def default_node_root(user: str | None) -> str:
@@ -86,22 +90,44 @@ class NodeLink:
         self._runner = asyncio.create_task(self._run(), name=f"node-{self.node_id}")
 
     async def stop(self) -> None:
-        """Close the agent channel and the connection; tasks on the node keep running."""
+        """Close the agent channel and the connection; tasks on the node keep running.
+
+        Returns within about STOP_LIMIT seconds whatever the node does: when the link's work
+        still waits on the node after STOP_GRACE (say an SFTP close a frozen sshd never
+        answers, which outlives the cancellation), the connection is cut under it. Raises
+        nothing."""
         self._stopping = True
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
+        runner = self._runner
+        if runner is not None and not runner.done():
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STOP_LIMIT
+            runner.cancel()
+            await asyncio.wait({runner}, timeout=STOP_GRACE)
+            if not runner.done() and self.conn is not None:
+                log.info(
+                    "node %s: not answering while stopping; cutting the connection", self.node_id
+                )
+                self.conn.abort()
+            while not runner.done() and loop.time() < deadline:
+                runner.cancel()  # again: a library's cleanup may have swallowed the first one
+                await asyncio.wait({runner}, timeout=0.1)
+            if not runner.done():
+                log.warning(
+                    "node %s: link did not stop in %.0f s; left behind", self.node_id, STOP_LIMIT
+                )
+        if runner is not None and runner.done() and not runner.cancelled():
+            runner.exception()  # retrieved here; _run logged whatever mattered
         await self._disconnect()
 
     async def _disconnect(self) -> None:
+        """Close the agent channel and the connection (bounded: see Connection.close)."""
         self.ready = False
         if self.agent is not None:
             self.agent.close()
             self.agent = None
         if self.conn is not None:
-            await self.conn.close()
-            self.conn = None
+            conn, self.conn = self.conn, None
+            await conn.close()
 
     async def _run(self) -> None:
         failures = 0

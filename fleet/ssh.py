@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_COUNT_MAX = 3
+#: Seconds a closing connection gets to go cleanly before it is aborted.
+CLOSE_GRACE = 2.0
 #: Concurrent handshakes allowed per sshd (address, port); below MaxStartups' 10.
 HANDSHAKES_PER_SSHD = 8
 
@@ -336,11 +338,20 @@ class Connection:
             size = -1 if end is None else max(0, end - start + 1)
             return _as_bytes(await f.read(size))
 
-    async def close(self) -> None:
-        """Close the connection and wait for it to go."""
+    async def close(self, grace: float = CLOSE_GRACE) -> None:
+        """Close the connection and wait up to ``grace`` seconds for it to go, then abort it.
+
+        Returns within about ``grace`` seconds whatever the node does; raises nothing."""
         self._conn.close()
         with suppress(TimeoutError, asyncssh.Error, OSError):
-            await asyncio.wait_for(self._conn.wait_closed(), 5)
+            await asyncio.wait_for(self._conn.wait_closed(), grace)
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once, without waiting for the node: every command, channel
+        and SFTP request still waiting on it fails (Unreachable). Raises nothing."""
+        with suppress(asyncssh.Error, OSError):
+            self._conn.abort()
 
     async def wait_closed(self) -> None:
         """Return when the connection is gone, for any reason."""

@@ -7,7 +7,7 @@ when the CLI and the controller write at the same time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ class Store:
             "psycopg2",
         ):
             url = str(parsed.set(drivername="postgresql+psycopg"))
+        #: Called before every transaction; raises to refuse it (the controller's lease check).
+        self.guard: Callable[[], None] | None = None
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -60,7 +62,10 @@ class Store:
     def session(self) -> Iterator[Session]:
         """Yield a session inside one transaction; commit on success, roll back on error.
 
-        Raises FleetError (code DatabaseError) for errors from the database itself."""
+        Raises FleetError (code DatabaseError) for errors from the database itself, and
+        whatever ``guard`` raises before anything is read or written."""
+        if self.guard is not None:
+            self.guard()
         with Session(self.engine, expire_on_commit=False) as session:
             try:
                 yield session

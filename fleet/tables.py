@@ -1,4 +1,4 @@
-"""Database rows: hosts, host keys, pools, nodes, jobs and tasks (SQLModel tables).
+"""Database rows: hosts, host keys, pools, nodes, jobs, tasks and the controller lease (SQLModel tables).
 
 Times are UTC epoch seconds (floats); the views render them as ISO 8601. Specs
 that users wrote are kept whole in a JSON ``spec`` column next to the columns the
@@ -190,4 +190,20 @@ class StaleAttempt(SQLModel, table=True):
     task_dir: str
 
 
-ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode, Subtask, StaleAttempt)
+class ControllerLease(SQLModel, table=True):
+    """The one row naming the controller that runs on this database, renewed while it lives
+    (see fleet/controller_lock.py)."""
+
+    __tablename__ = "controller_lease"
+
+    id: int = Field(default=1, primary_key=True)  # always 1: one controller per database
+    holder: str  # a fresh id per controller process
+    hostname: str
+    pid: int
+    machine: str = ""  # boot id and pid namespace: pids compare only within the same one
+    ttl: float  # seconds without renewal after which the lease may be taken
+    since: float
+    renewed_at: float
+
+
+ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode, Subtask, StaleAttempt, ControllerLease)

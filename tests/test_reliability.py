@@ -1,10 +1,12 @@
-"""Fault tests on the real lab: controller crashes, lost nodes, changed host keys."""
+"""Fault tests on the real lab: controller crashes, lost nodes, changed host keys, shutdown."""
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,63 @@ def test_a_stale_attempt_dies_when_its_node_returns_even_after_a_controller_rest
         lab_mod.start_node(lab, victim)
     controller()
     wait_for(lambda: not _alive(pid), 60, message="stale attempt killed")
+
+
+def _sigterm(proc, twice: bool = False) -> tuple[int, float]:
+    """Send SIGTERM (``twice``: again once the controller is stopping); return the exit
+    status and the seconds it took to exit."""
+    start = time.monotonic()
+    proc.proc.send_signal(signal.SIGTERM)
+    if twice:
+        wait_for(lambda: "SIGTERM: stopping" in proc.log_text(), 5, 0.01, message="stopping")
+        proc.proc.send_signal(signal.SIGTERM)
+    try:
+        status = proc.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.proc.kill()
+        status = proc.proc.wait()
+    return status, time.monotonic() - start
+
+
+BIG_START_TASK = "/bin/sh -c 'head -c 300000000 /dev/zero'"  # its stdout takes a while to collect
+
+
+def _freeze_mid_transfer(fleet, lab, lab_inventory, controller):
+    """A controller whose first node is frozen (SIGSTOP) while the controller downloads its
+    start task's output over SFTP, and whose second node is frozen before it connects.
+    Return the controller and the frozen nodes."""
+    busy, idle = make_pool(fleet, lab_inventory, "p", 2, "--start-task", BIG_START_TASK)
+    lab_mod.stop_node(lab, idle, signal.SIGSTOP, kill_sessions=True)
+    ctl = controller()
+    out = fleet.home / "nodefiles" / busy / "startup" / "stdout.txt"
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 0, 60, 0.02, message="download")
+    finally:
+        lab_mod.stop_node(lab, busy, signal.SIGSTOP, kill_sessions=True)
+    return ctl, (busy, idle)
+
+
+def test_sigterm_stops_the_controller_within_seconds_while_its_nodes_are_frozen(
+    fleet, lab_inventory, lab, controller
+):
+    ctl, frozen = _freeze_mid_transfer(fleet, lab, lab_inventory, controller)
+    try:
+        status, took = _sigterm(ctl)
+    finally:
+        for node in frozen:
+            lab_mod.start_node(lab, node)
+    assert status == 0, ctl.log_text()[-3000:]
+    assert took < 8, f"took {took:.1f} s to stop"
+    assert "controller stopped" in ctl.log_text()
+
+
+def test_a_second_sigterm_exits_at_once(fleet, lab_inventory, lab, controller):
+    ctl, frozen = _freeze_mid_transfer(fleet, lab, lab_inventory, controller)
+    try:
+        status, took = _sigterm(ctl, twice=True)
+    finally:
+        for node in frozen:
+            lab_mod.start_node(lab, node)
+    assert status == 128 + signal.SIGTERM, ctl.log_text()[-3000:]
+    assert took < 3, f"took {took:.1f} s to exit"
+    assert "second SIGTERM: exiting at once" in ctl.log_text()

@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
+import threading
 from typing import Annotated
 
 import typer
 
 from fleet.cli.common import CURRENT, OutputFormat, OutputOpt, fmt
+from fleet.controller_lock import LEASE_TTL, Lease
+from fleet.errors import EXIT_FAILED
+
+log = logging.getLogger(__name__)
+
+#: Seconds after the first SIGTERM/SIGINT by which the process is gone, whatever blocks it.
+SHUTDOWN_DEADLINE = 15.0
 
 app = typer.Typer(help="Run the controller.", no_args_is_help=True)
 
@@ -30,10 +39,26 @@ def run(
         float,
         typer.Option("--sweep-interval", help="Seconds between retention sweeps of task dirs."),
     ] = 30.0,
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby",
+            help="If another controller runs on this database, wait and take over when it stops.",
+        ),
+    ] = False,
+    lease_timeout: Annotated[
+        float,
+        typer.Option(
+            "--lease-timeout",
+            min=1.0,
+            help="Seconds without renewal after which a standby may take this controller's lease.",
+        ),
+    ] = LEASE_TTL,
     output: OutputOpt = None,
 ) -> None:
     """Bootstrap nodes and run tasks until SIGTERM or Ctrl-C. Logs go to stderr
-    (one JSON object per line with -o json)."""
+    (one JSON object per line with -o json). One controller runs per database: a second
+    one exits with status 4 naming the first, or waits with --standby."""
     handler = logging.StreamHandler()
     if fmt(output) == OutputFormat.JSON:
         handler.setFormatter(_JsonFormatter())
@@ -43,18 +68,51 @@ def run(
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     from fleet.controller import Controller  # here: other commands start faster without it
 
-    controller = Controller(
-        CURRENT.settings, CURRENT.store, node_grace=node_grace, sweep_interval=sweep_interval
-    )
+    store = CURRENT.store
+    lease = Lease(store, ttl=lease_timeout)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        seen: list[signal.Signals] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await controller.run(stop)
+            loop.add_signal_handler(sig, _on_signal, stop, sig, seen)
+        if not await lease.acquire(standby, stop):
+            return  # stopped while standing by
+        store.guard = lease.check  # no transaction once the lease is lost
+        lease.on_lost(stop.set)
+        keeper = asyncio.create_task(lease.keep(), name="controller-lease")
+        controller = Controller(
+            CURRENT.settings, store, node_grace=node_grace, sweep_interval=sweep_interval
+        )
+        try:
+            await controller.run(stop)
+        finally:
+            keeper.cancel()
+            lease.release()  # the guard stays: nothing is written after this
+        if lease.lost is not None:
+            raise lease.lost
 
     asyncio.run(main())
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals, seen: list[signal.Signals]) -> None:
+    """First SIGTERM/SIGINT: stop cleanly, within SHUTDOWN_DEADLINE. Second: exit at once."""
+    if seen:
+        log.warning("second %s: exiting at once", sig.name)
+        os._exit(128 + sig)
+    seen.append(sig)
+    log.info("%s: stopping (at most %.0f s)", sig.name, SHUTDOWN_DEADLINE)
+    stop.set()
+    watchdog = threading.Timer(SHUTDOWN_DEADLINE, _shutdown_overdue)
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def _shutdown_overdue() -> None:
+    # A thread, so that it fires even when the event loop is stuck.
+    log.error("shutdown took more than %.0f s: exiting now", SHUTDOWN_DEADLINE)
+    os._exit(EXIT_FAILED)
 
 
 class _JsonFormatter(logging.Formatter):
