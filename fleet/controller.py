@@ -29,6 +29,7 @@ from fleet.errors import (
     ControllerStorageError,
     FleetError,
     RemoteError,
+    failure_of,
     storage_error,
 )
 from fleet.job_tasks import JobTasks
@@ -679,8 +680,7 @@ async def _download_if_present(conn: Any, remote: str, local: str) -> None:
 def _internal_error(att: Attempt, exc: BaseException, record: dict[str, Any]) -> dict[str, Any]:
     """Return ``record`` marked with an unexpected failure of the controller, logged here."""
     log.error("task %s: unexpected error while handling it", att.key, exc_info=exc)
-    message = f"fleet failed while handling this task: {exc!r}"
-    return {**record, "error": {"code": "InternalError", "message": message}}
+    return {**record, "error": failure_of(exc)}
 
 
 def _record_on_disk(dest: Any, att: Attempt) -> dict[str, Any] | None:

@@ -71,6 +71,14 @@ class FleetError(Exception):
         return f"{where}: {self.message}" if where else self.message
 
 
+def failure_of(exc: BaseException) -> dict[str, str]:
+    """Return ``{"code", "message"}`` describing ``exc`` as an exit record's ``error``:
+    a fleet error's own code, or ``InternalError`` for anything unexpected (a bug)."""
+    if isinstance(exc, FleetError):
+        return {"code": exc.code, "message": exc.message}
+    return {"code": "InternalError", "message": f"fleet failed while handling this: {exc!r}"}
+
+
 class BadInput(FleetError):
     code = "InvalidInput"
     exit_status = EXIT_BAD_INPUT

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session, select
 
 from fleet import environment, outcomes, specs, views
-from fleet.errors import FleetError
+from fleet.errors import FleetError, failure_of
 from fleet.tables import Job, JobNode, Task
 from fleet.task_events import Attempt, epoch
 
@@ -131,14 +131,10 @@ class JobTasks:
                 env=env,
                 maxWallClockSeconds=specs.constraint_seconds(spec, "maxWallClockTime"),
             )
-        except FleetError as exc:
-            self.finished(
-                link,
-                job.id,
-                kind,
-                attempt,
-                {"exitCode": None, "error": {"code": exc.code, "message": exc.message}},
-            )
+        except Exception as exc:  # whatever it was, the prep or release task has an outcome
+            if not isinstance(exc, FleetError):
+                log.error("job %s: %s task not started", job.id, kind, exc_info=exc)
+            self.finished(link, job.id, kind, attempt, {"exitCode": None, "error": failure_of(exc)})
 
     def on_event(self, link: NodeLink, msg: dict[str, Any]) -> None:
         """Handle an agent's ``exited`` event for a prep or release task."""

@@ -196,8 +196,10 @@ class Lifecycle:
             result = await link.agent.request(
                 "kill", key=att.key, taskDir=att.task_dir, attempt=att.attempt
             )
-        except FleetError as exc:
-            log.warning("task %s: kill failed: %s", att.key, exc)
+        except Exception as exc:  # tried again next turn
+            log.warning(
+                "task %s: kill failed: %s", att.key, exc, exc_info=not isinstance(exc, FleetError)
+            )
             att.kill_sent = False
             return
         if not result.get("killed"):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session
 
 from fleet import environment, outcomes, task_io
-from fleet.errors import FleetError
+from fleet.errors import FleetError, failure_of
 from fleet.tables import Host, Subtask, Task
 from fleet.task_events import Attempt, epoch
 
@@ -165,10 +165,10 @@ class MultiInstance:
                 env=run.env[sub.node_id],
                 maxWallClockSeconds=None,
             )
-        except FleetError as exc:
-            self._coordinated(
-                run, i, {"exitCode": None, "error": {"code": exc.code, "message": exc.message}}
-            )
+        except Exception as exc:  # whatever it was, this instance has an outcome
+            if not isinstance(exc, FleetError):
+                log.error("%s: coordination not started", sub_key(run.primary.key, i), exc_info=exc)
+            self._coordinated(run, i, {"exitCode": None, "error": failure_of(exc)})
 
     def on_event(self, msg: dict[str, Any]) -> None:
         """Handle an ``exited`` event of an instance's coordination command."""
