@@ -1042,37 +1042,45 @@ def path_parts(relative: str, field: str) -> list:
     return parts
 
 
-def open_no_follow(dir_fd: int, name: str, flags: int, shown: str) -> int:
-    """Open name in directory dir_fd without following a symlink; return the fd. Raises
-    FileCommandError: PathEscapesTaskDir for a symlink, FileNotFound, NotADirectory."""
+def open_no_follow(dir_fd: int, name: str, want_dir: bool, shown: str) -> int:
+    """Open name in directory dir_fd without following a symlink; return the fd: an O_PATH
+    fd of a directory (usable as a dir_fd) when want_dir, else a read-only fd (non-blocking,
+    so a FIFO cannot hang us). The type is checked on what was opened, never looked up
+    again. Raises FileCommandError: PathEscapesTaskDir for a symlink, FileNotFound,
+    FileUnreadable."""
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    flags |= os.O_PATH if want_dir else os.O_RDONLY | os.O_NONBLOCK
     try:
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dir_fd)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
-        error = exc
-    try:
-        mode = os.lstat(name, dir_fd=dir_fd).st_mode
-    except OSError:
-        mode = None
-    if mode is not None and stat.S_ISLNK(mode):
-        message = "%s is a symbolic link; links in task dirs are not followed" % shown
-        raise FileCommandError("PathEscapesTaskDir", message)
-    if error.errno in (errno.ENOENT, errno.ENOTDIR) or mode is None:
-        raise FileCommandError("FileNotFound", "%s does not exist" % shown)
-    raise FileCommandError("FileUnreadable", "cannot open %s: %s" % (shown, error.strerror))
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink as the last component
+            message = "%s is a symbolic link; links in task dirs are not followed" % shown
+            raise FileCommandError("PathEscapesTaskDir", message) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileCommandError("FileNotFound", "%s does not exist" % shown) from None
+        message = "cannot open %s: %s" % (shown, exc.strerror)
+        raise FileCommandError("FileUnreadable", message) from None
+    mode = os.fstat(fd).st_mode
+    if want_dir and not stat.S_ISDIR(mode):
+        os.close(fd)
+        if stat.S_ISLNK(mode):  # O_PATH|O_NOFOLLOW opens the link itself
+            message = "%s is a symbolic link; links in task dirs are not followed" % shown
+            raise FileCommandError("PathEscapesTaskDir", message)
+        raise FileCommandError("FileNotFound", "%s is not a directory" % shown)
+    return fd
 
 
-def open_beneath(root: str, relative_parts: list, final_flags: int, named_from: int = 0) -> int:
-    """Open root/<parts> walking one component at a time from root, following no symlink
-    at any component (each directory by O_DIRECTORY|O_NOFOLLOW from the previous one's
-    fd), the last one with final_flags; return its fd. Errors name the path from part
-    named_from on. Raises FileCommandError."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def open_beneath(root: str, parts: list, want_dir: bool, named_from: int = 0) -> int:
+    """Open root/<parts> one component at a time from root, following no symlink at any
+    component (each from the previous one's fd); return the last one's fd as
+    open_no_follow does. Errors name the path from part named_from on. Raises
+    FileCommandError."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for index, part in enumerate(relative_parts):
-            last = index == len(relative_parts) - 1
-            flags = final_flags if last else os.O_RDONLY | os.O_DIRECTORY
-            shown = "/".join(relative_parts[min(named_from, index) : index + 1])
-            next_fd = open_no_follow(fd, part, flags, shown)
+        for index, part in enumerate(parts):
+            shown = "/".join(parts[min(named_from, index) : index + 1])
+            last = index == len(parts) - 1
+            next_fd = open_no_follow(fd, part, want_dir or not last, shown)
             os.close(fd)
             fd = next_fd
     except BaseException:
@@ -1109,8 +1117,7 @@ def command_read(root: str, args: list) -> None:
     start, end = int(args[2]), int(args[3]) if len(args) == 4 else None
     if end is not None and end < start:
         raise FileCommandError("InvalidRange", "the range %d-%d is empty" % (start, end))
-    # O_NONBLOCK: a FIFO must not hang us; it is refused below as not regular.
-    fd = open_beneath(root, parts, os.O_RDONLY | os.O_NONBLOCK, len(task_dir))
+    fd = open_beneath(root, parts, False, len(task_dir))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -1122,10 +1129,14 @@ def command_read(root: str, args: list) -> None:
 
 
 def list_entries(dir_fd: int, prefix: str, recursive: bool, out: list) -> None:
-    """Append the entries of directory dir_fd (names under prefix) to out, descending
-    into real directories (never links) when recursive."""
-    with os.scandir(dir_fd) as entries:
-        found = sorted((entry.name, entry.stat(follow_symlinks=False)) for entry in entries)
+    """Append the entries of directory dir_fd (an O_PATH fd; names under prefix) to out,
+    descending into real directories (never links) when recursive."""
+    readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(readable) as entries:
+            found = sorted((entry.name, entry.stat(follow_symlinks=False)) for entry in entries)
+    finally:
+        os.close(readable)
     for name, st in found:
         is_dir = stat.S_ISDIR(st.st_mode)
         out.append(
@@ -1139,7 +1150,7 @@ def list_entries(dir_fd: int, prefix: str, recursive: bool, out: list) -> None:
         )
         if is_dir and recursive:
             try:
-                child = open_no_follow(dir_fd, name, os.O_RDONLY | os.O_DIRECTORY, name)
+                child = open_no_follow(dir_fd, name, True, name)
             except FileCommandError:
                 continue  # replaced or removed meanwhile
             try:
@@ -1153,7 +1164,7 @@ def command_list(root: str, args: list) -> None:
     describing the entries under the task dir, walked without following links."""
     if len(args) not in (1, 2) or args[1:] not in ([], ["--recursive"]):
         raise FileCommandError("BadRequest", "usage: list TASK_DIR [--recursive]")
-    fd = open_beneath(root, path_parts(args[0], "taskDir"), os.O_RDONLY | os.O_DIRECTORY)
+    fd = open_beneath(root, path_parts(args[0], "taskDir"), True)
     try:
         files = []
         list_entries(fd, "", len(args) == 2, files)
