@@ -1,4 +1,4 @@
-"""fleet node agent: starts tasks detached and speaks JSON lines (protocol 1) on stdin/stdout."""
+"""fleet node agent: starts tasks detached and speaks JSON lines (protocol 2) on stdin/stdout."""
 
 # Contract: docs/agent-protocol.md. Stdlib only; runs on Python 3.8 or newer (Linux).
 #
@@ -23,17 +23,34 @@ import json
 import os
 import platform
 import pwd
+import select
 import selectors
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import sys
 import time
 import traceback
 from datetime import datetime, timezone
 
-PROTOCOL = 1
-LAYOUT = ("startup", "shared", "applications", "certs", "fsmounts", "volatile", "workitems")
+PROTOCOL = 2
+# The node root's directories and their modes: 0711 lets a task that runs as another
+# user (sudo -n -u) reach its own working dir without listing anything; shared/ is
+# writable by every task, sticky like /tmp.
+ROOT_MODE, TASK_DIR_MODE, TRAVERSE_MODE = 0o711, 0o700, 0o711
+LAYOUT_MODES = {
+    "startup": 0o711,
+    "shared": 0o1777,
+    "applications": 0o711,
+    "certs": 0o700,
+    "fsmounts": 0o711,
+    "volatile": 0o700,
+    "workitems": 0o711,
+}
+LAYOUT = tuple(LAYOUT_MODES)
+AGENT_UMASK = 0o077  # what the agent and wrappers create is theirs alone
 SOCKET_NAME = "agent.sock"  # relative: the agent and its wrappers run in <root>/volatile
 LOCK_NAME = "agent.lock"
 LOCK_TIMEOUT_ENV = "FLEET_AGENT_LOCK_TIMEOUT"
@@ -47,6 +64,8 @@ MAX_SOCKET_LINE_BYTES = 1 << 20  # an exit notice or a call on agent.sock
 MAX_CALLS = 64  # call connections open at once (waiting for or receiving an answer)
 EXIT_ANSWER_SECONDS = 5.0  # how long an exiting agent keeps sending answers
 EXIT_BUSY = 3
+SO_PEERPIDFD = 77  # Linux 6.5+: a pidfd of the process that connected to a Unix socket
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 STDOUT_FILE, STDERR_FILE = "stdout.txt", "stderr.txt"
 ATTEMPT_FILE, EXIT_FILE = "attempt.json", "exit.json"
 DEFERRED = object()  # an op result meaning "the reply is sent later"
@@ -54,8 +73,11 @@ DEFERRED = object()  # an op result meaning "the reply is sent later"
 # One attempt, checked by the agent and handed to the wrapper. task_dir_arg is the
 # taskDir as the controller wrote it (echoed in events); the *_dir fields are real paths.
 TaskSpec = collections.namedtuple(
-    "TaskSpec", "key attempt task_dir_arg task_dir working_dir argv env max_wall_clock"
+    "TaskSpec", "root key attempt task_dir_arg task_dir working_dir argv env max_wall_clock"
 )
+# The umask the agent was started with: task commands get it (their files keep the
+# node's usual modes inside private directories); the agent and wrappers use AGENT_UMASK.
+TASK_UMASK = [0o022]
 
 
 class AgentError(Exception):
@@ -121,6 +143,42 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields and fields[0] not in (b"Z", b"X") else None
 
 
+def boot_ticks() -> int:
+    """Return the time since boot in clock ticks, as /proc/<pid>/stat counts start times."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)
+
+
+def peer_session(conn: socket.socket, accepted_ticks: int) -> int | None:
+    """Return the session id of the process that connected conn (SO_PEERCRED), or None
+    when that process is gone or its pid may since name another process.
+
+    With SO_PEERPIDFD (Linux 6.5+) the pidfd proves the pid still names the caller
+    after getsid; without it, a process whose start time is after the connection was
+    accepted is a later one with a reused pid."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+    except OSError:
+        return None
+    try:
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        pidfd = None
+    try:
+        ticks = process_start_ticks(pid)
+        if ticks is None or (pidfd is None and ticks > accepted_ticks):
+            return None
+        sid = os.getsid(pid)
+        if pidfd is not None:
+            return None if select.select([pidfd], [], [], 0)[0] else sid  # readable: exited
+        return sid if process_start_ticks(pid) == ticks else None
+    except OSError:
+        return None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
 def group_alive(pgid: int) -> bool:
     """Return True if process group pgid has a member that is not a zombie (orphans are
     not reaped everywhere, e.g. in some containers, so kill(-pgid, 0) is not enough)."""
@@ -142,7 +200,7 @@ def write_json_atomic(path: str, obj: dict) -> None:
     record; raises OSError. No fsync: only a power loss could lose the page cache, that
     is a reboot, and after a reboot (a new boot id) the controller requeues every task
     that was in flight without reading any record."""
-    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         write_all(fd, encode_line(obj))
     finally:
@@ -180,10 +238,23 @@ def resolve_inside(root: str, base: str, relative: object, field: str) -> str:
     return full
 
 
+def ensure_dir(path: str, mode: int) -> None:
+    """Create directory path with mode, or give an existing one of ours that mode (an SFTP
+    makedirs or an older agent may have made it 0755); raises OSError."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, mode)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.ENOTDIR, "not a directory", path)
+    if stat.S_IMODE(st.st_mode) != mode and st.st_uid == os.getuid():
+        os.chmod(path, mode)  # mkdir's mode went through the umask; sticky needs chmod
+
+
 def create_layout(root: str) -> None:
-    """Create the node root's top-level directories; raises OSError."""
-    for name in LAYOUT:
-        os.makedirs(os.path.join(root, name), exist_ok=True)
+    """Create the node root's top-level directories with their modes; raises OSError."""
+    ensure_dir(root, ROOT_MODE)
+    for name, mode in LAYOUT_MODES.items():
+        ensure_dir(os.path.join(root, name), mode)
 
 
 def detach_from_agent(keep: int) -> None:
@@ -260,10 +331,14 @@ def wrapper_main(spec: TaskSpec, result_fd: int) -> None:
 def supervise(spec: TaskSpec, result_fd: int) -> None:
     """Prepare the task dir, start the command, report the start over result_fd, wait for
     the command (enforcing the limit and the kill op), write the exit record and notify
-    the agent. Raises only on unexpected failures."""
+    the agent. Raises only on unexpected failures.
+
+    The wrapper's working directory is the task dir: an agent reads it from
+    /proc/<wrapper>/cwd to tell which task a calling process belongs to."""
     exit_path = os.path.join(spec.task_dir, EXIT_FILE)
     try:
         stdout_fd, stderr_fd = prepare_task_dir(spec)
+        os.chdir(spec.task_dir)
     except OSError as exc:
         message = "cannot prepare %s: %s" % (spec.task_dir_arg, exc)
         report_start(result_fd, {"error": {"code": "TaskDirError", "message": message}})
@@ -295,20 +370,41 @@ def supervise(spec: TaskSpec, result_fd: int) -> None:
     write_json_atomic(exit_path, record)
     notice = {"event": "exited", "key": spec.key, "taskDir": spec.task_dir_arg}
     notice.update(attempt=spec.attempt, exit=record)
-    notify_agent(notice)
+    notify_agent(os.path.join(spec.root, "volatile"), notice)
 
 
 def prepare_task_dir(spec: TaskSpec) -> tuple:
-    """Create the task and working dirs, drop the previous attempt's records and open
-    truncated stdout.txt and stderr.txt; return their fds. Raises OSError."""
-    os.makedirs(spec.task_dir, exist_ok=True)
-    os.makedirs(spec.working_dir, exist_ok=True)
+    """Create the task dir and working dir with their modes, drop the previous attempt's
+    records and open truncated stdout.txt and stderr.txt (0600); return their fds.
+    Raises OSError.
+
+    Directories between the root and the task dir are 0711; the task dir is 0700, or
+    0711 when its working dir belongs to another user (identity.py made it theirs, group
+    the login user's, 2750), who must reach it; a working dir of ours is 0700."""
+    parts = os.path.relpath(spec.task_dir, spec.root).split("/")
+    path = spec.root
+    for part in parts[:-1]:
+        path = os.path.join(path, part)
+        ensure_dir(path, TRAVERSE_MODE)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(spec.task_dir, TASK_DIR_MODE)
+    os.makedirs(os.path.dirname(spec.working_dir), exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(spec.working_dir, TASK_DIR_MODE)
+    foreign = os.stat(spec.working_dir).st_uid != os.getuid()
+    if not foreign:
+        ensure_dir(spec.working_dir, TASK_DIR_MODE)
+    if len(parts) > 1:  # a task dir of the layout itself (startup) keeps the layout's mode
+        ensure_dir(spec.task_dir, TRAVERSE_MODE if foreign else TASK_DIR_MODE)
     remove_file(os.path.join(spec.task_dir, EXIT_FILE))
     remove_file(os.path.join(spec.task_dir, ATTEMPT_FILE))
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    stdout_fd = os.open(os.path.join(spec.task_dir, STDOUT_FILE), flags, 0o644)
+    stdout_fd = os.open(os.path.join(spec.task_dir, STDOUT_FILE), flags, 0o600)
     try:
-        return stdout_fd, os.open(os.path.join(spec.task_dir, STDERR_FILE), flags, 0o644)
+        os.fchmod(stdout_fd, 0o600)  # a file of an older agent was 0644
+        stderr_fd = os.open(os.path.join(spec.task_dir, STDERR_FILE), flags, 0o600)
+        os.fchmod(stderr_fd, 0o600)
+        return stdout_fd, stderr_fd
     except OSError:
         os.close(stdout_fd)
         raise
@@ -323,6 +419,7 @@ def start_command(spec: TaskSpec, stdout_fd: int, stderr_fd: int) -> tuple:
     # signals survive exec, so the command must get the default dispositions.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    os.umask(TASK_UMASK[0])  # the wrapper is single-threaded: the command inherits it
     try:
         proc = subprocess.Popen(
             spec.argv,
@@ -338,6 +435,7 @@ def start_command(spec: TaskSpec, stdout_fd: int, stderr_fd: int) -> tuple:
         code = "CommandProgramNotFound" if not_found else "CommandProgramNotExecutable"
         return None, {"code": code, "message": "cannot start %r: %s" % (spec.argv[0], exc)}
     finally:
+        os.umask(AGENT_UMASK)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         os.close(stdout_fd)
         os.close(stderr_fd)
@@ -414,11 +512,13 @@ def report_start(result_fd: int, result: dict) -> None:
     os.close(result_fd)
 
 
-def notify_agent(notice: dict) -> None:
-    """Send one notice line to the agent listening on SOCKET_NAME, if there is one."""
+def notify_agent(volatile: str, notice: dict) -> None:
+    """Send one notice line to the agent listening on SOCKET_NAME in volatile, if there is
+    one (changing into volatile: socket paths are limited to 107 bytes)."""
     # No agent listening: the record waits on disk for the next status.
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with contextlib.suppress(OSError), sock:
+        os.chdir(volatile)
         sock.settimeout(NOTIFY_TIMEOUT_SECONDS)
         sock.connect(SOCKET_NAME)
         sock.sendall(encode_line(notice))
@@ -465,10 +565,11 @@ def call_error(code: str, message: str, exit_status: int = 1) -> dict:
 class PendingSpawn:
     """A spawn request whose wrapper has not reported the start result yet."""
 
-    def __init__(self, request_id, spec: TaskSpec, fd: int) -> None:
+    def __init__(self, request_id, spec: TaskSpec, fd: int, wrapper_pid: int) -> None:
         self.request_id = request_id
         self.spec = spec
         self.fd = fd
+        self.wrapper_pid = wrapper_pid
         self.data = b""
 
 
@@ -489,6 +590,7 @@ class Agent:
         self.spawns = {}  # start-result pipe fd -> PendingSpawn
         self.spawning = {}  # real task dir -> PendingSpawn
         self.peers = {}  # connection on agent.sock -> bytes of its line received so far
+        self.accepted = {}  # connection on agent.sock -> boot_ticks() when it was accepted
         self.calls = {}  # callId -> connection of a task waiting for the answer
         self.answers = {}  # connection -> memoryview of the answer still to send
         self.last_call_id = 0
@@ -701,7 +803,9 @@ class Agent:
         argv, env, limit = check_command(args)
         if task_dir in self.spawning or live_attempt(task_dir):
             raise AgentError("TaskAlreadyRunning", "%s has a live attempt" % args["taskDir"])
-        spec = TaskSpec(key, attempt, args["taskDir"], task_dir, working_dir, argv, env, limit)
+        spec = TaskSpec(
+            self.root, key, attempt, args["taskDir"], task_dir, working_dir, argv, env, limit
+        )
         read_fd, write_fd = os.pipe()
         try:
             pid = os.fork()
@@ -713,7 +817,8 @@ class Agent:
             wrapper_main(spec, write_fd)  # never returns
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        self.spawns[read_fd] = self.spawning[task_dir] = PendingSpawn(request_id, spec, read_fd)
+        pending = PendingSpawn(request_id, spec, read_fd, pid)
+        self.spawns[read_fd] = self.spawning[task_dir] = pending
         self.selector.register(read_fd, selectors.EVENT_READ, self.on_start_result)
         return DEFERRED
 
@@ -778,6 +883,7 @@ class Agent:
                 return
             conn.setblocking(False)
             self.peers[conn] = b""
+            self.accepted[conn] = boot_ticks()
             self.selector.register(conn, selectors.EVENT_READ, self.on_peer_data)
 
     def on_peer_data(self, conn: socket.socket) -> None:
@@ -793,6 +899,7 @@ class Agent:
         if chunk and not newline and len(line) <= MAX_SOCKET_LINE_BYTES:
             return
         del self.peers[conn]
+        accepted_ticks = self.accepted.pop(conn)
         if len(line) > MAX_SOCKET_LINE_BYTES:
             message = "a call line may hold at most %d bytes" % MAX_SOCKET_LINE_BYTES
             self.answer_client(conn, call_error("CallTooLarge", message, 2))
@@ -802,7 +909,7 @@ class Agent:
         except (ValueError, RecursionError):
             message = None
         if isinstance(message, dict) and "call" in message:
-            self.start_call(conn, message["call"])
+            self.start_call(conn, message["call"], accepted_ticks)
         elif isinstance(message, dict) and message.get("event") == "exited":
             self.selector.unregister(conn)
             conn.close()
@@ -819,15 +926,42 @@ class Agent:
         event.update((name, notice.get(name)) for name in ("key", "taskDir", "attempt", "exit"))
         self.send(event)
 
-    def start_call(self, conn: socket.socket, call) -> None:
-        """Forward a task's call to the controller as a call event (or refuse it); the
-        connection waits for the answer."""
+    def session_task(self, sid: int) -> tuple | None:
+        """Return (key, attempt) of the live attempt whose command leads session sid, or
+        None. The leader's parent must be that attempt's wrapper: one this agent is
+        starting, or one whose working directory is a task dir whose attempt.json names
+        it (alive, same start time) and sid as its command."""
+        fields = proc_stat(sid)
+        if not fields or fields[3] != b"%d" % sid:  # no such process, or not a session leader
+            return None
+        wrapper = int(fields[1])
+        for pending in self.spawning.values():
+            if pending.wrapper_pid == wrapper:
+                return pending.spec.key, pending.spec.attempt
+        try:
+            task_dir = os.readlink("/proc/%d/cwd" % wrapper)
+        except OSError:
+            return None
+        if not task_dir.startswith(self.root.rstrip("/") + "/"):
+            return None
+        record = live_attempt(task_dir)
+        if not record or record.get("wrapperPid") != wrapper or record.get("pid") != sid:
+            return None
+        return record.get("key"), record.get("attempt")
+
+    def start_call(self, conn: socket.socket, call, accepted_ticks: int) -> None:
+        """Forward a task's call to the controller as a call event naming the calling task
+        (or refuse it); the connection waits for the answer."""
         fields = (("token", str), ("op", str), ("args", dict))
+        caller = None
         if not isinstance(call, dict) or not all(
             isinstance(call.get(name), kind) and call[name] != "" for name, kind in fields
         ):
             error = "call must be an object with token (str), op (str) and args (object)"
             self.answer_client(conn, call_error("BadCall", error, 2))
+        elif (caller := self.caller_task(conn, accepted_ticks)) is None:
+            error = "the caller is not in the session of a task running on this node"
+            self.answer_client(conn, call_error("CallerNotATask", error))
         elif len(self.calls) + len(self.answers) >= MAX_CALLS:
             error = "more than %d calls are open on this node" % MAX_CALLS
             self.answer_client(conn, call_error("TooManyCalls", error))
@@ -838,8 +972,14 @@ class Agent:
             on_hangup = functools.partial(self.on_call_hangup, call_id)
             self.selector.modify(conn, selectors.EVENT_READ, on_hangup)
             event = {"type": "event", "event": "call", "callId": call_id}
+            event.update(taskKey=caller[0], attempt=caller[1])
             event.update((name, call[name]) for name in ("token", "op", "args"))
             self.send(event)
+
+    def caller_task(self, conn: socket.socket, accepted_ticks: int) -> tuple | None:
+        """Return (key, attempt) of the task whose session the caller on conn is in, or None."""
+        sid = peer_session(conn, accepted_ticks)
+        return None if sid is None else self.session_task(sid)
 
     def on_call_hangup(self, call_id: int, conn: socket.socket) -> None:
         """Drop a waiting call whose client closed (more bytes it sends are ignored)."""
@@ -876,6 +1016,180 @@ class Agent:
         del self.answers[conn]
         self.selector.unregister(conn)
         conn.close()
+
+
+# ---------------------------------------------------------------- task files
+
+
+class FileCommandError(Exception):
+    """A refused read or list; ``code`` and ``message`` go into the answer header."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def path_parts(relative: str, field: str) -> list:
+    """Return the components of a relative path; raises FileCommandError("BadPath")."""
+    parts = relative.split("/")
+    if not relative or "\0" in relative or relative.startswith("/"):
+        raise FileCommandError("BadPath", "%s must be a non-empty relative path" % field)
+    if any(part in ("", ".", "..") for part in parts):
+        raise FileCommandError(
+            "BadPath", "%s has an empty, '.' or '..' part: %r" % (field, relative)
+        )
+    return parts
+
+
+def open_no_follow(dir_fd: int, name: str, want_dir: bool, shown: str) -> int:
+    """Open name in directory dir_fd without following a symlink; return the fd: an O_PATH
+    fd of a directory (usable as a dir_fd) when want_dir, else a read-only fd (non-blocking,
+    so a FIFO cannot hang us). The type is checked on what was opened, never looked up
+    again. Raises FileCommandError: PathEscapesTaskDir for a symlink, FileNotFound,
+    FileUnreadable."""
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    flags |= os.O_PATH if want_dir else os.O_RDONLY | os.O_NONBLOCK
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink as the last component
+            message = "%s is a symbolic link; links in task dirs are not followed" % shown
+            raise FileCommandError("PathEscapesTaskDir", message) from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileCommandError("FileNotFound", "%s does not exist" % shown) from None
+        message = "cannot open %s: %s" % (shown, exc.strerror)
+        raise FileCommandError("FileUnreadable", message) from None
+    mode = os.fstat(fd).st_mode
+    if want_dir and not stat.S_ISDIR(mode):
+        os.close(fd)
+        if stat.S_ISLNK(mode):  # O_PATH|O_NOFOLLOW opens the link itself
+            message = "%s is a symbolic link; links in task dirs are not followed" % shown
+            raise FileCommandError("PathEscapesTaskDir", message)
+        raise FileCommandError("FileNotFound", "%s is not a directory" % shown)
+    return fd
+
+
+def open_beneath(root: str, parts: list, want_dir: bool, named_from: int = 0) -> int:
+    """Open root/<parts> one component at a time from root, following no symlink at any
+    component (each from the previous one's fd); return the last one's fd as
+    open_no_follow does. Errors name the path from part named_from on. Raises
+    FileCommandError."""
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            shown = "/".join(parts[min(named_from, index) : index + 1])
+            last = index == len(parts) - 1
+            next_fd = open_no_follow(fd, part, want_dir or not last, shown)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_header(header: dict) -> None:
+    """Write the answer header line of a file command to stdout."""
+    write_all(1, encode_line(header))
+
+
+def copy_range(src: int, offset: int, count: int | None) -> None:
+    """Write count bytes (None: to the end) of src from offset to stdout, in chunks."""
+    while count is None or count > 0:
+        size = 1 << 20 if count is None else min(1 << 20, count)
+        chunk = os.pread(src, size, offset)
+        if not chunk:
+            return
+        write_all(1, chunk)
+        offset += len(chunk)
+        if count is not None:
+            count -= len(chunk)
+
+
+def command_read(root: str, args: list) -> None:
+    """read TASK_DIR NAME START [END]: stream bytes START..END (inclusive) of a regular
+    file under the task dir, opened without following links, after a header line."""
+    if len(args) not in (3, 4) or not all(a.isdigit() for a in args[2:]):
+        raise FileCommandError("BadRequest", "usage: read TASK_DIR NAME START [END]")
+    task_dir = path_parts(args[0], "taskDir")
+    parts = task_dir + path_parts(args[1], "name")
+    start, end = int(args[2]), int(args[3]) if len(args) == 4 else None
+    if end is not None and end < start:
+        raise FileCommandError("InvalidRange", "the range %d-%d is empty" % (start, end))
+    fd = open_beneath(root, parts, False, len(task_dir))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileCommandError("NotARegularFile", "%s is not a regular file" % args[1])
+        write_header({"ok": True, "size": st.st_size})
+        copy_range(fd, start, None if end is None else end - start + 1)
+    finally:
+        os.close(fd)
+
+
+def list_entries(dir_fd: int, prefix: str, recursive: bool, out: list) -> None:
+    """Append the entries of directory dir_fd (an O_PATH fd; names under prefix) to out,
+    descending into real directories (never links) when recursive."""
+    readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        with os.scandir(readable) as entries:
+            found = sorted((entry.name, entry.stat(follow_symlinks=False)) for entry in entries)
+    finally:
+        os.close(readable)
+    for name, st in found:
+        is_dir = stat.S_ISDIR(st.st_mode)
+        out.append(
+            {
+                "name": prefix + name,
+                "isDirectory": is_dir,
+                "size": 0 if is_dir else st.st_size,
+                "mtime": st.st_mtime,
+                "mode": stat.S_IMODE(st.st_mode),
+            }
+        )
+        if is_dir and recursive:
+            try:
+                child = open_no_follow(dir_fd, name, True, name)
+            except FileCommandError:
+                continue  # replaced or removed meanwhile
+            try:
+                list_entries(child, prefix + name + "/", recursive, out)
+            finally:
+                os.close(child)
+
+
+def command_list(root: str, args: list) -> None:
+    """list TASK_DIR [--recursive]: write one JSON line {"ok": true, "files": [...]}
+    describing the entries under the task dir, walked without following links."""
+    if len(args) not in (1, 2) or args[1:] not in ([], ["--recursive"]):
+        raise FileCommandError("BadRequest", "usage: list TASK_DIR [--recursive]")
+    fd = open_beneath(root, path_parts(args[0], "taskDir"), True)
+    try:
+        files = []
+        list_entries(fd, "", len(args) == 2, files)
+    finally:
+        os.close(fd)
+    write_header({"ok": True, "files": files})
+
+
+FILE_COMMANDS = {"read": command_read, "list": command_list}
+
+
+def run_file_command(root: str, name: str, args: list) -> int:
+    """Run one task file command; on error write {"ok": false, "error"} and return 1."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # the reader left: stop quietly
+    try:
+        FILE_COMMANDS[name](root, args)
+    except FileCommandError as exc:
+        write_header({"ok": False, "error": {"code": exc.code, "message": exc.message}})
+        return 1
+    except OSError as exc:
+        error = {"code": "FileUnreadable", "message": str(exc)}
+        with contextlib.suppress(OSError):
+            write_header({"ok": False, "error": error})
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------- startup
@@ -941,15 +1255,19 @@ def fail_hello(code: str, message: str) -> None:
 
 
 def main(argv: list) -> int:
-    """Run the agent for the node root argv[1]; return the exit status."""
+    """Run the agent for the node root argv[1], or with more arguments one task file
+    command (read, list) under it; return the exit status."""
+    if len(argv) > 2 and argv[2] in FILE_COMMANDS:
+        return run_file_command(os.path.realpath(argv[1]), argv[2], argv[3:])
     if len(argv) != 2:
-        sys.stderr.write("usage: %s ROOT\n" % argv[0])
+        sys.stderr.write("usage: %s ROOT [read|list ARGS...]\n" % argv[0])
         return 2
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited wrappers
     root = os.path.realpath(argv[1])
     volatile = os.path.join(root, "volatile")
     try:
-        os.makedirs(volatile, exist_ok=True)
+        os.makedirs(volatile, exist_ok=True)  # parents with the login's usual modes
+        TASK_UMASK[0] = os.umask(AGENT_UMASK)
         lock_fd = acquire_lock(os.path.join(volatile, LOCK_NAME), lock_timeout())
         if lock_fd is None:
             fail_hello("AgentBusy", "another agent holds %s/%s" % (volatile, LOCK_NAME))

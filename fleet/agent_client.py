@@ -14,7 +14,7 @@ from fleet.ssh import Connection, Process
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 1
+PROTOCOL = 2
 HELLO_TIMEOUT = 30.0
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -28,6 +28,18 @@ def agent_remote_path(root: str) -> str:
 def client_remote_path(root: str) -> str:
     """Return where the node-side client for tasks (``fleet-task``) lives on a node."""
     return f"{root.rstrip('/')}/volatile/fleet-task-{client_hash()[:16]}.py"
+
+
+async def install_agent(conn: Connection, root: str) -> str:
+    """Upload this version's agent and task client to the node root unless they are there
+    already; return the agent's path. Raises Unreachable or RemoteError."""
+    path = agent_remote_path(root)
+    helper = client_remote_path(root)
+    for remote, source, mode in ((path, agent_source, 0o644), (helper, client_source, 0o755)):
+        if not await conn.exists(remote):
+            await conn.makedirs(f"{root.rstrip('/')}/volatile")
+            await conn.upload_bytes(source(), remote, mode)
+    return path
 
 
 class AgentClient:
@@ -47,12 +59,7 @@ class AgentClient:
     async def launch(cls, conn: Connection, root: str, on_event: EventHandler) -> AgentClient:
         """Upload the agent if this node lacks this version, start it and return the client
         once it said hello. Raises AgentError or Unreachable."""
-        path = agent_remote_path(root)
-        helper = client_remote_path(root)
-        for remote, source, mode in ((path, agent_source, 0o644), (helper, client_source, 0o755)):
-            if not await conn.exists(remote):
-                await conn.makedirs(f"{root.rstrip('/')}/volatile")
-                await conn.upload_bytes(source(), remote, mode)
+        path = await install_agent(conn, root)
         process = await conn.start_process(["python3", path, root])
         client = cls(conn.target.host_id, process, on_event)
         await client._handshake()

@@ -61,11 +61,15 @@ async def ensure_accounts(
 async def prepare_workdir(
     conn: Connection, identity: dict[str, Any] | None, wd: str, login_user: str
 ) -> None:
-    """Make a named user's task working directory theirs before the task starts."""
+    """Make a named user's task working directory theirs before the task starts: owned by
+    them, group the login user's, mode 2750 (what the task writes there inherits the
+    group, so fleet can still read outputs; nobody else can enter)."""
     if not identity or "username" not in identity or not needs_sudo(identity, login_user):
         return
     await conn.makedirs(wd)
-    await _must(conn, [*SUDO, "chown", f"{identity['username']}:", wd], identity["username"])
+    name = identity["username"]
+    await _must(conn, [*SUDO, "chown", name, wd], name)  # the group stays the login user's
+    await _must(conn, [*SUDO, "chmod", "2750", wd], name)
 
 
 async def _must(conn: Connection, argv: list[str], name: str, stdin: bytes | None = None) -> None:

@@ -360,6 +360,9 @@ class NodeLink:
         loop = asyncio.get_running_loop()
         self._start_waiter = loop.create_future()
         try:
+            assert self.conn is not None
+            user, wd = spec.get("userIdentity"), f"{root}/{START_TASK_DIR}/wd"
+            await identity.prepare_workdir(self.conn, user, wd, self.login_user)  # wd is 0700
             await self.agent.request(
                 "spawn",
                 key=START_TASK_KEY,

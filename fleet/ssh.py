@@ -300,12 +300,6 @@ class Connection:
         async with _translated(self.target, remote):
             await sftp.get(remote, local)
 
-    async def realpath(self, path: str) -> str:
-        """Return ``path`` with every symlink resolved, as the node sees it."""
-        sftp = await self.sftp()
-        async with _translated(self.target, path):
-            return str(await sftp.realpath(path))
-
     async def walk(self, path: str, recursive: bool) -> list[RemoteFile]:
         """Return the entries under directory ``path`` (relative names, '/'-separated),
         descending into subdirectories when ``recursive``; symlinks are not followed."""
@@ -329,14 +323,6 @@ class Connection:
                     if is_dir and recursive:
                         pending.append(child)
         return sorted(out, key=lambda f: f.name)
-
-    async def read_range(self, path: str, start: int = 0, end: int | None = None) -> bytes:
-        """Return bytes ``start`` .. ``end`` (inclusive, as HTTP ranges) of a remote file."""
-        sftp = await self.sftp()
-        async with _translated(self.target, path), sftp.open(path, "rb") as f:
-            await f.seek(start)
-            size = -1 if end is None else max(0, end - start + 1)
-            return _as_bytes(await f.read(size))
 
     async def close(self, grace: float = CLOSE_GRACE) -> None:
         """Close the connection and wait up to ``grace`` seconds for it to go, then abort it.
@@ -371,6 +357,20 @@ class Process:
             return bytes(await self._proc.stdout.readline())
         except (asyncssh.Error, OSError):
             return b""
+
+    async def read(self, size: int) -> bytes:
+        """Return up to ``size`` bytes of stdout, b'' at its end. The channel's window
+        bounds what is buffered, so a slow reader slows the sender. Raises Unreachable
+        when the connection drops."""
+        async with _translated(self._target):
+            return bytes(await self._proc.stdout.read(size))
+
+    async def wait(self) -> int | None:
+        """Wait for the process to end; return its exit status (None if killed by a
+        signal). Raises Unreachable when the connection drops."""
+        async with _translated(self._target):
+            done = await self._proc.wait()
+        return done.exit_status if done.exit_status is not None and done.exit_status >= 0 else None
 
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the process's stdin; Raises Unreachable if the channel is gone."""

@@ -2,8 +2,12 @@
 
 A task that may call (a job manager) gets a random token in its environment; only
 its SHA-256 is stored. A call arrives through the node agent (docs/agent-protocol.md,
-"Calls from tasks") and may touch the caller's own job only. Nodes never need a route
-to the controller: the call rides the SSH channel the controller opened.
+"Calls from tasks") and may touch the caller's own job only. A token is bound to the
+attempt it was issued to: the agent names the task whose process session the call came
+from, and the call is honoured only if the token is that task's and it arrived over
+the link of the node that attempt runs on, so a token read from another task's
+environment is worth nothing. Nodes never need a route to the controller: the call
+rides the SSH channel the controller opened.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
@@ -49,6 +54,48 @@ def client_env(root: str, token: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who made a call: the token shown, the task (``job/task``) and attempt in whose
+    session the agent saw the calling process, and the node whose link carried it."""
+
+    token: str
+    task_key: str
+    attempt: int | None
+    node_id: str
+
+    @classmethod
+    def of(cls, node_id: str, msg: dict[str, Any]) -> Caller:
+        """Return the caller of a ``call`` event from ``node_id``'s agent."""
+        attempt = msg.get("attempt")
+        return cls(
+            token=str(msg.get("token", "")),
+            task_key=str(msg.get("taskKey", "")),
+            attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
+            node_id=node_id,
+        )
+
+
+def check_caller(holder: Task | None, caller: Caller) -> str:
+    """Return the job the caller may act on: that of ``holder``, the task whose token
+    hash matches the caller's token. Raises FleetError ``InvalidToken`` unless the holder
+    is a running task, it is the calling task and attempt, and the call came over the
+    link of the node that attempt runs on."""
+    if (
+        not caller.token
+        or holder is None
+        or holder.state == TaskState.COMPLETED
+        or f"{holder.job_id}/{holder.id}" != caller.task_key
+        or holder.attempt != caller.attempt
+        or holder.node_id != caller.node_id
+    ):
+        raise FleetError(
+            "the call's token belongs to no running job manager of the calling task on this node",
+            code="InvalidToken",
+        )
+    return holder.job_id
+
+
 class TaskCalls:
     """Answers the calls tasks make through their node's agent."""
 
@@ -64,11 +111,10 @@ class TaskCalls:
     async def _answer(self, node_id: str, agent: AgentClient, msg: dict[str, Any]) -> None:
         answer: dict[str, Any]
         try:
+            caller = Caller.of(node_id, msg)
             answer = {
                 "ok": True,
-                "result": self.run(
-                    str(msg.get("token", "")), str(msg.get("op", "")), msg.get("args") or {}
-                ),
+                "result": self.run(caller, str(msg.get("op", "")), msg.get("args") or {}),
             }
         except FleetError as exc:
             answer = {
@@ -82,9 +128,9 @@ class TaskCalls:
         except FleetError as exc:
             log.info("node %s: call %s not answered: %s", node_id, msg.get("callId"), exc)
 
-    def run(self, token: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Carry out one call for the task holding ``token``. Raises FleetError."""
-        job_id = self._caller_job(token)
+    def run(self, caller: Caller, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Carry out one call for the task holding the caller's token. Raises FleetError."""
+        job_id = self._caller_job(caller)
         store = self.c.store
         if op == "addTasks":
             rows = task_service.add_tasks(store, job_id, args.get("tasks"))
@@ -99,11 +145,9 @@ class TaskCalls:
             f"unknown call {op!r}; calls are addTasks, listTasks, showJob", code="UnknownCall"
         )
 
-    def _caller_job(self, token: str) -> str:
+    def _caller_job(self, caller: Caller) -> str:
         with self.c.store.session() as s:
-            task = s.exec(select(Task).where(col(Task.token_hash) == token_hash(token))).first()
-        if not token or task is None or task.state == TaskState.COMPLETED:
-            raise FleetError(
-                "the call's token belongs to no running job manager", code="InvalidToken"
-            )
-        return task.job_id
+            holder = s.exec(
+                select(Task).where(col(Task.token_hash) == token_hash(caller.token))
+            ).first()
+        return check_caller(holder, caller)

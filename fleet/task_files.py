@@ -1,26 +1,35 @@
-"""Files of a task: listed and read on its node over SFTP, else from the controller's copies.
+"""Files of a task: listed and streamed from its node without following links, else from
+the controller's copies.
 
-Every name is resolved inside the task directory, symlinks included; a name that
-escapes it is refused. When the node cannot be reached (or the task directory is
-gone), the copies the controller collected when the task ended (stdout.txt,
-stderr.txt, exit.json) still answer.
+On the node, the agent file runs as a one-shot command (``read`` or ``list``, see
+docs/agent-protocol.md "Task files") that walks from the node root one component at a
+time and never follows a symlink, so a task swapping a directory for a link cannot
+point a download outside its directory; the bytes stream over the SSH channel in
+bounded chunks. When the node cannot be reached (or the task directory is gone), the
+copies the controller collected when the task ended (stdout.txt, stderr.txt,
+exit.json) still answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from fleet import file_patterns, targets, views
+from fleet import environment, file_patterns, targets, views
+from fleet.agent_client import install_agent
 from fleet.errors import BadInput, FleetError, NotFound, RemoteError
 from fleet.service.tasks import COLLECTED_FILES, show_task
 from fleet.settings import Settings
-from fleet.ssh import Connection
+from fleet.ssh import Connection, Process
 from fleet.store import Store
 from fleet.tables import Task
+
+CHUNK = 1 << 20
+#: Codes of the node's file commands that mean the request itself is bad (exit 2).
+BAD_REQUEST_CODES = {"PathEscapesTaskDir", "BadPath", "NotARegularFile", "InvalidRange"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,10 @@ class Where:
 
     task: Task
     collected: Path
+
+    @property
+    def target(self) -> str:
+        return f"task {self.task.job_id}/{self.task.id}"
 
 
 def _locate(settings: Settings, store: Store, job_id: str, task_id: str) -> Where:
@@ -47,22 +60,36 @@ def _entry(
     return {"name": name, "isDirectory": is_dir, "properties": props}
 
 
+def _on_node(task: Task) -> tuple[str, str] | None:
+    """Return (node root, task dir relative to it) of a task placed on a node, or None."""
+    if not task.node_id or not task.task_root:
+        return None
+    task_dir = environment.task_dir(task.job_id, task.id)
+    root = task.task_root.removesuffix(f"/{task_dir}")
+    return (root, task_dir) if root != task.task_root else None
+
+
+def _bad_request(where: Where, exc: RemoteError, field: str) -> BadInput:
+    return BadInput(exc.message, code=exc.code, target=where.target, field=field)
+
+
 def list_files(
     settings: Settings, store: Store, job_id: str, task_id: str, recursive: bool = False
 ) -> list[dict[str, Any]]:
     """Return the task's files as Azure NodeFile objects (``name``, ``isDirectory``,
-    ``properties``). Raises NotFound for an unknown task, or one never placed and
-    with nothing collected."""
+    ``properties``); symlinks are listed, never followed. Raises NotFound for an unknown
+    task, or one never placed and with nothing collected; BadInput
+    ``PathEscapesTaskDir`` when the task directory itself was replaced by a link."""
     where = _locate(settings, store, job_id, task_id)
-    if where.task.node_id and where.task.task_root:
+    if (placed := _on_node(where.task)) is not None:
         try:
-            return asyncio.run(_list_remote(store, where.task, recursive))
-        except (RemoteError, NotFound):
-            pass  # node gone or dir swept: fall back to what was collected
+            return asyncio.run(_list_remote(store, where.task, *placed, recursive))
+        except RemoteError as exc:
+            if exc.code in BAD_REQUEST_CODES:
+                raise _bad_request(where, exc, "taskDir") from exc
+            # node gone or dir swept: fall back to what was collected
     if not where.collected.is_dir():
-        raise NotFound(
-            "the task has no files yet", code="FileNotFound", target=f"task {job_id}/{task_id}"
-        )
+        raise NotFound("the task has no files yet", code="FileNotFound", target=where.target)
     return [
         _entry(p.name, False, p.stat().st_size, p.stat().st_mtime, p.stat().st_mode)
         for p in sorted(where.collected.iterdir())
@@ -70,69 +97,134 @@ def list_files(
     ]
 
 
-async def _list_remote(store: Store, task: Task, recursive: bool) -> list[dict[str, Any]]:
-    assert task.node_id and task.task_root
+async def _list_remote(
+    store: Store, task: Task, root: str, task_dir: str, recursive: bool
+) -> list[dict[str, Any]]:
+    assert task.node_id
     conn = await Connection.open(targets.for_host(store, task.node_id))
     try:
+        proc = await _file_command(conn, root, ["list", task_dir, *(["--recursive"] * recursive)])
+        header = await _header(conn, proc)
+        files = header.get("files")
+        if not isinstance(files, list):
+            raise RemoteError("the node's file list is malformed", target=_node(conn))
         return [
-            _entry(f.name, f.is_directory, f.size, f.mtime, f.mode)
-            for f in await conn.walk(task.task_root, recursive)
+            _entry(f["name"], bool(f["isDirectory"]), f["size"], f.get("mtime"), f.get("mode"))
+            for f in files
         ]
     finally:
         await conn.close()
 
 
-def read_file(
+def download(
     settings: Settings,
     store: Store,
     job_id: str,
     task_id: str,
     name: str,
+    sink: BinaryIO,
     start: int | None = None,
     end: int | None = None,
-) -> bytes:
-    """Return the bytes ``start``..``end`` (inclusive) of a file under the task directory.
+) -> int:
+    """Write bytes ``start``..``end`` (inclusive) of a file under the task directory to
+    ``sink`` in chunks of at most 1 MiB; return how many were written. Bytes past the
+    end of the file are not there to write.
 
-    Raises BadInput for a name that escapes the task directory or a bad range, and
-    NotFound when the file exists neither on the node nor among the collected copies."""
-    rel = file_patterns.safe_relpath(name, target=f"task {job_id}/{task_id}", field="name")
+    Raises BadInput for a name that escapes the task directory (``PathEscapesTaskDir``
+    for a symlink at any part of the path), a file that is not regular or a bad range;
+    NotFound when the file exists neither on the node nor among the collected copies;
+    RemoteError if the node fails in the middle of the stream."""
+    target = f"task {job_id}/{task_id}"
+    rel = file_patterns.safe_relpath(name, target=target, field="name")
     if (start is not None and start < 0) or (end is not None and (end < 0 or end < (start or 0))):
-        raise BadInput(
-            f"bad byte range {start}-{end}", code="InvalidRange", target=f"task {job_id}/{task_id}"
-        )
+        raise BadInput(f"bad byte range {start}-{end}", code="InvalidRange", target=target)
     where = _locate(settings, store, job_id, task_id)
-    if where.task.node_id and where.task.task_root:
+    if (placed := _on_node(where.task)) is not None:
         try:
-            return asyncio.run(_read_remote(store, where.task, rel, start or 0, end))
+            return asyncio.run(_stream_remote(store, where.task, *placed, rel, start, end, sink))
         except RemoteError as exc:
-            if exc.code == "PathEscapesTaskDir":
-                raise BadInput(
-                    str(exc.message), code=exc.code, target=f"task {job_id}/{task_id}", field="name"
-                ) from exc
+            if exc.code in BAD_REQUEST_CODES:
+                raise _bad_request(where, exc, "name") from exc
+            if exc.details.get("written"):
+                raise  # part of it went out already: no fallback can mend that
     local = where.collected / rel
-    if rel in COLLECTED_FILES and local.is_file():
-        with local.open("rb") as f:
-            f.seek(start or 0)
-            return f.read(-1 if end is None else end - (start or 0) + 1)
-    raise NotFound(
-        f"no file {rel!r} for this task", code="FileNotFound", target=f"task {job_id}/{task_id}"
-    )
+    if rel in COLLECTED_FILES and local.is_file() and not local.is_symlink():
+        return _copy_local(local, sink, start or 0, end)
+    raise NotFound(f"no file {rel!r} for this task", code="FileNotFound", target=target)
 
 
-async def _read_remote(store: Store, task: Task, rel: str, start: int, end: int | None) -> bytes:
-    assert task.node_id and task.task_root
+def _copy_local(path: Path, sink: BinaryIO, start: int, end: int | None) -> int:
+    written = 0
+    with path.open("rb") as f:
+        f.seek(start)
+        while end is None or start + written <= end:
+            want = CHUNK if end is None else min(CHUNK, end - start - written + 1)
+            if not (chunk := f.read(want)):
+                break
+            sink.write(chunk)
+            written += len(chunk)
+    return written
+
+
+async def _stream_remote(
+    store: Store,
+    task: Task,
+    root: str,
+    task_dir: str,
+    rel: str,
+    start: int | None,
+    end: int | None,
+    sink: BinaryIO,
+) -> int:
+    assert task.node_id
     conn = await Connection.open(targets.for_host(store, task.node_id))
+    written = 0
     try:
-        base = await conn.realpath(task.task_root)
-        real = await conn.realpath(f"{task.task_root}/{rel}")
-        if real != base and not real.startswith(base.rstrip("/") + "/"):
-            raise RemoteError(
-                f"{rel} resolves outside the task directory", code="PathEscapesTaskDir"
-            )
-        return await conn.read_range(real, start, end)
-    except FleetError:
+        bounds = [str(start or 0), *([str(end)] if end is not None else [])]
+        proc = await _file_command(conn, root, ["read", task_dir, rel, *bounds])
+        await _header(conn, proc)
+        while chunk := await proc.read(CHUNK):
+            sink.write(chunk)
+            written += len(chunk)
+        if await proc.wait() != 0:
+            raise RemoteError(f"reading {rel} on the node failed midway", target=_node(conn))
+        return written
+    except FleetError as exc:
+        exc.details["written"] = written
         raise
-    except OSError as exc:
-        raise RemoteError(os.strerror(exc.errno or 0)) from exc
     finally:
         await conn.close()
+
+
+async def _file_command(conn: Connection, root: str, argv: list[str]) -> Process:
+    """Start the agent file as a one-shot task file command on the node (as argv, quoted
+    by the SSH layer, never a shell string built from names)."""
+    agent = await install_agent(conn, root)
+    return await conn.start_process(["python3", agent, root, *argv])
+
+
+async def _header(conn: Connection, proc: Process) -> dict[str, Any]:
+    """Return the ok header line of a file command; raises RemoteError with the node's
+    code for a refusal (FileNotFound, PathEscapesTaskDir, ...)."""
+    line = await proc.readline()
+    try:
+        header = json.loads(line)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        detail = (await proc.stderr_text()).strip()[-300:]
+        raise RemoteError(
+            f"the node's file command failed: {detail or 'no answer'}", target=_node(conn)
+        )
+    if header.get("ok") is not True:
+        error = header.get("error") or {}
+        raise RemoteError(
+            str(error.get("message", "refused")),
+            code=str(error.get("code", "RemoteError")),
+            target=_node(conn),
+        )
+    return header
+
+
+def _node(conn: Connection) -> str:
+    return f"node {conn.target.host_id}"

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 import agent_bootstrap
-from agent_bootstrap import agent_hash, agent_source, client_hash, client_source, fleet_task
+from agent_bootstrap import agent_hash, agent_source, client_hash, client_source
+from tests.task_session import TaskSession
 
 AGENT = Path(agent_bootstrap.__file__).resolve().parent / "fleet_agent.py"
 CLIENT = AGENT.parent / "fleet_task.py"
@@ -217,7 +218,7 @@ def test_package_helpers_return_the_client_file():
 def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
     agent = agents(node_root="root", cwd=tmp_path)  # a relative root resolves against cwd
     hello = agent.hello
-    assert hello["type"] == "hello" and hello["protocol"] == 1 and "error" not in hello
+    assert hello["type"] == "hello" and hello["protocol"] == 2 and "error" not in hello
     assert hello["pid"] == agent.proc.pid
     assert hello["bootId"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert hello["root"] == os.path.realpath(root)
@@ -250,7 +251,7 @@ def test_spawn_records_output_exit_code_and_event(agents, root):
     record = event["exit"]
     assert event["key"] == "job/t1" and event["attempt"] == 1
     assert record == json.loads((task / "exit.json").read_text())
-    assert record["protocol"] == 1 and record["key"] == "job/t1" and record["attempt"] == 1
+    assert record["protocol"] == 2 and record["key"] == "job/t1" and record["attempt"] == 1
     assert record["exitCode"] == 3 and record["signal"] is None
     assert record["timedOut"] is False and record["error"] is None
     assert record["pid"] == started["result"]["pid"]
@@ -471,7 +472,7 @@ def test_second_agent_waits_for_the_lock(agents):
     first = agents()
     began = time.monotonic()
     busy = agents(env={"FLEET_AGENT_LOCK_TIMEOUT": "0.5"})
-    assert busy.hello["protocol"] == 1 and busy.hello["error"]["code"] == "AgentBusy"
+    assert busy.hello["protocol"] == 2 and busy.hello["error"]["code"] == "AgentBusy"
     assert busy.proc.wait(5) == 3
     assert time.monotonic() - began >= 0.45
     assert first.call("ping")
@@ -573,10 +574,20 @@ def test_hundreds_of_spawns_are_served_quickly(agents):
 # ---------------------------------------------------------------- calls from tasks
 
 
-def run_client(root, *argv, env=None, stdin_text=None):
-    """Start fleet_task.py as a task would (FLEET_AGENT_DIR, FLEET_TASK_TOKEN set)."""
+def client_env(root, env=None):
     full_env = {**os.environ, "FLEET_AGENT_DIR": str(root / "volatile")}
-    full_env.update({"FLEET_TASK_TOKEN": "tok-1", **(env or {})})
+    return {**full_env, "FLEET_TASK_TOKEN": "tok-1", **(env or {})}
+
+
+def run_client(session, *argv, env=None, stdin_text=None):
+    """Start fleet_task.py in a task's session (FLEET_AGENT_DIR, FLEET_TASK_TOKEN set)."""
+    full_env = client_env(session.root, env)
+    return session.run([AGENT_PYTHON, str(CLIENT), *argv], full_env, (stdin_text or "").encode())
+
+
+def run_client_outside(root, *argv, env=None, stdin_text=None):
+    """Start fleet_task.py outside any task's session."""
+    full_env = client_env(root, env)
     read_fd, write_fd = os.pipe()
     os.write(write_fd, (stdin_text or "").encode())  # small: fits in the pipe
     os.close(write_fd)
@@ -597,15 +608,33 @@ def client_outcome(proc):
     return proc.returncode, out, err
 
 
+@pytest.fixture
+def session_of():
+    """Start TaskSession helpers (tasks whose session calls come from); stop them after."""
+    started = []
+
+    def start(agent, root, name="caller"):
+        started.append(TaskSession(agent, root, AGENT_PYTHON, name))
+        return started[-1]
+
+    yield start
+    for session in started:
+        session.close()
+
+
 def call_line(token="tok-1", op="listTasks", args=None):
     return json.dumps({"call": {"token": token, "op": op, "args": args or {}}}).encode() + b"\n"
 
 
-def open_call(root, line):
-    """Connect to agent.sock as a client and send line; return the socket."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def open_call(root_or_session, line):
+    """Connect to agent.sock (in a task's session when given one, else from the test
+    process) and send line; return the socket."""
+    if isinstance(root_or_session, TaskSession):
+        sock = root_or_session.connect()
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(root_or_session / "volatile" / "agent.sock"))
     sock.settimeout(TIMEOUT)
-    sock.connect(str(root / "volatile" / "agent.sock"))
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         sock.sendall(line)
     return sock
@@ -635,19 +664,22 @@ def agent_socket_count(agent):
     return count
 
 
-def test_call_from_a_task_reaches_the_controller_and_back(agents, tmp_path):
+def test_call_from_a_task_reaches_the_controller_and_back(agents, tmp_path, session_of):
     # A root too long for a socket path: agent and client both use the relative name.
     root = tmp_path / ("r" * 60) / ("s" * 60) / "root"
     agent = agents(node_root=root)
     assert len(str(root / "volatile" / "agent.sock")) > 107
+    session = session_of(agent, root)
     client = run_client(
-        root, "add-task", "--id", "t1", "--command-line", "echo hi", "--env", "A=1=2"
+        session, "add-task", "--id", "t1", "--command-line", "echo hi", "--env", "A=1=2"
     )
     event = agent.wait_event("call")
     assert event == {
         "type": "event",
         "event": "call",
         "callId": event["callId"],
+        "taskKey": "job/caller",
+        "attempt": 1,
         "token": "tok-1",
         "op": "addTasks",
         "args": {
@@ -670,7 +702,7 @@ def test_call_from_a_task_reaches_the_controller_and_back(agents, tmp_path):
     assert answer(agent, event["callId"], ok=True, result={})["error"]["code"] == "UnknownCall"
 
     tasks = [{"id": "a", "commandLine": "true"}, {"id": "b", "commandLine": "false"}]
-    client = run_client(root, "add-tasks", "--json-file", "-", stdin_text=json.dumps(tasks))
+    client = run_client(session, "add-tasks", "--json-file", "-", stdin_text=json.dumps(tasks))
     second = agent.wait_event("call")
     assert second["callId"] > event["callId"]
     assert (second["op"], second["args"]) == ("addTasks", {"tasks": tasks})
@@ -678,7 +710,7 @@ def test_call_from_a_task_reaches_the_controller_and_back(agents, tmp_path):
     status, out, _ = client_outcome(client)
     assert (status, json.loads(out)) == (0, tasks)
 
-    client = run_client(root, "show-job")
+    client = run_client(session, "show-job")
     third = agent.wait_event("call")
     assert (third["op"], third["args"]) == ("showJob", {})
     assert answer(agent, third["callId"], ok=True, result={"job": {"id": "J"}})["ok"]
@@ -686,71 +718,85 @@ def test_call_from_a_task_reaches_the_controller_and_back(agents, tmp_path):
     assert (status, json.loads(out)) == (0, {"id": "J"})
 
 
-def test_python_api_of_the_client(agents, root, monkeypatch, tmp_path):
+PYTHON_API = """
+import importlib.util, json, os, sys
+spec = importlib.util.spec_from_file_location("ft", sys.argv[1])
+ft = importlib.util.module_from_spec(spec); spec.loader.exec_module(ft)
+def show(function, *args):
+    try:
+        print(json.dumps(["ok", function(*args)]))
+    except ft.FleetTaskError as exc:
+        print(json.dumps(["error", exc.code, exc.message, exc.exit_status]))
+    sys.stdout.flush()
+cwd = os.getcwd()
+show(ft.list_tasks)
+print(json.dumps(os.getcwd() == cwd))
+show(ft.add_tasks, [{"id": "y", "commandLine": "true"}])
+show(ft.call, "showJob", {}, 0.3)
+del os.environ["FLEET_TASK_TOKEN"]
+show(ft.show_job)
+"""
+
+
+def test_python_api_of_the_client(agents, root, session_of):
     agent = agents()
-    monkeypatch.setenv("FLEET_AGENT_DIR", str(root / "volatile"))
-    monkeypatch.setenv("FLEET_TASK_TOKEN", "tok-2")
-    monkeypatch.chdir(tmp_path)
-    outcome = queue.Queue()
-
-    def in_thread(function, *args):
-        def run():
-            try:
-                outcome.put(function(*args))
-            except fleet_task.FleetTaskError as exc:
-                outcome.put(exc)
-
-        threading.Thread(target=run, daemon=True).start()
-
-    in_thread(fleet_task.list_tasks)
+    session = session_of(agent, root)
+    script = session.run(
+        [AGENT_PYTHON, "-c", PYTHON_API, str(CLIENT)],
+        client_env(root, {"FLEET_TASK_TOKEN": "tok-2"}),
+    )
     event = agent.wait_event("call")
     assert (event["token"], event["op"], event["args"]) == ("tok-2", "listTasks", {})
     assert answer(agent, event["callId"], ok=True, result={"tasks": [{"id": "x"}]})["ok"]
-    assert outcome.get(timeout=TIMEOUT) == [{"id": "x"}]
-    assert Path.cwd() == tmp_path  # restored after connecting
 
-    in_thread(fleet_task.add_tasks, [{"id": "y", "commandLine": "true"}])
     event = agent.wait_event("call")
     assert event["args"] == {"tasks": [{"id": "y", "commandLine": "true"}]}
     error = {"code": "TaskExists", "message": "task y exists", "exitStatus": 4}
     assert answer(agent, event["callId"], ok=False, error=error)["ok"]
-    exc = outcome.get(timeout=TIMEOUT)
-    assert isinstance(exc, fleet_task.FleetTaskError)
-    assert (exc.code, exc.message, exc.exit_status) == ("TaskExists", "task y exists", 4)
 
-    in_thread(fleet_task.call, "showJob", {}, 0.3)
     event = agent.wait_event("call")
-    exc = outcome.get(timeout=TIMEOUT)
-    assert (exc.code, exc.exit_status) == ("TimedOut", 5)
+    assert event["op"] == "showJob"
     wait_until(lambda: agent_socket_count(agent) == 1, what="the agent to drop the call")
     assert answer(agent, event["callId"], ok=True, result={})["error"]["code"] == "UnknownCall"
 
-    monkeypatch.delenv("FLEET_TASK_TOKEN")
-    with pytest.raises(fleet_task.FleetTaskError) as raised:
-        fleet_task.show_job()
-    assert (raised.value.code, raised.value.exit_status) == ("NotInATask", 2)
+    status, out, _ = client_outcome(script)
+    assert status == 0
+    assert [json.loads(line) for line in out.splitlines()] == [
+        ["ok", [{"id": "x"}]],
+        True,  # the working directory is restored after connecting
+        ["error", "TaskExists", "task y exists", 4],
+        ["error", "TimedOut", "no answer from the controller within 0.3 s", 5],
+        [
+            "error",
+            "NotInATask",
+            "FLEET_TASK_TOKEN is not set: calls work only from a fleet task that may call",
+            2,
+        ],
+    ]
 
 
-def test_error_answer_sets_the_client_exit_status(agents, root, tmp_path):
+def test_error_answer_sets_the_client_exit_status(agents, root, tmp_path, session_of):
     agent = agents()
-    client = run_client(root, "list-tasks")
+    client = run_client(session_of(agent, root), "list-tasks")
     event = agent.wait_event("call")
     error = {"code": "JobNotActive", "message": "the job is completed", "exitStatus": 4}
     assert answer(agent, event["callId"], ok=False, error=error)["ok"]
     assert client_outcome(client) == (4, "", "error [JobNotActive]: the job is completed\n")
 
     # Outside a task, or with no agent listening, the client fails on its own.
-    status, _, err = client_outcome(run_client(root, "show-job", env={"FLEET_TASK_TOKEN": ""}))
+    outside = run_client_outside(root, "show-job", env={"FLEET_TASK_TOKEN": ""})
+    status, _, err = client_outcome(outside)
     assert status == 2 and err.startswith("error [NotInATask]: FLEET_TASK_TOKEN")
     no_agent = {"FLEET_AGENT_DIR": str(tmp_path)}
-    status, _, err = client_outcome(run_client(root, "show-job", env=no_agent))
+    status, _, err = client_outcome(run_client_outside(root, "show-job", env=no_agent))
     assert status == 1 and err.startswith("error [AgentUnavailable]: ")
 
 
-def test_client_that_disconnects_leaves_an_unknown_call(agents, root):
+def test_client_that_disconnects_leaves_an_unknown_call(agents, root, session_of):
     agent = agents()
+    session = session_of(agent, root)
     baseline = agent_socket_count(agent)
-    sock = open_call(root, call_line())
+    sock = open_call(session, call_line())
     event = agent.wait_event("call")
     sock.close()
     wait_until(lambda: agent_socket_count(agent) == baseline, what="the agent to drop the call")
@@ -768,10 +814,11 @@ def test_client_that_disconnects_leaves_an_unknown_call(agents, root):
         assert agent.error_code("answer", args) == "BadRequest", args
 
 
-def test_pending_calls_get_controller_unavailable_when_stdin_closes(agents, root):
+def test_pending_calls_get_controller_unavailable_when_stdin_closes(agents, root, session_of):
     agent = agents()
-    client = run_client(root, "show-job")
-    sock = open_call(root, call_line(op="showJob"))
+    session = session_of(agent, root)
+    client = run_client(session, "show-job")
+    sock = open_call(session, call_line(op="showJob"))
     for _ in range(2):
         agent.wait_event("call")
     agent.close()
@@ -809,7 +856,8 @@ def test_malformed_and_oversized_calls_are_refused(agents, root, tmp_path):
     # The client reads the refusal even though the agent stopped reading its line.
     tasks = tmp_path / "tasks.json"
     tasks.write_text(json.dumps({"id": "big", "commandLine": "x" * (1 << 20)}))
-    status, _, err = client_outcome(run_client(root, "add-tasks", "--json-file", str(tasks)))
+    big_call = run_client_outside(root, "add-tasks", "--json-file", str(tasks))
+    status, _, err = client_outcome(big_call)
     assert status == 2 and err.startswith("error [CallTooLarge]: ")
 
     ping_id = agent.send("ping")
@@ -817,11 +865,12 @@ def test_malformed_and_oversized_calls_are_refused(agents, root, tmp_path):
     assert agent.proc.poll() is None
 
 
-def test_concurrent_calls_are_answered_out_of_order_beside_exit_notices(agents, root):
+def test_concurrent_calls_are_answered_out_of_order_beside_exit_notices(agents, root, session_of):
     agent = agents()
-    first = run_client(root, "list-tasks", env={"FLEET_TASK_TOKEN": "first"})
+    session = session_of(agent, root)
+    first = run_client(session, "list-tasks", env={"FLEET_TASK_TOKEN": "first"})
     event_1 = agent.wait_event("call")
-    second = run_client(root, "list-tasks", env={"FLEET_TASK_TOKEN": "second"})
+    second = run_client(session, "list-tasks", env={"FLEET_TASK_TOKEN": "second"})
     event_2 = agent.wait_event("call")
     assert (event_1["token"], event_2["token"]) == ("first", "second")
     assert event_2["callId"] > event_1["callId"]
@@ -837,27 +886,105 @@ def test_concurrent_calls_are_answered_out_of_order_beside_exit_notices(agents, 
     assert (status, json.loads(out)) == (0, [{"id": "1"}])
 
 
-def test_too_many_pending_calls_are_refused(agents, root):
+def test_too_many_pending_calls_are_refused(agents, root, session_of):
     agent = agents()
-    socks = [open_call(root, call_line(token=f"t{i}")) for i in range(64)]
+    session = session_of(agent, root)
+    socks = [open_call(session, call_line(token=f"t{i}")) for i in range(64)]
     events = [agent.wait_event("call") for _ in socks]
     assert len({e["callId"] for e in events}) == 64
-    error = read_answer(open_call(root, call_line()))["error"]
+    error = read_answer(open_call(session, call_line()))["error"]
     assert (error["code"], error["exitStatus"]) == ("TooManyCalls", 1)
     assert answer(agent, events[0]["callId"], ok=True, result={"n": 0})["ok"]
     assert read_answer(socks[0]) == {"ok": True, "result": {"n": 0}}
-    sock = open_call(root, call_line(token="late"))
+    sock = open_call(session, call_line(token="late"))
     assert agent.wait_event("call")["token"] == "late"
     sock.close()
     for other in socks[1:]:
         other.close()
 
 
-def test_a_large_answer_reaches_a_slow_client(agents, root):
+def test_a_large_answer_reaches_a_slow_client(agents, root, session_of):
     agent = agents()
-    sock = open_call(root, call_line())
+    sock = open_call(session_of(agent, root), call_line())
     event = agent.wait_event("call")
     tasks = [{"id": f"t{i}", "commandLine": "x" * 1000} for i in range(5000)]
     assert answer(agent, event["callId"], ok=True, result={"tasks": tasks})["ok"]
     assert agent.call("ping")  # the agent serves while the answer waits for the client
     assert read_answer(sock) == {"ok": True, "result": {"tasks": tasks}}
+
+
+ESCAPED_CALLER = """
+import os, socket, sys
+os.setsid()  # leaves the task's session
+os.chdir(sys.argv[1])
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect("agent.sock")
+sock.sendall(sys.argv[2].encode())
+sys.stdout.write(sock.makefile().readline())
+"""
+
+
+def test_calls_from_outside_every_task_session_are_refused(agents, root, session_of):
+    agent = agents()
+    refused = {"code": "CallerNotATask", "exitStatus": 1}
+    error = read_answer(open_call(root, call_line()))["error"]
+    assert {k: error[k] for k in refused} == refused
+    # A process a task started, but which left the task's session, is no task either.
+    session = session_of(agent, root)
+    line = call_line().decode()
+    escaped = session.run([AGENT_PYTHON, "-c", ESCAPED_CALLER, str(root / "volatile"), line], {})
+    status, out, err = client_outcome(escaped)
+    assert status == 0, err
+    assert json.loads(out)["error"]["code"] == "CallerNotATask"
+    # Nothing reached the controller; a call from the task itself still does.
+    ping_id = agent.send("ping")
+    assert agent.next_message()["id"] == ping_id
+    sock = open_call(session, call_line())
+    assert agent.wait_event("call")["taskKey"] == "job/caller"
+    sock.close()
+
+
+def test_a_task_started_by_an_earlier_agent_is_recognized_as_the_caller(agents, root, session_of):
+    first = agents()
+    session = session_of(first, root, name="manager")
+    first.close()
+    second = agents()
+    sock = open_call(session, call_line())
+    event = second.wait_event("call")
+    assert (event["taskKey"], event["attempt"]) == ("job/manager", 1)
+    assert answer(second, event["callId"], ok=True, result={"n": 1})["ok"]
+    assert read_answer(sock) == {"ok": True, "result": {"n": 1}}
+
+
+def mode_of(path):
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_node_root_and_task_files_are_private_to_the_login_user(agents, root):
+    root.mkdir()
+    (root / "workitems/job/old/wd").mkdir(parents=True, mode=0o755)  # as SFTP makes them
+    agent = agents(env={})
+    assert mode_of(root) == 0o711  # others may only pass through, to their own wd
+    modes = {name: mode_of(root / name) for name in LAYOUT}
+    assert modes == {
+        "startup": 0o711,
+        "shared": 0o1777,
+        "applications": 0o711,
+        "certs": 0o700,
+        "fsmounts": 0o711,
+        "volatile": 0o700,
+        "workitems": 0o711,
+    }
+    for name in ("new", "old"):
+        agent.call("spawn", spawn_args(name, ["sh", "-c", "umask; echo x > made"]))
+        agent.wait_exited(f"workitems/job/{name}")
+        task = root / "workitems/job" / name
+        assert mode_of(task.parent) == 0o711
+        assert (mode_of(task), mode_of(task / "wd")) == (0o700, 0o700)
+        for file in ("stdout.txt", "stderr.txt", "exit.json", "attempt.json"):
+            assert mode_of(task / file) == 0o600, file
+        # The command keeps the umask the agent was started with (here the test's).
+        umask = os.umask(0)
+        os.umask(umask)
+        assert (task / "stdout.txt").read_text() == f"{umask:04o}\n"
+        assert mode_of(task / "wd/made") == 0o666 & ~umask

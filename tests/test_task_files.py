@@ -1,13 +1,23 @@
-"""Task files on the real lab: listing, byte ranges, escapes refused, collected fallback."""
+"""Task files on the real lab: listing, byte ranges, escapes and link races refused,
+streaming in bounded memory, collected fallback."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from fleet import lab as lab_mod
-from tests.conftest import make_pool
+from fleet import task_files
+from fleet.errors import BadInput
+from fleet.settings import Settings
+from fleet.store import Store
+from tests.conftest import make_pool, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -70,3 +80,110 @@ def test_collected_output_is_served_when_the_node_is_gone(done, lab):
         assert listed == {"stdout.txt", "stderr.txt", "exit.json"}
     finally:
         lab_mod.start_node(lab, node)
+
+
+# A task that swaps wd/dir (a real directory holding a harmless passwd) with wd/link (a
+# symlink to /etc) as fast as it can, with renameat2(RENAME_EXCHANGE), until told to stop.
+SWAPPER = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+os.mkdir("dir")
+with open("dir/passwd", "w") as f:
+    f.write("harmless\\n")
+os.symlink("/etc", "link")
+open("ready", "w").close()
+deadline = time.monotonic() + 120
+while not os.path.exists("stop") and time.monotonic() < deadline:
+    for _ in range(1000):
+        if libc.renameat2(-100, b"dir", -100, b"link", 2) != 0:
+            raise OSError(ctypes.get_errno(), "renameat2")
+"""
+
+
+def test_a_task_swapping_a_directory_for_a_link_never_gets_a_file_outside(done, tmp_path):
+    (tmp_path / "swapper.py").write_text(SWAPPER)
+    done("file", "upload", str(tmp_path / "swapper.py"), "scripts/swapper.py")
+    done.add_tasks(
+        "j",
+        {
+            "id": "swapper",
+            "commandLine": "python3 swapper.py",
+            "resourceFiles": [{"autoStorageContainerName": "scripts"}],
+        },
+    )
+    task = wait_for(
+        lambda: (
+            (t := done.json("task", "show", "--job", "j", "--id", "swapper"))["state"] == "running"
+            and t
+        ),
+        message="the swapper to run",
+    )
+    wd = Path(task["nodeInfo"]["taskRootDirectory"]) / "wd"
+    wait_for((wd / "ready").exists, message="the swapper to start swapping")
+    settings = Settings.resolve(done.home)
+    store = Store(settings.db_url)
+    outcomes = {"harmless": 0, "refused": 0}
+    secret = Path("/etc/passwd").read_bytes()
+    try:
+        for _ in range(40):
+            sink = io.BytesIO()
+            try:
+                task_files.download(settings, store, "j", "swapper", "wd/dir/passwd", sink)
+            except BadInput as exc:
+                assert exc.code == "PathEscapesTaskDir", exc
+                outcomes["refused"] += 1
+                continue
+            assert sink.getvalue() != secret
+            assert sink.getvalue() == b"harmless\n"
+            outcomes["harmless"] += 1
+    finally:
+        (wd / "stop").touch()
+    assert outcomes["harmless"] + outcomes["refused"] == 40
+    # Through the CLI a link is refused with exit 2, and the task's real file still reads.
+    link = _download_from(done, "swapper", "wd/link/passwd", "-o", "json", check=False)
+    assert link.code == 2 and json.loads(link.stderr)["error"]["code"] == "PathEscapesTaskDir"
+    done("job", "wait", "j", "--timeout", "60")
+    assert _download_from(done, "swapper", "wd/dir/passwd").stdout == "harmless\n"
+
+
+def _download_from(fleet, task, name, *extra, check=True):
+    return fleet("task", "file", "download", name, "--job", "j", "--id", task, *extra, check=check)
+
+
+# Runs the fleet CLI and writes its peak resident set (KiB) to the file named first.
+PEAK_RSS = """
+import resource, runpy, sys
+out = sys.argv.pop(1)
+sys.argv[0] = "fleet"
+try:
+    runpy.run_module("fleet", run_name="__main__", alter_sys=True)
+finally:
+    with open(out, "w") as f:
+        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
+
+def test_a_large_download_streams_in_bounded_memory(done, tmp_path):
+    big = 64 << 20
+    make_big = f"/bin/sh -c 'head -c {big} /dev/urandom > big.bin'"
+    done.add_tasks("j", {"id": "big", "commandLine": make_big})
+    done("job", "wait", "j", "--timeout", "60")
+    shown = done.json("task", "show", "--job", "j", "--id", "big")
+    node_file = Path(shown["nodeInfo"]["taskRootDirectory"])
+    expected = hashlib.sha256((node_file / "wd/big.bin").read_bytes()).hexdigest()
+
+    def peak_kib(name, destination):
+        out = tmp_path / "peak"
+        args = ["task", "file", "download", name, "--job", "j", "--id", "big"]
+        subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, str(out), *args, "--destination", str(destination)],
+            env=done.env,
+            check=True,
+            timeout=300,
+        )
+        return int(out.read_text())
+
+    small = peak_kib("stdout.txt", tmp_path / "small.txt")
+    large = peak_kib("wd/big.bin", tmp_path / "big.bin")
+    assert hashlib.sha256((tmp_path / "big.bin").read_bytes()).hexdigest() == expected
+    assert large - small < 24 << 10, f"peak RSS grew by {(large - small) >> 10} MiB"

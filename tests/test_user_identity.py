@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from fleet.identity import needs_sudo, wrap
+from tests.conftest import wait_for_idle_nodes
 
 ACCOUNTS = ["fleettestuser", "fleettestadmin"]
 
@@ -107,6 +110,25 @@ def test_tasks_run_as_admin_as_pool_users_and_as_the_login_user(
     node = fleet.json("node", "list", "--pool", "p")[0]
     assert Path(node["nodeRootDirectory"], "shared", "start-uid").read_text() == "0\n"
 
+    # On the node, task dirs and outputs are the login user's and the task user's only.
+    def mode(path):
+        return stat.S_IMODE(path.lstat().st_mode)
+
+    root = Path(node["nodeRootDirectory"])
+    login = root.stat().st_uid
+    assert (mode(root), mode(root / "shared"), mode(root / "workitems")) == (0o711, 0o1777, 0o711)
+    plain, named = root / "workitems/j/job-1/plain", root / "workitems/j/job-1/named"
+    assert (mode(plain), mode(plain / "wd")) == (0o700, 0o700)
+    assert mode(named) == 0o711  # the named user passes through to its own wd
+    wd = (named / "wd").stat()
+    assert (stat.S_IMODE(wd.st_mode), wd.st_gid) == (0o2750, root.stat().st_gid)
+    assert pwd.getpwuid(wd.st_uid).pw_name == "fleettestuser"
+    assert (named / "wd/mine").stat().st_gid == root.stat().st_gid  # fleet reads outputs
+    for task in (plain, named):
+        for name in ("stdout.txt", "stderr.txt", "exit.json"):
+            st = (task / name).stat()
+            assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, login), (task, name)
+
 
 def test_bad_user_names_and_passwords_are_refused(fleet, tmp_path):
     (tmp_path / "inv.ini").write_text("n1 ansible_host=127.0.0.1\n")
@@ -137,3 +159,33 @@ def test_a_task_naming_a_user_its_pool_lacks_is_refused(fleet, tmp_path):
     assert result.code == 2
     assert json.loads(result.stderr)["error"]["field"] == "userIdentity.username"
     assert fleet.json("task", "list", "--job", "j") == []
+
+
+@pytest.mark.lab
+def test_a_start_task_runs_as_a_pool_user_in_its_own_private_wd(
+    fleet, lab_inventory, controller, accounts, tmp_path
+):
+    fleet("host", "import", str(lab_inventory))
+    host = fleet.json("host", "list")[0]["id"]
+    (tmp_path / "pool.json").write_text(
+        json.dumps(
+            {
+                "id": "p",
+                "hosts": [host],
+                "userAccounts": [{"name": "fleettestuser"}],
+                "startTask": {
+                    "commandLine": "/bin/sh -c 'id -un > made; cp made $FLEET_NODE_SHARED_DIR/who'",
+                    "userIdentity": {"username": "fleettestuser"},
+                    "waitForSuccess": True,
+                },
+            }
+        )
+    )
+    fleet("pool", "create", "--json-file", str(tmp_path / "pool.json"))
+    controller()
+    wait_for_idle_nodes(fleet, "p")
+    root = Path(fleet.json("node", "list", "--pool", "p")[0]["nodeRootDirectory"])
+    assert (root / "shared/who").read_text() == "fleettestuser\n"
+    wd = (root / "startup/wd").stat()
+    assert stat.S_IMODE(wd.st_mode) == 0o2750
+    assert pwd.getpwuid(wd.st_uid).pw_name == "fleettestuser"

@@ -203,14 +203,26 @@ def download(
     end: Annotated[int | None, typer.Option("--end", help="Last byte, inclusive.")] = None,
     output: OutputOpt = None,
 ) -> None:
-    """Download a task file (whole, or a byte range) from its node or the collected copies.
+    """Download a task file (whole, or a byte range) from its node or the collected copies,
+    streamed in chunks.
 
-    With --destination, -o json prints {name, destination, bytes}."""
-    data = task_files.read_file(CURRENT.settings, CURRENT.store, job, task_id, name, start, end)
+    With --destination, -o json prints {name, destination, bytes}; the file appears
+    whole or not at all."""
+    settings, store = CURRENT.settings, CURRENT.store
     if destination is None:
-        sys.stdout.buffer.write(data)
+        task_files.download(settings, store, job, task_id, name, sys.stdout.buffer, start, end)
         sys.stdout.flush()
         return
-    destination.write_bytes(data)
+    part = destination.with_name(f".{destination.name}.part")
+    try:
+        with part.open("wb") as f:
+            written = task_files.download(settings, store, job, task_id, name, f, start, end)
+        part.replace(destination)
+    except OSError as exc:
+        raise BadInput(
+            f"cannot write {destination}: {exc.strerror}", code="FileUnwritable"
+        ) from exc
+    finally:
+        part.unlink(missing_ok=True)
     if fmt(output) == OutputFormat.JSON:
-        emit({"name": name, "destination": str(destination), "bytes": len(data)}, output)
+        emit({"name": name, "destination": str(destination), "bytes": written}, output)
