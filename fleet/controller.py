@@ -364,7 +364,7 @@ class Controller:
             ok = record.get("exitCode") == 0 and not record.get("error")
             try:
                 await task_io.save_outputs(
-                    conn, self.settings, f"{root}/{att.task_dir}", att.output_files, ok
+                    conn, self.settings, root, att.task_dir, att.output_files, ok
                 )
             except FleetError as exc:
                 if exc.code != "FileUploadError":

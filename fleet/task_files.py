@@ -103,17 +103,25 @@ async def _list_remote(
     assert task.node_id
     conn = await Connection.open(targets.for_host(store, task.node_id))
     try:
-        proc = await _file_command(conn, root, ["list", task_dir, *(["--recursive"] * recursive)])
-        header = await _header(conn, proc)
-        files = header.get("files")
-        if not isinstance(files, list):
-            raise RemoteError("the node's file list is malformed", target=_node(conn))
         return [
             _entry(f["name"], bool(f["isDirectory"]), f["size"], f.get("mtime"), f.get("mode"))
-            for f in files
+            for f in await list_on_node(conn, root, task_dir, recursive)
         ]
     finally:
         await conn.close()
+
+
+async def list_on_node(
+    conn: Connection, root: str, task_dir: str, recursive: bool
+) -> list[dict[str, Any]]:
+    """Return the entries under ``task_dir`` of the node root ``root`` as the node lists
+    them (``name``, ``isDirectory``, ``size``, ``mtime``, ``mode``; symlinks listed, never
+    followed). Raises RemoteError (FileNotFound, PathEscapesTaskDir, ...)."""
+    proc = await _file_command(conn, root, ["list", task_dir, *(["--recursive"] * recursive)])
+    files = (await _header(conn, proc)).get("files")
+    if not isinstance(files, list):
+        raise RemoteError("the node's file list is malformed", target=_node(conn))
+    return files
 
 
 def download(
@@ -178,6 +186,25 @@ async def _stream_remote(
 ) -> int:
     assert task.node_id
     conn = await Connection.open(targets.for_host(store, task.node_id))
+    try:
+        return await stream_from_node(conn, root, task_dir, rel, sink, start, end)
+    finally:
+        await conn.close()
+
+
+async def stream_from_node(
+    conn: Connection,
+    root: str,
+    task_dir: str,
+    rel: str,
+    sink: BinaryIO,
+    start: int | None = None,
+    end: int | None = None,
+) -> int:
+    """Write bytes ``start``..``end`` of ``task_dir/rel`` on the node to ``sink`` in
+    bounded chunks, following no symlink on the way; return how many were written.
+    Raises RemoteError (PathEscapesTaskDir, NotARegularFile, FileNotFound, ...), with
+    ``details["written"]`` set when it fails midway."""
     written = 0
     try:
         bounds = [str(start or 0), *([str(end)] if end is not None else [])]
@@ -192,8 +219,6 @@ async def _stream_remote(
     except FleetError as exc:
         exc.details["written"] = written
         raise
-    finally:
-        await conn.close()
 
 
 async def _file_command(conn: Connection, root: str, argv: list[str]) -> Process:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import logging
 import os
 import posixpath
 import tempfile
@@ -18,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from fleet import file_patterns, file_store
+from fleet import file_patterns, file_store, task_files
 from fleet.errors import (
     STORAGE_ERRNOS,
     ControllerStorageError,
@@ -28,6 +29,8 @@ from fleet.errors import (
 )
 from fleet.settings import Settings
 from fleet.ssh import Connection
+
+log = logging.getLogger(__name__)
 
 #: Resource files from an httpUrl are fetched by the controller, then copied to the node:
 #: each read may wait HTTP_TIMEOUT s, the whole download HTTP_DEADLINE s and HTTP_MAX_BYTES.
@@ -124,16 +127,19 @@ def _mode(rf: dict[str, Any]) -> int | None:
 async def save_outputs(
     conn: Connection,
     settings: Settings,
-    task_root: str,
+    root: str,
+    task_dir: str,
     output_files: list[dict[str, Any]],
     succeeded: bool,
 ) -> list[str]:
     """Upload the files matching each output file's pattern, when its condition holds, to
     its path in the file store; return the stored names.
 
-    A pattern without wildcards that matches one file is stored at ``path`` itself;
-    otherwise matches keep their relative names under ``path``. Raises RemoteError
-    with code FileUploadError."""
+    Files are listed and read on the node without following any symlink (a task cannot
+    point an output at a file of the login user's); symlinks and other non-regular files
+    are skipped. A pattern without wildcards that matches one file is stored at ``path``
+    itself; otherwise matches keep their relative names under ``path``. Raises
+    RemoteError with code FileUploadError, or ControllerStorageError."""
     wanted = [
         o
         for o in output_files
@@ -143,7 +149,8 @@ async def save_outputs(
     if not wanted:
         return []
     try:
-        files = [f.name for f in await conn.walk(task_root, recursive=True) if not f.is_directory]
+        listed = await task_files.list_on_node(conn, root, task_dir, recursive=True)
+        files = [f["name"] for f in listed if not f["isDirectory"]]
         stored: list[str] = []
         for out in wanted:
             pattern = out["filePattern"]
@@ -154,7 +161,8 @@ async def save_outputs(
             single = len(matches) == 1 and not any(c in pattern for c in "*?[")
             for rel in matches:
                 name = out["path"] if single else f"{out['path']}/{rel}"
-                stored.append(await _save(conn, settings, f"{task_root}/{base}{rel}", name))
+                saved = await _save(conn, settings, root, task_dir, f"{base}{rel}", name)
+                stored.extend([saved] if saved else [])
         return stored
     except ControllerStorageError:
         raise  # the controller's disk, not the task's outputs: collection is retried
@@ -164,11 +172,27 @@ async def save_outputs(
         ) from exc
 
 
-async def _save(conn: Connection, settings: Settings, remote: str, name: str) -> str:
+#: Refusals of the node's read that mean "not a regular file inside the task dir": skipped.
+_NOT_A_FILE = frozenset({"PathEscapesTaskDir", "NotARegularFile"})
+
+
+async def _save(
+    conn: Connection, settings: Settings, root: str, task_dir: str, rel: str, name: str
+) -> str | None:
     fd, tmp = tempfile.mkstemp(prefix="fleet-out-")
-    os.close(fd)
     try:
-        await conn.download(remote, tmp)
+        with os.fdopen(fd, "wb") as sink:
+            try:
+                await task_files.stream_from_node(conn, root, task_dir, rel, sink)
+            except RemoteError as exc:
+                if exc.code in _NOT_A_FILE:
+                    log.warning("%s/%s: not saved as an output file: %s", task_dir, rel, exc)
+                    return None
+                raise
         return str(file_store.put_file(settings, Path(tmp), name)["name"])
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:
+            raise storage_error(exc, "an output file") from exc
+        raise
     finally:
         os.unlink(tmp)

@@ -189,3 +189,40 @@ def test_a_start_task_runs_as_a_pool_user_in_its_own_private_wd(
     wd = (root / "startup/wd").stat()
     assert stat.S_IMODE(wd.st_mode) == 0o2750
     assert pwd.getpwuid(wd.st_uid).pw_name == "fleettestuser"
+
+
+@pytest.mark.lab
+def test_a_named_users_output_file_cannot_be_a_link_to_the_login_users_files(
+    fleet, lab_inventory, controller, accounts, tmp_path
+):
+    fleet("host", "import", str(lab_inventory))
+    host = fleet.json("host", "list")[0]["id"]
+    pool = {"id": "p", "hosts": [host], "userAccounts": [{"name": "fleettestuser"}]}
+    (tmp_path / "pool.json").write_text(json.dumps(pool))
+    fleet("pool", "create", "--json-file", str(tmp_path / "pool.json"))
+    controller()
+    wait_for_idle_nodes(fleet, "p")
+    root = Path(fleet.json("node", "list", "--pool", "p")[0]["nodeRootDirectory"])
+    secret = root / "volatile" / "login-users-secret"
+    secret.write_text("only the login user may read this\n")
+    os.chown(secret, root.stat().st_uid, root.stat().st_gid)
+    secret.chmod(0o600)
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    fleet.add_tasks(
+        "j",
+        {
+            "id": "t",
+            "commandLine": f"/bin/sh -c 'echo mine > real.txt; ln -s {secret} leak.txt'",
+            "userIdentity": {"username": "fleettestuser"},
+            "outputFiles": [
+                {
+                    "filePattern": "*.txt",
+                    "destination": {"container": {"path": "out"}},
+                    "uploadOptions": {"uploadCondition": "taskcompletion"},
+                }
+            ],
+        },
+    )
+    assert fleet("job", "wait", "j", "--timeout", "60").code == 0
+    assert fleet("file", "download", "out/real.txt").stdout == "mine\n"
+    assert fleet("file", "download", "out/leak.txt", check=False).code == 3
