@@ -127,7 +127,7 @@ def group_identical(results: Sequence[HostResult]) -> list[Group]:
     return sorted(out, key=lambda g: -len(g.hosts))
 
 
-_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+_NUMBERED = re.compile(r"(.*?)(\d+)")
 
 
 def fold(names: Sequence[str]) -> str:
@@ -135,7 +135,7 @@ def fold(names: Sequence[str]) -> str:
     by_prefix: dict[tuple[str, int], list[int]] = {}
     plain: list[str] = []
     for name in names:
-        m = _NUMBERED.match(name)
+        m = _NUMBERED.fullmatch(name)
         if m:
             by_prefix.setdefault((m.group(1), len(m.group(2))), []).append(int(m.group(2)))
         else:
