@@ -252,3 +252,33 @@ def test_an_inventory_that_is_not_utf8_is_refused_naming_the_file(fleet, tmp_pat
     assert err["code"] == "InventoryParseError" and err["target"] == str(inv)
     assert err["details"]["line"] == 2
     assert fleet.json("host", "list") == []
+
+
+def test_a_task_needing_more_slots_than_a_node_has_is_refused(with_pool):
+    with_pool("job", "create", "--id", "j", "--pool", "p")
+    result = with_pool.add_tasks(
+        "j",
+        [
+            {"id": "fits", "commandLine": "true"},
+            {"id": "big", "commandLine": "true", "requiredSlots": 2},
+        ],
+        check=False,
+    )
+    assert result.code == 2
+    err = _error(result)
+    assert err["code"] == "TaskNotSatisfiable" and err["field"] == "requiredSlots"
+    assert err["target"] == "task j/big"
+    assert with_pool.json("task", "list", "--job", "j") == []
+
+
+def test_a_job_manager_needing_more_slots_than_a_node_has_is_refused(with_pool):
+    manager = {"commandLine": "true", "requiredSlots": 2, "runExclusive": False}
+    spec = {"id": "j", "poolInfo": {"poolId": "p"}, "jobManagerTask": manager}
+    result = with_pool(
+        "job", "create", "--json-file", "-", "-o", "json", check=False, input=json.dumps(spec)
+    )
+    assert result.code == 2
+    err = _error(result)
+    assert err["code"] == "TaskNotSatisfiable"
+    assert err["field"] == "jobManagerTask.requiredSlots"
+    assert with_pool.json("job", "list") == []
