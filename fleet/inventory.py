@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import pwd
 import re
 import shlex
 from collections import deque
@@ -59,6 +61,15 @@ class HostSpec:
     def to_dict(self) -> dict[str, Any]:
         """Return the host as a plain JSON-ready dict (field names as in the dataclass)."""
         return asdict(self)
+
+
+def login_user() -> str:
+    """Return the user to log in as when an inventory names none: the current user, as
+    ssh and Ansible default to (the name of this process's uid, else $USER)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return getpass.getuser()
 
 
 class _Fail(Exception):

@@ -282,3 +282,16 @@ def test_a_job_manager_needing_more_slots_than_a_node_has_is_refused(with_pool):
     assert err["code"] == "TaskNotSatisfiable"
     assert err["field"] == "jobManagerTask.requiredSlots"
     assert with_pool.json("job", "list") == []
+
+
+def test_a_host_without_a_user_gets_the_importing_user_recorded(fleet, tmp_path):
+    from fleet.inventory import login_user
+
+    ini = tmp_path / "inv.ini"
+    ini.write_text("web1 ansible_host=192.0.2.1\nweb2 ansible_host=192.0.2.2 ansible_user=deploy\n")
+    ssh = tmp_path / "ssh_config"
+    ssh.write_text("Host db1\n  HostName 192.0.2.3\n")
+    fleet("host", "import", str(ini))
+    fleet("host", "import", str(ssh))
+    users = {h["id"]: h["user"] for h in fleet.json("host", "list")}
+    assert users == {"web1": login_user(), "web2": "deploy", "db1": login_user()}
