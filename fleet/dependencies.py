@@ -24,8 +24,8 @@ from typing import Any
 
 from fleet.errors import BadInput
 
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_INT_ID_RE = re.compile(r"^[0-9]+$")
+TASK_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_INT_ID_RE = re.compile(r"[0-9]+")
 #: Most parent ids one task may list in ``taskIds`` (Azure: 64,000 characters).
 MAX_TASK_IDS = 10_000
 MAX_TASK_IDS_CHARS = 64_000
@@ -44,7 +44,7 @@ def _fail(target: str, field: str, reason: str, code: str = "InvalidPropertyValu
 
 def int_id(task_id: str) -> int | None:
     """Return the integer a task id stands for in ranges, or None if it is not all digits."""
-    return int(task_id) if _INT_ID_RE.match(task_id) else None
+    return int(task_id) if _INT_ID_RE.fullmatch(task_id) else None
 
 
 def _check_keys(obj: Any, target: str, path: str, allowed: tuple[str, ...]) -> None:
@@ -86,7 +86,7 @@ def parse_depends_on(value: Any, target: str) -> dict[str, Any] | None:
     for i, tid in enumerate(
         _check_list(value.get("taskIds"), target, "dependsOn.taskIds", MAX_TASK_IDS)
     ):
-        if not isinstance(tid, str) or not TASK_ID_RE.match(tid):
+        if not isinstance(tid, str) or not TASK_ID_RE.fullmatch(tid):
             raise _fail(
                 target,
                 f"dependsOn.taskIds[{i}]",

@@ -8,6 +8,7 @@ sshd by the SSH layer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from fleet.service.pools import get_pool
 from fleet.ssh import Connection, Target
 from fleet.store import Store
 from fleet.tables import Host, Node
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ async def run_everywhere(
             return HostResult(target.host_id, error={"code": err.code, "message": str(err)})
         except FleetError as exc:
             return HostResult(target.host_id, error={"code": exc.code, "message": str(exc)})
+        except Exception as exc:  # one host's bug never hides the others' results
+            log.exception("fleet exec on host %s failed", target.host_id)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            return HostResult(target.host_id, error={"code": "InternalError", "message": message})
 
     return list(await asyncio.gather(*(one(t) for t in targets)))
 
@@ -127,7 +134,7 @@ def group_identical(results: Sequence[HostResult]) -> list[Group]:
     return sorted(out, key=lambda g: -len(g.hosts))
 
 
-_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+_NUMBERED = re.compile(r"(.*?)(\d+)")
 
 
 def fold(names: Sequence[str]) -> str:
@@ -135,7 +142,7 @@ def fold(names: Sequence[str]) -> str:
     by_prefix: dict[tuple[str, int], list[int]] = {}
     plain: list[str] = []
     for name in names:
-        m = _NUMBERED.match(name)
+        m = _NUMBERED.fullmatch(name)
         if m:
             by_prefix.setdefault((m.group(1), len(m.group(2))), []).append(int(m.group(2)))
         else:

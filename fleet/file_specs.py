@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from fleet import file_patterns
 from fleet.errors import BadInput
 
-_MODE = re.compile(r"^0?[0-7]{3}$")
+_MODE = re.compile(r"0?[0-7]{3}")
 UPLOAD_CONDITIONS = ("tasksuccess", "taskfailure", "taskcompletion")
 
 
@@ -54,8 +54,10 @@ def _str(obj: dict[str, Any], name: str, target: str, path: str) -> str | None:
 
 
 def parse_resource_files(value: Any, target: str) -> list[dict[str, Any]]:
-    """Return normalized resource files: ``{"container", "blobPrefix", "filePath", "fileMode"}``
-    or ``{"httpUrl", "filePath", "fileMode"}``. Raises BadInput naming the entry."""
+    """Return normalized resource files in Azure's shape: ``{"autoStorageContainerName",
+    "blobPrefix", "filePath", "fileMode"}`` (fleet's alias ``storageContainerName`` becomes
+    ``autoStorageContainerName``) or ``{"httpUrl", "filePath", "fileMode"}``. Raises
+    BadInput naming the entry."""
     if value is None:
         return []
     if not isinstance(value, list):
@@ -109,7 +111,7 @@ def parse_resource_files(value: Any, target: str) -> list[dict[str, Any]]:
                 )
             entry["httpUrl"] = url
         else:
-            entry["container"] = file_patterns.safe_relpath(
+            entry["autoStorageContainerName"] = file_patterns.safe_relpath(
                 container or "", target=target, field=f"{path}.autoStorageContainerName"
             )
             prefix = _str(item, "blobPrefix", target, path)
@@ -117,7 +119,7 @@ def parse_resource_files(value: Any, target: str) -> list[dict[str, Any]]:
                 entry["blobPrefix"] = prefix
         mode = _str(item, "fileMode", target, path)
         if mode is not None:
-            if not _MODE.match(mode):
+            if not _MODE.fullmatch(mode):
                 raise _fail(
                     target, f"{path}.fileMode", f"fileMode must be octal like 0755, got {mode!r}"
                 )
@@ -127,7 +129,9 @@ def parse_resource_files(value: Any, target: str) -> list[dict[str, Any]]:
 
 
 def parse_output_files(value: Any, target: str) -> list[dict[str, Any]]:
-    """Return normalized output files: ``{"filePattern", "path", "uploadCondition"}``.
+    """Return normalized output files in Azure's shape: ``{"filePattern", "destination":
+    {"container": {"path"}}, "uploadOptions": {"uploadCondition"}}`` (fleet's shorthand
+    ``destination.path`` becomes ``destination.container.path``).
 
     ``filePattern`` is relative to the task's working directory; a leading ``../``
     reaches the task directory itself (``../std*.txt``, as Azure users write it)."""
@@ -171,13 +175,14 @@ def parse_output_files(value: Any, target: str) -> list[dict[str, Any]]:
                 f"{path}.uploadOptions.uploadCondition",
                 f"uploadCondition must be one of {', '.join(UPLOAD_CONDITIONS)}",
             )
+        store_path = file_patterns.safe_relpath(
+            store_path, target=target, field=f"{path}.destination.container.path"
+        )
         out.append(
             {
                 "filePattern": pattern,
-                "path": file_patterns.safe_relpath(
-                    store_path, target=target, field=f"{path}.destination.container.path"
-                ),
-                "uploadCondition": condition,
+                "destination": {"container": {"path": store_path}},
+                "uploadOptions": {"uploadCondition": condition},
             }
         )
     return out

@@ -9,15 +9,15 @@ from collections.abc import Sequence
 
 from fleet.errors import BadInput, NotFound
 
-HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 #: Most names one pattern may expand to; more is almost certainly a typo.
 MAX_EXPANSION = 10_000
 
 # Bracket content made only of these characters is a numeric range, not a glob class.
-_RANGE_CONTENT_RE = re.compile(r"^[0-9,:-]+$")
-_SLURM_RE = re.compile(r"^([0-9]+)-([0-9]+)$")
-_ANSIBLE_RE = re.compile(r"^([0-9]+):([0-9]+)(?::([0-9]+))?$")
+_RANGE_CONTENT_RE = re.compile(r"[0-9,:-]+")
+_SLURM_RE = re.compile(r"([0-9]+)-([0-9]+)")
+_ANSIBLE_RE = re.compile(r"([0-9]+):([0-9]+)(?::([0-9]+))?")
 _GLOB_CHARS = frozenset("*?")
 
 
@@ -31,7 +31,7 @@ class _Group:
 
     @property
     def is_range(self) -> bool:
-        return bool(_RANGE_CONTENT_RE.match(self.content))
+        return bool(_RANGE_CONTENT_RE.fullmatch(self.content))
 
 
 def validate_host_id(host_id: str) -> str:
@@ -97,10 +97,10 @@ def _range_values(content: str, pattern: str) -> list[str]:
             raise _bad(pattern, f"empty item in [{content}]")
         if item.isdigit():
             start, end, step, first = int(item), int(item), 1, item
-        elif m := _SLURM_RE.match(item):
+        elif m := _SLURM_RE.fullmatch(item):
             first, last = m.group(1), m.group(2)
             start, end, step = int(first), int(last), 1
-        elif m := _ANSIBLE_RE.match(item):
+        elif m := _ANSIBLE_RE.fullmatch(item):
             first, last = m.group(1), m.group(2)
             start, end, step = int(first), int(last), int(m.group(3) or 1)
             if step < 1:

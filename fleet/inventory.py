@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import pwd
 import re
 import shlex
 from collections import deque
@@ -27,10 +29,10 @@ _ALIASES = {
 _FLEET_VARS = frozenset({"fleet_node_root"})
 _NOT_LABELS = ("ansible_", "fleet_")
 _TEXT_VARS = ("ansible_host", "ansible_user", "ansible_ssh_private_key_file", "fleet_node_root")
-_GROUP_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_INI_SECTION_RE = re.compile(r"^\[([^\]]*)\]\s*(?:[#;].*)?$")
-_SSH_LINE_RE = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+|$)(.*)$")
+_GROUP_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INI_SECTION_RE = re.compile(r"\[([^\]]*)\]\s*(?:[#;].*)?")
+_SSH_LINE_RE = re.compile(r"([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+|\Z)(.*)")
 _SSH_KEYS = {"hostname": "address", "port": "port", "user": "user", "identityfile": "key_file"}
 _SSH_REFUSED = {"match", "include", "proxyjump", "proxycommand"}
 _VAGRANT_TELLTALES = (
@@ -59,6 +61,15 @@ class HostSpec:
     def to_dict(self) -> dict[str, Any]:
         """Return the host as a plain JSON-ready dict (field names as in the dataclass)."""
         return asdict(self)
+
+
+def login_user() -> str:
+    """Return the user to log in as when an inventory names none: the current user, as
+    ssh and Ansible default to (the name of this process's uid, else $USER)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return getpass.getuser()
 
 
 class _Fail(Exception):
@@ -120,6 +131,8 @@ def parse_inventory(text: str, *, filename: str, fmt: str | None = None) -> list
             target=filename,
         )
     try:
+        if "\0" in text:  # it would reach node paths and task environments, which refuse it
+            _fail(text.count("\n", 0, text.index("\0")) + 1, "NUL byte in the inventory")
         if fmt == "ansible-ini":
             return _parse_ini(text).resolve(filename)
         if fmt == "ansible-yaml":
@@ -162,7 +175,7 @@ class _Model:
         self.walked: set[tuple[str, int]] = set()  # (group, id(body)) read from YAML already
 
     def group(self, name: Any, line: int) -> _Group:
-        if not isinstance(name, str) or not _GROUP_RE.match(name):
+        if not isinstance(name, str) or not _GROUP_RE.fullmatch(name):
             _fail(line, f"invalid group name {name!r}")
         grp = self.groups.get(name)
         if grp is None:
@@ -177,7 +190,7 @@ class _Model:
 
     @staticmethod
     def set_var(target: _Vars, name: Any, value: Any, line: int) -> None:
-        if not isinstance(name, str) or not _VAR_RE.match(name):
+        if not isinstance(name, str) or not _VAR_RE.fullmatch(name):
             _fail(line, f"invalid variable name {name!r}")
         if name.startswith("fleet_") and name not in _FLEET_VARS:
             _fail(line, f"unknown fleet variable {name!r} (known: {', '.join(_FLEET_VARS)})")
@@ -334,7 +347,7 @@ def _parse_ini(text: str) -> _Model:
         if not line or line[0] in "#;":
             continue
         if line[0] == "[":
-            m = _INI_SECTION_RE.match(line)
+            m = _INI_SECTION_RE.fullmatch(line)
             if not m:
                 _fail(lineno, f"malformed section header {line!r}")
             section, _, kind = m.group(1).strip().partition(":")
@@ -510,7 +523,7 @@ def _ssh_applies(patterns: list[tuple[bool, re.Pattern[str]]], host: str) -> boo
     host = host.lower()
     hit = False
     for negated, rx in patterns:
-        if rx.match(host):
+        if rx.fullmatch(host):
             if negated:
                 return False
             hit = True
@@ -532,7 +545,7 @@ def _parse_ssh_config(text: str, filename: str, *, vagrant: bool) -> list[HostSp
         line = raw.strip()
         if not line or line[0] == "#":
             continue
-        m = _SSH_LINE_RE.match(line)
+        m = _SSH_LINE_RE.fullmatch(line)
         if not m:
             _fail(lineno, f"expected 'Keyword value', got {line!r}")
         keyword, args = m.group(1).lower(), _ssh_args(m.group(2), lineno)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from sqlmodel import Session, col, select
 
 from fleet.errors import NotFound
+from fleet.inventory import login_user
 from fleet.ssh import Target
 from fleet.store import Store
 from fleet.tables import Host, HostKey
@@ -18,7 +19,7 @@ def target(host: Host, key: HostKey | None) -> Target:
         host_id=host.id,
         address=host.address,
         port=host.port,
-        user=host.user,
+        user=host.user or login_user(),  # hosts imported before users were recorded
         key_file=host.key_file,
         host_key_policy=host.host_key_policy,
         known_key=key.public_key if key else None,

@@ -59,7 +59,8 @@ async def stage(
                 await _stage_store(conn, settings, rf, wd)
         except FleetError as exc:
             what = (
-                rf.get("httpUrl") or f"file store {rf.get('container')}/{rf.get('blobPrefix', '')}"
+                rf.get("httpUrl")
+                or f"file store {rf.get('autoStorageContainerName')}/{rf.get('blobPrefix', '')}"
             )
             raise RemoteError(
                 f"cannot stage {what}: {exc.message}", code="ResourceFileDownloadError"
@@ -67,7 +68,7 @@ async def stage(
 
 
 async def _stage_store(conn: Connection, settings: Settings, rf: dict[str, Any], wd: str) -> None:
-    container = rf["container"]
+    container = rf["autoStorageContainerName"]
     prefix = rf.get("blobPrefix", "")
     entries = [
         e
@@ -143,8 +144,8 @@ async def save_outputs(
     wanted = [
         o
         for o in output_files
-        if o["uploadCondition"] == "taskcompletion"
-        or (o["uploadCondition"] == "tasksuccess") == succeeded
+        if o["uploadOptions"]["uploadCondition"] == "taskcompletion"
+        or (o["uploadOptions"]["uploadCondition"] == "tasksuccess") == succeeded
     ]
     if not wanted:
         return []
@@ -160,7 +161,8 @@ async def save_outputs(
             matches = file_patterns.select(pattern, names)
             single = len(matches) == 1 and not any(c in pattern for c in "*?[")
             for rel in matches:
-                name = out["path"] if single else f"{out['path']}/{rel}"
+                path = out["destination"]["container"]["path"]
+                name = path if single else f"{path}/{rel}"
                 saved = await _save(conn, settings, root, task_dir, f"{base}{rel}", name)
                 stored.extend([saved] if saved else [])
         return stored

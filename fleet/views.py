@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from fleet import specs
 from fleet.domain import NodeState
 from fleet.tables import Host, HostKey, Job, Node, Pool, Subtask, Task
 
@@ -55,48 +56,36 @@ def node(row: Node, address: str | None = None) -> dict[str, Any]:
 
 
 def pool(row: Pool, nodes: list[Node]) -> dict[str, Any]:
+    """The pool as Azure's CloudPool: its spec (valid ``pool create`` input) and state."""
     counts: dict[str, int] = {}
     for n in nodes:
         counts[n.state] = counts.get(n.state, 0) + 1
-    spec = row.spec
-    return _drop_none(
+    spec = specs.request_fields("pool", row.spec)
+    out = _drop_none(
         {
             "id": row.id,
-            "displayName": row.display_name,
+            "displayName": spec.get("displayName"),
             "state": row.state,
             "allocationState": row.allocation_state,
             "creationTime": iso(row.created_at),
             "stateTransitionTime": iso(row.state_changed_at),
             "currentDedicatedNodes": len(nodes),
-            "targetDedicatedNodes": len(spec.get("hosts", [])),
-            "taskSlotsPerNode": row.task_slots_per_node,
-            "taskSchedulingPolicy": {"nodeFillType": row.node_fill_type},
-            "startTask": spec.get("startTask"),
-            "hosts": spec.get("hosts"),
-            "vmSize": spec.get("vmSize"),
-            "metadata": spec.get("metadata"),
+            "targetDedicatedNodes": len(row.spec.get("hosts", [])),
+            "targetLowPriorityNodes": 0,
             "nodeCounts": {s: counts.get(s, 0) for s in NodeState if counts.get(s)},
         }
     )
+    return out | spec
 
 
 def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
-    return _drop_none(
+    """The job as Azure's CloudJob: its spec (valid ``job create`` input) and state."""
+    spec = specs.request_fields("job", row.spec)
+    out = _drop_none(
         {
             "id": row.id,
-            "displayName": row.spec.get("displayName"),
+            "displayName": spec.get("displayName"),
             "state": row.state,
-            "priority": row.priority,
-            "poolInfo": {"poolId": row.pool_id},
-            "maxParallelTasks": row.spec.get("maxParallelTasks"),
-            "usesTaskDependencies": row.spec.get("usesTaskDependencies"),
-            "onAllTasksComplete": row.spec.get("onAllTasksComplete"),
-            "onTaskFailure": row.spec.get("onTaskFailure"),
-            "constraints": row.spec.get("constraints") or None,
-            "commonEnvironmentSettings": row.spec.get("commonEnvironmentSettings") or None,
-            "jobManagerTask": row.spec.get("jobManagerTask"),
-            "jobPreparationTask": row.spec.get("jobPreparationTask"),
-            "jobReleaseTask": row.spec.get("jobReleaseTask"),
             "creationTime": iso(row.created_at),
             "stateTransitionTime": iso(row.state_changed_at),
             "executionInfo": _drop_none(
@@ -107,12 +96,13 @@ def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
                 }
             ),
             "taskCounts": counts,
-            "metadata": row.spec.get("metadata") or None,
         }
     )
+    return out | spec
 
 
 def task(row: Task) -> dict[str, Any]:
+    """The task as Azure's CloudTask: its spec (valid ``task create`` input) and state."""
     execution = _drop_none(
         {
             "startTime": iso(row.start_time),
@@ -135,20 +125,16 @@ def task(row: Task) -> dict[str, Any]:
                 "taskRootDirectory": row.task_root,
             }
         )
-    return _drop_none(
+    spec = specs.request_fields("task", row.spec)
+    out = _drop_none(
         {
             "id": row.id,
             "jobId": row.job_id,
-            "displayName": row.spec.get("displayName"),
+            "displayName": spec.get("displayName"),
             "state": row.state,
             "commandLine": row.command_line,
             "creationTime": iso(row.created_at),
             "stateTransitionTime": iso(row.state_changed_at),
-            "environmentSettings": row.spec.get("environmentSettings") or None,
-            "requiredSlots": row.required_slots,
-            "constraints": row.spec.get("constraints") or None,
-            "dependsOn": row.spec.get("dependsOn") or None,
-            "exitConditions": row.spec.get("exitConditions") or None,
             # fleet's addition: why a task with dependsOn is not running yet
             "dependencyState": {"state": row.deps_state, "parentId": row.deps_parent}
             if row.deps_state
@@ -157,6 +143,8 @@ def task(row: Task) -> dict[str, Any]:
             "nodeInfo": node_info,
         }
     )
+    # the slots a job manager that runs exclusive really takes
+    return out | spec | {"requiredSlots": row.required_slots}
 
 
 def subtask(row: Subtask) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -214,3 +216,82 @@ def test_wrongly_typed_fields_are_rejected_by_name(with_pool, kind, spec, field)
     result = with_pool(*args, "--json-file", "-", "-o", "json", check=False, input=json.dumps(spec))
     assert result.code == 2
     assert json.loads(result.stderr)["error"]["field"] == field
+
+
+@pytest.mark.parametrize("kind", ["pool", "job", "task"])
+def test_a_spec_file_that_is_not_utf8_is_invalid_json_naming_the_file(with_pool, tmp_path, kind):
+    spec = tmp_path / "spec.json"
+    spec.write_bytes(b'{"id": "caf\xe9", "commandLine": "true"}')
+    args = ("task", "create", "--job", "j") if kind == "task" else (kind, "create")
+    if kind == "task":
+        with_pool("job", "create", "--id", "j", "--pool", "p")
+    from_file = with_pool(*args, "--json-file", str(spec), "-o", "json", check=False)
+    from_stdin = subprocess.run(  # raw bytes on stdin, as a pipe gives them
+        [sys.executable, "-m", "fleet", *args, "--json-file", "-", "-o", "json"],
+        env=with_pool.env,
+        input=spec.read_bytes(),
+        capture_output=True,
+        timeout=60,
+    )
+    for code, stderr, name in (
+        (from_file.code, from_file.stderr, str(spec)),
+        (from_stdin.returncode, from_stdin.stderr.decode(), "standard input"),
+    ):
+        assert code == 2 and "Traceback" not in stderr, stderr
+        err = json.loads(stderr)["error"]
+        assert err["code"] == "InvalidJson" and err["target"] == name
+        assert "UTF-8" in err["message"]
+
+
+def test_an_inventory_that_is_not_utf8_is_refused_naming_the_file(fleet, tmp_path):
+    inv = tmp_path / "inv.ini"
+    inv.write_bytes(b"[web]\nweb1 ansible_host=caf\xe9\n")
+    result = fleet("host", "import", str(inv), "-o", "json", check=False)
+    assert result.code == 2 and "Traceback" not in result.stderr
+    err = _error(result)
+    assert err["code"] == "InventoryParseError" and err["target"] == str(inv)
+    assert err["details"]["line"] == 2
+    assert fleet.json("host", "list") == []
+
+
+def test_a_task_needing_more_slots_than_a_node_has_is_refused(with_pool):
+    with_pool("job", "create", "--id", "j", "--pool", "p")
+    result = with_pool.add_tasks(
+        "j",
+        [
+            {"id": "fits", "commandLine": "true"},
+            {"id": "big", "commandLine": "true", "requiredSlots": 2},
+        ],
+        check=False,
+    )
+    assert result.code == 2
+    err = _error(result)
+    assert err["code"] == "TaskNotSatisfiable" and err["field"] == "requiredSlots"
+    assert err["target"] == "task j/big"
+    assert with_pool.json("task", "list", "--job", "j") == []
+
+
+def test_a_job_manager_needing_more_slots_than_a_node_has_is_refused(with_pool):
+    manager = {"commandLine": "true", "requiredSlots": 2, "runExclusive": False}
+    spec = {"id": "j", "poolInfo": {"poolId": "p"}, "jobManagerTask": manager}
+    result = with_pool(
+        "job", "create", "--json-file", "-", "-o", "json", check=False, input=json.dumps(spec)
+    )
+    assert result.code == 2
+    err = _error(result)
+    assert err["code"] == "TaskNotSatisfiable"
+    assert err["field"] == "jobManagerTask.requiredSlots"
+    assert with_pool.json("job", "list") == []
+
+
+def test_a_host_without_a_user_gets_the_importing_user_recorded(fleet, tmp_path):
+    from fleet.inventory import login_user
+
+    ini = tmp_path / "inv.ini"
+    ini.write_text("web1 ansible_host=192.0.2.1\nweb2 ansible_host=192.0.2.2 ansible_user=deploy\n")
+    ssh = tmp_path / "ssh_config"
+    ssh.write_text("Host db1\n  HostName 192.0.2.3\n")
+    fleet("host", "import", str(ini))
+    fleet("host", "import", str(ssh))
+    users = {h["id"]: h["user"] for h in fleet.json("host", "list")}
+    assert users == {"web1": login_user(), "web2": "deploy", "db1": login_user()}

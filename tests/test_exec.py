@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from fleet import lab as lab_mod
-from fleet.execute import fold
+from fleet.execute import fold, run_everywhere, select_targets
+from fleet.inventory import login_user
+from fleet.settings import Settings
+from fleet.ssh import Target
+from fleet.store import Store
 
 pytestmark = pytest.mark.lab
 
@@ -78,3 +84,39 @@ def test_exec_on_unknown_host_is_not_found(fleet, lab_inventory):
 )
 def test_fold_names_host_ranges(names, folded):
     assert fold(names) == folded
+
+
+def test_a_host_without_a_user_gets_a_result_like_every_other(fleet, lab_inventory, lab):
+    lines = lab_inventory.read_text().splitlines()
+    lab_inventory.write_text(
+        "\n".join(
+            " ".join(w for w in ln.split() if not w.startswith("ansible_user="))
+            if ln.startswith(lab.nodes[1].name)
+            else ln
+            for ln in lines
+        )
+        + "\n"
+    )
+    fleet("host", "import", str(lab_inventory))
+    assert fleet.json("host", "show", lab.nodes[1].name)["user"] == login_user()
+    result = fleet("exec", "--hosts", "node01,node02", "-o", "json", "--", "true", check=False)
+    assert "Traceback" not in result.stderr
+    rows = {r["host"]: r for r in result.json()}
+    assert rows["node01"]["exitCode"] == 0
+    if login_user() == lab.user:
+        assert result.code == 0 and rows["node02"]["exitCode"] == 0
+    else:  # the lab's sshd lets only its own user in
+        assert result.code == 1 and rows["node02"]["error"]["code"] == "AuthenticationFailed"
+
+
+def test_one_hosts_unexpected_error_never_hides_the_others_results(fleet, lab_inventory, lab):
+    fleet("host", "import", str(lab_inventory))
+    store = Store(Settings.resolve(fleet.home).db_url)
+    good = select_targets(store, pattern="node01")
+    # a target asyncssh itself chokes on (TypeError): no user at all
+    bad = Target(host_id="broken", address="127.0.0.1", port=lab.nodes[1].port, user=None)
+    results = asyncio.run(run_everywhere(store, [*good, bad], ["true"], timeout=30))
+    assert [r.host for r in results] == ["node01", "broken"]
+    assert results[0].ok
+    assert results[1].error is not None and results[1].error["code"] == "InternalError"
+    assert "TypeError" in results[1].error["message"]

@@ -7,12 +7,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleet.errors import BadInput
 from fleet.settings import Settings, private_dir
 from fleet.store import Store
 
@@ -112,20 +114,42 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def load_json_file(path: str) -> Any:
-    """Return the parsed JSON in ``path`` ('-' for stdin). Raises BadInput."""
-    from fleet.errors import BadInput
+def read_text(path: str, *, code: str) -> str:
+    """Return the UTF-8 text of ``path`` ('-' for stdin; a byte order mark is skipped).
 
+    Raises BadInput naming the file: ``FileUnreadable``, or ``code`` when it is not UTF-8."""
+    name = "standard input" if path == "-" else path
     try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise BadInput(
-            f"cannot read {path}: {exc.strerror}", code="FileUnreadable", target=path
+            f"cannot read {name}: {exc.strerror}", code="FileUnreadable", target=name
         ) from exc
     try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise BadInput(
+            f"{name} is not UTF-8 text: byte {data[exc.start]:#04x} at offset {exc.start} "
+            f"(line {line}) cannot be decoded",
+            code=code,
+            target=name,
+            details={"offset": exc.start, "line": line},
+        ) from None
+
+
+def load_json_file(path: str) -> Any:
+    """Return the parsed JSON in ``path`` ('-' for stdin). Raises BadInput naming the file
+    (``FileUnreadable``, or ``InvalidJson`` for text that is not UTF-8 JSON)."""
+    text = read_text(path, code="InvalidJson")
+    name = "standard input" if path == "-" else path
+    try:
         return json.loads(text)
-    except ValueError as exc:
-        raise BadInput(f"{path} is not valid JSON: {exc}", code="InvalidJson", target=path) from exc
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else "it is nested too deeply"
+        raise BadInput(
+            f"{name} is not valid JSON: {reason}", code="InvalidJson", target=name
+        ) from None
 
 
 def progress_enabled(output: OutputFormat | None) -> bool:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from fleet import inventory, views
-from fleet.cli.common import CURRENT, OutputOpt, emit
+from fleet.cli.common import CURRENT, OutputOpt, emit, read_text
 from fleet.errors import BadInput
 from fleet.service import hosts as service
 
@@ -46,12 +46,7 @@ def import_(
             code="InvalidFormat",
             field="format",
         )
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BadInput(
-            f"cannot read {file}: {exc.strerror}", code="FileUnreadable", target=str(file)
-        ) from exc
+    text = read_text(str(file), code="InventoryParseError")
     specs = inventory.parse_inventory(text, filename=str(file), fmt=format)
     result = service.import_hosts(CURRENT.store, specs, host_key_policy)
     emit({"imported": len(specs), **result}, output)

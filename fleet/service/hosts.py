@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from sqlmodel import Session, select
 
 from fleet.errors import BadInput, Conflict, NotFound
-from fleet.inventory import HostSpec
+from fleet.inventory import HostSpec, login_user
 from fleet.store import Store
 from fleet.tables import Host, HostKey, Node
 
@@ -19,7 +19,9 @@ def import_hosts(
     store: Store, specs: Sequence[HostSpec], policy: str = "accept-new"
 ) -> dict[str, list[str]]:
     """Store every host in ``specs`` in one transaction: new ids are created, known ids
-    updated. Return ``{"created": [...], "updated": [...]}``. Raises BadInput for a bad policy."""
+    updated. A host with no user gets the importing user (``inventory.login_user``), as
+    ssh and Ansible would log in, recorded so ``host show`` says who fleet logs in as.
+    Return ``{"created": [...], "updated": [...]}``. Raises BadInput for a bad policy."""
     if policy not in HOST_KEY_POLICIES:
         raise BadInput(
             f"host key policy must be one of {', '.join(HOST_KEY_POLICIES)}",
@@ -27,6 +29,7 @@ def import_hosts(
             field="hostKeyPolicy",
         )
     created, updated = [], []
+    default_user = login_user()
     now = time.time()
     with store.session() as s:
         for spec in specs:
@@ -38,7 +41,7 @@ def import_hosts(
                 updated.append(spec.id)
             row.address = spec.address
             row.port = spec.port
-            row.user = spec.user
+            row.user = spec.user or default_user
             row.key_file = spec.key_file
             row.labels = dict(spec.labels)
             row.node_root = spec.node_root

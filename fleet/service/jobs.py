@@ -13,7 +13,7 @@ from fleet.domain import JobState, TaskResult, TaskState
 from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service.pools import get_pool
 from fleet.store import Store
-from fleet.tables import Job, JobNode, Task
+from fleet.tables import Job, JobNode, Pool, Task
 
 
 def create_job(store: Store, data: dict[str, Any]) -> Job:
@@ -39,21 +39,47 @@ def create_job(store: Store, data: dict[str, Any]) -> Job:
         s.add(job)
         manager = spec.get("jobManagerTask")
         if manager:
-            # The job manager is the job's first task; run exclusive, it takes a whole node.
-            slots = pool.task_slots_per_node if manager["jobManager"]["runExclusive"] else 1
-            s.add(
-                Task(
-                    job_id=job.id,
-                    id=manager["id"],
-                    command_line=manager["commandLine"],
-                    spec=manager,
-                    required_slots=min(slots, pool.task_slots_per_node),
-                    job_manager=True,
-                    created_at=now,
-                    state_changed_at=now,
-                )
-            )
+            s.add(_manager_task(pool, job, manager, now))
     return job
+
+
+def _manager_task(pool: Pool, job: Job, manager: dict[str, Any], now: float) -> Task:
+    """Return the job manager as the job's first task; run exclusive, it takes a whole node.
+
+    Raises BadInput when it needs more slots than a node of the pool has."""
+    spec = {k: v for k, v in manager.items() if k in specs.TASK_FIELDS}
+    check_required_slots(
+        pool, f"job {job.id}", spec["requiredSlots"], "jobManagerTask.requiredSlots"
+    )
+    exclusive = manager["runExclusive"]
+    return Task(
+        job_id=job.id,
+        id=spec["id"],
+        command_line=spec["commandLine"],
+        spec=spec
+        | {
+            "jobManager": {
+                "killJobOnCompletion": manager["killJobOnCompletion"],
+                "runExclusive": exclusive,
+            }
+        },
+        required_slots=pool.task_slots_per_node if exclusive else spec["requiredSlots"],
+        job_manager=True,
+        created_at=now,
+        state_changed_at=now,
+    )
+
+
+def check_required_slots(pool: Pool, target: str, required: int, field: str) -> None:
+    """Refuse a task that needs more slots than a node of ``pool`` has: it could never run."""
+    if required > pool.task_slots_per_node:
+        raise BadInput(
+            f"the task needs {required} slots but a node of pool {pool.id} has "
+            f"{pool.task_slots_per_node} (taskSlotsPerNode)",
+            code="TaskNotSatisfiable",
+            target=target,
+            field=field,
+        )
 
 
 def get_job(session: Session, job_id: str) -> Job:
@@ -194,16 +220,12 @@ def set_job(store: Store, job_id: str, changes: dict[str, Any]) -> Job:
                 code="JobStateConflict",
                 target=f"job {job_id}",
             )
-        merged = specs.parse_job({**_as_request(job.spec), **changes})
+        # the stored spec is request-shaped: the merge is validated like a new job
+        merged = specs.parse_job({**job.spec, **changes})
         job.spec = merged
         job.priority = merged["priority"]
         s.add(job)
         return job
-
-
-def _as_request(spec: dict[str, Any]) -> dict[str, Any]:
-    """Return a stored (normalized) job spec in the shape parse_job accepts again."""
-    return {k: v for k, v in spec.items() if v is not None and v != [] and v != {}}
 
 
 def prep_release_status(store: Store, job_id: str) -> list[dict[str, Any]]:

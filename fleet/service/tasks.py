@@ -12,7 +12,7 @@ from fleet import dependencies, specs
 from fleet.domain import JobState, TaskResult, TaskState
 from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service import dependency_state
-from fleet.service.jobs import get_job
+from fleet.service.jobs import check_required_slots, get_job
 from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, Subtask, Task
@@ -48,7 +48,7 @@ def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
                 field="id",
             )
         _check_users(s, job, items)
-        _check_multi_instance(s, job, items)
+        _check_satisfiable(s, job, items)
         new_deps = {t["id"]: t.get("dependsOn") for t in items}
         if any(new_deps.values()) or job.spec.get("usesTaskDependencies"):
             existing = {
@@ -228,8 +228,15 @@ def _check_users(s: Session, job: Job, items: list[dict[str, Any]]) -> None:
             )
 
 
-def _check_multi_instance(s: Session, job: Job, items: list[dict[str, Any]]) -> None:
-    """Refuse a multi-instance task its pool can never run, instead of leaving it active."""
+def _check_satisfiable(s: Session, job: Job, items: list[dict[str, Any]]) -> None:
+    """Refuse a task its pool can never run (too many slots, or a multi-instance task
+    the pool cannot hold), instead of leaving it active forever."""
+    pool = s.get(Pool, job.pool_id)
+    if pool is not None:
+        for t in items:
+            check_required_slots(
+                pool, f"task {job.id}/{t['id']}", t["requiredSlots"], "requiredSlots"
+            )
     wanted = [
         (t["id"], t["multiInstanceSettings"]["numberOfInstances"])
         for t in items
@@ -237,7 +244,6 @@ def _check_multi_instance(s: Session, job: Job, items: list[dict[str, Any]]) -> 
     ]
     if not wanted:
         return
-    pool = s.get(Pool, job.pool_id)
     nodes = len(s.exec(select(Node.id).where(Node.pool_id == job.pool_id)).all())
     for tid, count in wanted:
         target = f"task {job.id}/{tid}"

@@ -1,0 +1,337 @@
+"""Field rules shared by every spec kind: ids, names, command lines, environment, durations.
+
+Also the one table of which Azure Batch properties each kind treats as read-only
+(printed by ``show``, accepted and ignored on input) and which it does not support
+yet (refused by name). Every pattern is matched whole (``fullmatch``): ``$`` would
+let a final newline through.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+from fleet import durations
+from fleet.errors import BadInput
+
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+ELEVATION_LEVELS = ("nonadmin", "admin")
+
+_COMMON_READ_ONLY = frozenset(
+    {
+        "url",
+        "eTag",
+        "lastModified",
+        "creationTime",
+        "state",
+        "stateTransitionTime",
+        "previousState",
+        "previousStateTransitionTime",
+        "stats",
+        "odata.metadata",
+    }
+)
+
+#: Read-only properties of each kind: what ``show -o json`` prints about an object's
+#: life rather than its spec. ``create`` accepts and ignores them, so printed JSON is
+#: valid input. A new kind adds its row here.
+READ_ONLY: dict[str, frozenset[str]] = {
+    "pool": _COMMON_READ_ONLY
+    | {
+        "allocationState",
+        "allocationStateTransitionTime",
+        "currentDedicatedNodes",
+        "currentLowPriorityNodes",
+        "nodeCounts",
+        "resizeErrors",
+        "autoScaleRun",
+    },
+    "job": _COMMON_READ_ONLY | {"executionInfo", "taskCounts"},
+    "task": _COMMON_READ_ONLY | {"jobId", "executionInfo", "nodeInfo", "dependencyState"},
+}
+
+#: Azure properties that fleet knows but does not implement yet: reported by name.
+NOT_YET: dict[str, frozenset[str]] = {
+    "pool": frozenset(
+        {
+            "hostSelector",
+            "certificateReferences",
+            "applicationPackageReferences",
+            "enableAutoScale",
+            "autoScaleFormula",
+            "autoScaleEvaluationInterval",
+            "mountConfiguration",
+            "networkConfiguration",
+            "resizeTimeout",
+        }
+    ),
+    "job": frozenset({"autoPoolSpecification", "networkConfiguration"}),
+    "task": frozenset(
+        {
+            "applicationPackageReferences",
+            "containerSettings",
+            "affinityInfo",
+            "authenticationTokenSettings",
+        }
+    ),
+    "jobManagerTask": frozenset(
+        {"applicationPackageReferences", "containerSettings", "authenticationTokenSettings"}
+    ),
+    "jobPreparationTask": frozenset({"resourceFiles", "containerSettings", "userIdentity"}),
+    "jobReleaseTask": frozenset({"resourceFiles", "containerSettings", "userIdentity"}),
+    "startTask": frozenset({"resourceFiles", "containerSettings"}),
+}
+
+
+def fail(target: str, field: str, reason: str, code: str = "InvalidPropertyValue") -> BadInput:
+    """Return the BadInput for ``field`` of ``target``."""
+    return BadInput(reason, code=code, target=target, field=field)
+
+
+def check_fields(obj: Any, target: str, prefix: str, kind: str, allowed: set[str]) -> None:
+    """Raise BadInput unless ``obj`` is an object whose properties are ``allowed``, read-only
+    for ``kind`` (ignored) or known but not supported yet (``UnsupportedProperty``)."""
+    if not isinstance(obj, dict):
+        raise fail(target, prefix or kind, f"expected a JSON object, got {type(obj).__name__}")
+    for name in obj:
+        path = f"{prefix}.{name}" if prefix else name
+        if name in NOT_YET.get(kind, ()):
+            raise fail(
+                target,
+                path,
+                f"{path} is not supported by this version of fleet yet",
+                code="UnsupportedProperty",
+            )
+        if name not in allowed and name not in READ_ONLY.get(kind, ()):
+            raise fail(target, path, f"unknown property {path!r}", code="UnknownProperty")
+
+
+def validate_id(kind: str, value: Any) -> str:
+    """Return ``value`` if it is a valid id (letters, digits, '-' and '_', at most 64)."""
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise BadInput(
+            f"{kind} id {value!r} must be 1-64 letters, digits, hyphens or underscores",
+            code="InvalidId",
+            target=kind,
+            field="id",
+        )
+    return value
+
+
+def typed(
+    obj: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    target: str,
+    prefix: str = "",
+    default: Any = None,
+    required: bool = False,
+) -> Any:
+    """Return ``obj[name]`` if it has type ``kind``, ``default`` if absent or null."""
+    path = f"{prefix}.{name}" if prefix else name
+    if name not in obj or obj[name] is None:
+        if required:
+            raise fail(target, path, f"{path} is required", code="MissingRequiredProperty")
+        return default
+    value = obj[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise fail(target, path, f"{path} must be {names}, got {value!r}")
+    return value
+
+
+def int_in(
+    obj: dict[str, Any], name: str, target: str, lo: int, hi: int, default: int, prefix: str = ""
+) -> int:
+    """Return the integer ``obj[name]`` (``default`` if absent) if it lies in ``lo..hi``."""
+    value = typed(obj, name, int, target, prefix, default)
+    if not lo <= value <= hi:
+        path = f"{prefix}.{name}" if prefix else name
+        raise fail(target, path, f"{path} must be between {lo} and {hi}, got {value}")
+    return int(value)
+
+
+def choice(obj: dict[str, Any], name: str, target: str, choices: tuple[str, ...]) -> str:
+    """Return ``obj[name]`` lowercased if it is one of ``choices`` (default the first)."""
+    value = typed(obj, name, str, target, default=choices[0])
+    if value.lower() not in choices:
+        raise fail(target, name, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value.lower())
+
+
+def parse_command_line(value: Any, target: str, field: str = "commandLine") -> str:
+    """Return the command line if it splits like a shell would into a non-empty program
+    name and arguments without NUL (what the node agent runs)."""
+    if not isinstance(value, str) or not value.strip():
+        raise fail(
+            target,
+            field,
+            f"{field} must be a non-empty string",
+            code="MissingRequiredProperty" if value is None else "InvalidPropertyValue",
+        )
+    if "\0" in value:
+        raise fail(target, field, f"{field} cannot contain NUL")
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        raise fail(target, field, f"{field} cannot be split into arguments: {exc}") from exc
+    if not argv or not argv[0]:
+        raise fail(target, field, f"{field} must start with a program name, got {value!r}")
+    return value
+
+
+def parse_env(value: Any, target: str, field: str = "environmentSettings") -> list[dict[str, str]]:
+    """Return ``[{name, value}]`` after checking names and string values (no NUL)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise fail(target, field, f"{field} must be a list of {{name, value}}")
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(value):
+        path = f"{field}[{i}]"
+        check_fields(item, target, path, "env", {"name", "value"})
+        name = typed(item, "name", str, target, path, required=True)
+        if not ENV_NAME_RE.fullmatch(name):
+            raise fail(target, f"{path}.name", f"{name!r} is not a valid environment variable name")
+        if name in seen:
+            raise fail(target, f"{path}.name", f"environment variable {name!r} is set twice")
+        seen.add(name)
+        val = typed(item, "value", str, target, path, default="")
+        if "\0" in val:
+            raise fail(target, f"{path}.value", "environment values cannot contain NUL")
+        out.append({"name": name, "value": val})
+    return out
+
+
+def env_pairs(pairs: list[str], target: str) -> list[dict[str, str]]:
+    """Return ``[{name, value}]`` from ``K=V`` strings given on the command line."""
+    items = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise fail(target, "environmentSettings", f"--env {pair!r} must look like NAME=VALUE")
+        items.append({"name": name, "value": value})
+    return parse_env(items, target)
+
+
+def retry_count(obj: dict[str, Any], target: str, prefix: str) -> int:
+    """Return ``maxTaskRetryCount`` (-1 for no limit, default 0)."""
+    return int_in(obj, "maxTaskRetryCount", target, -1, 1_000_000, 0, prefix)
+
+
+def duration(obj: dict[str, Any], name: str, target: str, prefix: str) -> str | None:
+    """Return ``obj[name]`` as a normalized positive ISO 8601 duration, or None when it is
+    absent or Azure's unlimited value."""
+    path = f"{prefix}.{name}" if prefix else name
+    if obj.get(name) is None:
+        return None
+    seconds = durations.parse(obj[name], field=path, target=target)
+    if seconds is not None and seconds <= 0:
+        raise fail(target, path, f"{path} must be longer than zero")
+    return None if seconds is None else durations.format_seconds(seconds)
+
+
+def parse_constraints(value: Any, target: str, *, task: bool) -> dict[str, Any]:
+    """Return normalized ``constraints``: ``maxWallClockTime`` (ISO 8601, left out for
+    unlimited), ``maxTaskRetryCount`` (-1..), and for tasks ``retentionTime``."""
+    if value is None:
+        return {}
+    allowed = {"maxWallClockTime", "maxTaskRetryCount"} | ({"retentionTime"} if task else set())
+    check_fields(value, target, "constraints", "constraints", allowed)
+    out: dict[str, Any] = {}
+    for name in ("maxWallClockTime", "retentionTime"):
+        if name in allowed and (text := duration(value, name, target, "constraints")):
+            out[name] = text
+    if value.get("maxTaskRetryCount") is not None:
+        out["maxTaskRetryCount"] = retry_count(value, target, "constraints")
+    return out
+
+
+def constraint_seconds(spec: dict[str, Any], name: str) -> float | None:
+    """Return a duration limit of a normalized spec in seconds, or None if unset: from its
+    ``constraints``, or from its top level (a job release task, as in Azure)."""
+    text = (spec.get("constraints") or {}).get(name) or spec.get(name)
+    return durations.parse(text) if text else None
+
+
+def parse_user_name(value: Any, target: str, field: str) -> str:
+    """Return ``value`` if it is a safe POSIX user name (lowercase, at most 32 chars)."""
+    if not isinstance(value, str) or not USER_NAME_RE.fullmatch(value):
+        raise fail(
+            target,
+            field,
+            f"{value!r} is not a valid user name: lowercase letters, "
+            "digits, '_' and '-', starting with a letter or '_', at most 32",
+        )
+    return value
+
+
+def parse_user_identity(value: Any, target: str, prefix: str = "userIdentity") -> dict[str, Any]:
+    """Return ``{"autoUser": {"scope", "elevationLevel"}}`` or ``{"username": name}``;
+    the default is the non-admin auto user (the node's login account)."""
+    if value is None:
+        return {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
+    check_fields(value, target, prefix, "userIdentity", {"autoUser", "username"})
+    if "username" in value and "autoUser" in value:
+        raise fail(target, prefix, f"{prefix} takes autoUser or username, not both")
+    if "username" in value:
+        return {"username": parse_user_name(value["username"], target, f"{prefix}.username")}
+    auto = typed(value, "autoUser", dict, target, prefix, default={})
+    check_fields(auto, target, f"{prefix}.autoUser", "autoUser", {"scope", "elevationLevel"})
+    level = str(auto.get("elevationLevel", "nonadmin")).lower()
+    scope = str(auto.get("scope", "pool")).lower()
+    if level not in ELEVATION_LEVELS:
+        raise fail(
+            target,
+            f"{prefix}.autoUser.elevationLevel",
+            f"elevationLevel must be nonadmin or admin, got {level!r}",
+        )
+    if scope not in ("task", "pool"):
+        raise fail(target, f"{prefix}.autoUser.scope", f"scope must be task or pool, got {scope!r}")
+    return {"autoUser": {"scope": scope, "elevationLevel": level}}
+
+
+def parse_user_accounts(value: Any, target: str) -> list[dict[str, Any]]:
+    """Return a pool's ``userAccounts``: ``{name, elevationLevel}`` each."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise fail(target, "userAccounts", "userAccounts must be a list")
+    out, seen = [], set()
+    for i, item in enumerate(value):
+        path = f"userAccounts[{i}]"
+        check_fields(
+            item,
+            target,
+            path,
+            "userAccount",
+            {"name", "elevationLevel", "password", "linuxUserConfiguration"},
+        )
+        name = parse_user_name(item.get("name"), target, f"{path}.name")
+        if name in seen:
+            raise fail(target, f"{path}.name", f"user account {name!r} is listed twice")
+        seen.add(name)
+        level = str(item.get("elevationLevel", "nonadmin")).lower()
+        if level not in ELEVATION_LEVELS:
+            raise fail(target, f"{path}.elevationLevel", "elevationLevel must be nonadmin or admin")
+        if item.get("linuxUserConfiguration"):
+            raise fail(
+                target,
+                f"{path}.linuxUserConfiguration",
+                "linuxUserConfiguration is not supported yet",
+                "UnsupportedProperty",
+            )
+        if item.get("password") is not None:
+            raise fail(
+                target,
+                f"{path}.password",
+                "passwords for pool user accounts are not "
+                "supported yet (they need fleet's encrypted secret store)",
+                "UnsupportedProperty",
+            )
+        out.append({"name": name, "elevationLevel": level})
+    return out
