@@ -16,6 +16,7 @@ OWNERS = {
     "asyncssh": {"ssh.py"},
     "typer": {"cli/"},
     "apscheduler": {"timers.py"},
+    "passlib": {"passwords.py"},
     "sqlmodel": {
         "tables.py",
         "store.py",

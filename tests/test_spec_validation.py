@@ -174,3 +174,21 @@ def test_an_inventory_with_a_nul_byte_is_refused_naming_the_line():
     with pytest.raises(BadInput) as caught:
         inventory.parse_inventory(text, filename="inv.ini")
     assert caught.value.code == "InventoryParseError" and caught.value.details == {"line": 2}
+
+
+def test_a_password_hash_is_sha512_crypt_that_the_system_accepts():
+    import subprocess
+
+    from fleet.passwords import crypt_sha512
+
+    hashed = crypt_sha512("s3cret pass")
+    assert hashed.startswith("$6$") and "s3cret" not in hashed
+    salt = hashed.split("$")[2]
+    expected = subprocess.run(
+        ["openssl", "passwd", "-6", "-salt", salt, "-stdin"],
+        input="s3cret pass",
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert hashed == expected
