@@ -230,6 +230,12 @@ class Controller:
                 if item.get("state") == "exited":
                     self.exited(link, att, item.get("exit") or {})
                 elif item.get("state") == "missing":
+                    if att.key not in self.multi.runs:  # started by a controller before this one
+                        with self.store.session() as s:
+                            nodes = self.multi.orphaned(s, att)
+                        for other in nodes - {link.node_id}:
+                            if (peer := self.links.get(other)) is not None and peer.ready:
+                                await self._kill_stale(peer)
                     self.events.back_to_queue.append((att, self._was_started(att)))
         await self.job_tasks.reconcile(link)
         await self._kill_stale(link)

@@ -8,12 +8,14 @@ instance and completes the task. A failed coordination command fails the task.
 The instances are recorded in the ``subtasks`` table (``fleet task subtasks``).
 
 A controller restart during the coordination phase sends the task back to the
-queue (its instances are started again); one during the primary's run reattaches
-the primary like any task.
+queue (its instances are started again, after the old coordination commands are
+killed: they are recorded as stale attempts); one during the primary's run
+reattaches the primary like any task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shlex
 import time
@@ -21,17 +23,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from fleet import environment, outcomes, task_io
-from fleet.errors import FleetError, failure_of
-from fleet.tables import Host, Subtask, Task
+from fleet.errors import AgentError, FleetError, failure_of
+from fleet.tables import Host, StaleAttempt, Subtask, Task
 from fleet.task_events import Attempt, epoch
 
 if TYPE_CHECKING:
     from fleet.controller import Controller
 
 log = logging.getLogger(__name__)
+
+#: Pauses before giving up on a coordination spawn refused because an orphan (killed with
+#: a TERM, then a KILL 3 s later) still runs in its directory.
+ORPHAN_WAITS = (1.0, 1.0, 2.0, 2.0, 4.0)
 
 
 def sub_key(key: str, instance: int) -> str:
@@ -156,15 +162,23 @@ class MultiInstance:
                     run.common_files,
                     into="",
                 )
-            await link.agent.request(
-                "spawn",
-                key=sub_key(run.primary.key, i),
-                taskDir=f"{run.primary.task_dir}/coordination",
-                attempt=run.primary.attempt,
-                argv=shlex.split(run.coordination),
-                env=run.env[sub.node_id],
-                maxWallClockSeconds=None,
-            )
+            for wait in (*ORPHAN_WAITS, None):
+                try:
+                    await link.agent.request(
+                        "spawn",
+                        key=sub_key(run.primary.key, i),
+                        taskDir=f"{run.primary.task_dir}/coordination",
+                        attempt=run.primary.attempt,
+                        argv=shlex.split(run.coordination),
+                        env=run.env[sub.node_id],
+                        maxWallClockSeconds=None,
+                    )
+                    break
+                except AgentError as exc:
+                    # An orphan of a controller before this one is being killed: wait for it.
+                    if exc.code != "TaskAlreadyRunning" or wait is None:
+                        raise
+                    await asyncio.sleep(wait)
         except Exception as exc:  # whatever it was, this instance has an outcome
             if not isinstance(exc, FleetError):
                 log.error("%s: coordination not started", sub_key(run.primary.key, i), exc_info=exc)
@@ -211,6 +225,28 @@ class MultiInstance:
             self.c.wake()
         elif not run.waiting and run.start_primary is not None:
             run.start_primary()
+
+    def orphaned(self, s: Session, att: Attempt) -> set[str]:
+        """Record the coordination commands of ``att``, a multi-instance attempt that a
+        controller before this one started and that goes back to the queue, as stale
+        attempts to kill on their nodes (now, or when they return); return those nodes."""
+        rows = s.exec(
+            select(Subtask).where(
+                Subtask.job_id == att.job_id,
+                Subtask.task_id == att.task_id,
+                Subtask.attempt == att.attempt,
+            )
+        ).all()
+        for row in rows:
+            s.merge(
+                StaleAttempt(
+                    node_id=row.node_id,
+                    key=sub_key(att.key, row.instance),
+                    attempt=att.attempt,
+                    task_dir=f"{att.task_dir}/coordination",
+                )
+            )
+        return {row.node_id for row in rows}
 
     def finish(self, att: Attempt) -> None:
         """The primary ended (or its attempt went back to the queue): end every instance."""

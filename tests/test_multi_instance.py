@@ -118,3 +118,41 @@ def test_a_multi_instance_task_the_pool_cannot_run_is_refused(fleet, lab_invento
     err = json.loads(result.stderr)["error"]
     assert err["code"] == "MultiInstanceTaskNotSatisfiable" and "has 2" in err["message"]
     assert fleet.json("task", "list", "--job", "j") == []
+
+
+def test_a_controller_killed_mid_coordination_kills_the_old_commands_before_new_ones(
+    fleet, lab_inventory, lab, controller, tmp_path
+):
+    import tempfile
+
+    from tests.conftest import wait_for
+
+    _pool(fleet, lab_inventory, tmp_path, nodes=2)
+    runs = Path(tempfile.mkdtemp(dir=lab.dir / "nodes"))  # writable by the lab's login user
+    runs.chmod(0o777)
+    coordination = (
+        f"/bin/sh -c 'echo begin >> {runs}/$FLEET_NODE_ID; "
+        f"flock -n {runs}/$FLEET_NODE_ID.lock sleep 6 || echo overlap >> {runs}/overlaps'"
+    )
+    first = controller()
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    fleet.add_tasks(
+        "j",
+        {
+            "id": "mpi",
+            "commandLine": "echo primary",
+            "multiInstanceSettings": {
+                "numberOfInstances": 2,
+                "coordinationCommandLine": coordination,
+            },
+        },
+    )
+    wait_for(lambda: len(list(runs.glob("node??"))) == 2, 60, message="coordination running")
+    first.kill()
+    controller()
+    assert fleet("job", "wait", "j", "--timeout", "90", check=False).code == 0
+    assert not (runs / "overlaps").exists()
+    task = fleet.json("task", "show", "--job", "j", "--id", "mpi")
+    assert task["executionInfo"]["result"] == "success"
+    for node_file in runs.glob("node??"):
+        assert node_file.read_text() == "begin\nbegin\n"  # the old run, then the new one
