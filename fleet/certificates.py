@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from fleet.errors import BadInput, NotFound, RemoteError
 from fleet.secret_store import SecretStore
 from fleet.settings import Settings
+from fleet.spec_fields import TRUST_STORE_LOCATIONS, VISIBILITIES
 from fleet.store import Store
 from fleet.tables import Certificate
 
@@ -29,11 +30,6 @@ if TYPE_CHECKING:
     from fleet.ssh import Connection
 
 FORMATS = ("pem", "der", "pfx")
-#: What a pool's certificateReferences[].visibility may name (Azure's values).
-VISIBILITIES = ("starttask", "task", "remoteuser")
-#: storeLocation values that also put the certificate into the node's system trust store.
-TRUST_STORE_LOCATIONS = ("localmachine", "truststore")
-STORE_LOCATIONS = ("currentuser", *TRUST_STORE_LOCATIONS)
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 

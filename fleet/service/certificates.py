@@ -75,6 +75,20 @@ def create_certificate(
     return Added(cert, notes)
 
 
+def check_references(session: Session, references: list[dict[str, Any]], target: str) -> None:
+    """Raise NotFound (CertificateNotFound, exit 3, as for an unknown host) unless every
+    referenced certificate exists."""
+    for i, ref in enumerate(references):
+        if session.get(Certificate, ref["thumbprint"]) is None:
+            raise NotFound(
+                f"no certificate with thumbprint {ref['thumbprint']}: add it with "
+                "'fleet certificate create' first",
+                code="CertificateNotFound",
+                target=target,
+                field=f"certificateReferences[{i}].thumbprint",
+            )
+
+
 def get_certificate(session: Session, thumbprint: str) -> Certificate:
     """Return the certificate; Raises NotFound (CertificateNotFound)."""
     cert = session.get(Certificate, thumbprint.lower())
