@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from passlib.hash import sha512_crypt
 from sqlalchemy import text
 
 from fleet.errors import Conflict, NotFound
@@ -240,3 +243,54 @@ def test_the_start_task_finds_the_pools_certificates_in_its_certificates_dir(
     base = f"sha1-{sha1(keyed)}"
     assert {modes[f"{base}{ext}"] for ext in (".pfx", ".pfx.pw", ".key.pem")} == {"600"}
     assert modes[f"sha1-{sha1(plain)}.cer"] in ("644", "600")
+
+
+@pytest.fixture
+def password_account():
+    if os.geteuid() != 0:
+        pytest.skip("creating OS user accounts on the lab host needs root")
+    yield "fleetcertpw"
+    subprocess.run(["userdel", "-r", "fleetcertpw"], capture_output=True)
+
+
+@pytest.mark.lab
+def test_a_pool_user_gets_its_password_as_a_sha512_hash(
+    fleet, lab_inventory, controller, password_account
+):
+    fleet("host", "import", str(lab_inventory))
+    host = fleet.json("host", "list")[0]["id"]
+    account = {"name": password_account, "password": USER_PASSWORD}
+    _pool(fleet, {"id": "p", "hosts": [host], "userAccounts": [account]})
+    ctl = controller()
+    wait_for_idle_nodes(fleet, "p")
+    shadow = subprocess.run(
+        ["getent", "shadow", password_account], capture_output=True, text=True, check=True
+    ).stdout
+    hashed = shadow.split(":")[1]
+    assert hashed.startswith("$6$")
+    assert sha512_crypt.verify(USER_PASSWORD, hashed)
+    assert USER_PASSWORD not in ctl.log_text()
+
+
+def test_secrets_rotate_keeps_pool_passwords_and_certificate_keys_readable(offline, tmp_path):
+    cert, key = make_cert()
+    offline("certificate", "create", "--file", str(write_pem(tmp_path / "k.pem", cert, key)))
+    _pool(
+        offline, {"id": "p", "hosts": ["n1"], "userAccounts": [{"name": "al", "password": "pw1"}]}
+    )
+    key_file = Path(offline.home) / "secret.key"
+    old = key_file.read_bytes()
+    result = offline.json("secrets", "rotate")
+    assert result["reencrypted"] == 3  # the key, the node PFX password, the user password
+    assert key_file.read_bytes() != old and key_file.stat().st_mode & 0o777 == 0o600
+    store = Store(f"sqlite:///{Path(offline.home) / 'fleet.db'}")
+    try:
+        settings = Settings.resolve(offline.home, store.url)
+        keys = SecretStore.of(settings)
+        with store.session() as s:
+            row = certificates.get_certificate(s, sha1(cert))
+            assert keys.get(s, row.key_secret_id) == key_pem(key)
+            pool = pools.get_pool(s, "p")
+            assert keys.get(s, pool.spec["userAccounts"][0]["passwordSecretId"]) == b"pw1"
+    finally:
+        store.close()
