@@ -278,6 +278,8 @@ async def install_for_node(
     certs = node_certificates(store, settings, pool_spec.get("certificateReferences") or [])
     if certs:
         await install(conn, f"{root.rstrip('/')}/certs", certs, login_user)
+        for account in pool_spec.get("userAccounts") or []:  # tasks run as them read ~/certs
+            await copy_for_user(conn, account["name"], certs, "task")
 
 
 async def install(
@@ -338,11 +340,15 @@ async def add_to_trust_store(
     await _must(conn, [*sudo, *rebuild])
 
 
-async def copy_for_user(conn: Connection, user: str, certs: list[NodeCertificate]) -> None:
-    """Give node user ``user`` (a validated name) a ``~/certs`` copy of every certificate
-    whose visibility names ``remoteuser``: the directory 0700 and private files 0600, owned
-    by the user. For the node-users feature; runs through ``sudo -n`` with fixed argv."""
-    wanted = [c for c in certs if "remoteuser" in c.visibility]
+async def copy_for_user(
+    conn: Connection, user: str, certs: list[NodeCertificate], visibility: str = "remoteuser"
+) -> None:
+    """Give ``user`` (a validated name) a ``~/certs`` copy of every certificate whose
+    visibility names ``visibility``: the directory 0700 and private files 0600, owned by
+    the user. Node users get the ``remoteuser`` ones (the node-users feature calls this
+    with :func:`node_certificates`); pool user accounts get the ``task`` ones. Runs
+    through ``sudo -n`` with fixed argv."""
+    wanted = [c for c in certs if visibility in c.visibility]
     if not wanted:
         return
     found = await conn.run(["getent", "passwd", user])

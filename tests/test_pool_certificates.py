@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import os
+import pwd
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,13 +255,24 @@ def password_account():
 
 
 @pytest.mark.lab
-def test_a_pool_user_gets_its_password_as_a_sha512_hash(
-    fleet, lab_inventory, controller, password_account
+def test_a_pool_user_gets_its_password_as_a_sha512_hash_and_its_own_certificate_copy(
+    fleet, lab_inventory, controller, password_account, tmp_path
 ):
     fleet("host", "import", str(lab_inventory))
     host = fleet.json("host", "list")[0]["id"]
+    cert, key = make_cert("for-alice")
+    fleet("certificate", "create", "--file", str(write_pem(tmp_path / "k.pem", cert, key)))
+    hidden, _ = make_cert("not-for-tasks")
+    fleet("certificate", "create", "--file", str(write_pem(tmp_path / "h.pem", hidden)))
     account = {"name": password_account, "password": USER_PASSWORD}
-    _pool(fleet, {"id": "p", "hosts": [host], "userAccounts": [account]})
+    refs = [
+        {"thumbprint": sha1(cert), "visibility": ["task"]},
+        {"thumbprint": sha1(hidden), "visibility": ["starttask"]},
+    ]
+    _pool(
+        fleet,
+        {"id": "p", "hosts": [host], "userAccounts": [account], "certificateReferences": refs},
+    )
     ctl = controller()
     wait_for_idle_nodes(fleet, "p")
     shadow = subprocess.run(
@@ -270,6 +282,14 @@ def test_a_pool_user_gets_its_password_as_a_sha512_hash(
     assert hashed.startswith("$6$")
     assert sha512_crypt.verify(USER_PASSWORD, hashed)
     assert USER_PASSWORD not in ctl.log_text()
+    home = Path(pwd.getpwnam(password_account).pw_dir) / "certs"
+    uid = pwd.getpwnam(password_account).pw_uid
+    assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (uid, 0o700)
+    for ext in (".pfx", ".pfx.pw", ".key.pem"):
+        st = (home / f"sha1-{sha1(cert)}{ext}").stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (uid, 0o600)
+    assert (home / f"sha1-{sha1(cert)}.key.pem").read_bytes() == key_pem(key)
+    assert not list(home.glob(f"sha1-{sha1(hidden)}*"))
 
 
 def test_secrets_rotate_keeps_pool_passwords_and_certificate_keys_readable(offline, tmp_path):
