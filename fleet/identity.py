@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from fleet import specs
 from fleet.errors import RemoteError
+from fleet.passwords import crypt_sha512
+from fleet.secret_store import SecretStore
+from fleet.settings import Settings
 from fleet.ssh import Connection
+from fleet.store import Store
 
 SUDO = ["sudo", "-n"]
 
@@ -40,10 +45,29 @@ async def can_sudo(conn: Connection) -> bool:
     return result.exit_code == 0
 
 
+def with_passwords(
+    store: Store, settings: Settings, accounts: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Return a pool's stored ``userAccounts`` with each password decrypted from the secret
+    store (as ``password``). Raises the secret store's SecretKeyError."""
+    if not any(specs.PASSWORD_SECRET in a for a in accounts):
+        return accounts
+    secrets = SecretStore.of(settings)
+    with store.session() as s:
+        return [
+            {**a, "password": secrets.get(s, a[specs.PASSWORD_SECRET]).decode()}
+            if specs.PASSWORD_SECRET in a
+            else a
+            for a in accounts
+        ]
+
+
 async def ensure_accounts(
     conn: Connection, accounts: list[dict[str, Any]], login_user: str
 ) -> None:
-    """Create the pool's user accounts on the node (admins get passwordless sudo).
+    """Create the pool's user accounts on the node (admins get passwordless sudo) and set
+    the password of those that have one: ``chpasswd -e`` reads ``name:<SHA-512 crypt hash>``
+    on its standard input, so the password is never in an argv nor sent to the node.
 
     Raises RemoteError with code UserAccountError naming the account and the reason."""
     sudo = [] if login_user == "root" else SUDO
@@ -56,6 +80,9 @@ async def ensure_accounts(
             line = f"{name} ALL=(ALL) NOPASSWD:ALL\n".encode()
             await _must(conn, [*sudo, "tee", path], name, stdin=line)
             await _must(conn, [*sudo, "chmod", "0440", path], name)
+        if account.get("password"):
+            line = f"{name}:{crypt_sha512(account['password'])}\n".encode()
+            await _must(conn, [*sudo, "chpasswd", "-e"], name, stdin=line)
 
 
 async def prepare_workdir(

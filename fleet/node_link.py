@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fleet import environment, identity, targets, views
+from fleet import certificates, environment, identity, targets, views
 from fleet.agent_client import AgentClient
 from fleet.domain import NodeState
 from fleet.errors import (
@@ -43,7 +43,7 @@ RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
 #: Failures that no reconnect can fix: the node is unusable until an admin acts.
 FATAL = (HostKeyMismatch, HostKeyUnknown, AuthenticationFailed)
 #: Errors with these codes also leave the node unusable until an admin acts.
-FATAL_CODES = {"UserAccountError"}
+FATAL_CODES = {"UserAccountError", "CertificateInstallError", "SecretKeyMismatch"}
 #: Seconds a stopping link's work gets to unwind before its connection is cut.
 STOP_GRACE = 1.0
 #: Seconds after which a stopping link stops waiting for its work.
@@ -206,8 +206,17 @@ class NodeLink:
         self.login_user = str(hello.get("user", ""))
         self.can_sudo = self.login_user == "root" or await identity.can_sudo(self.conn)
         if pool.spec.get("userAccounts"):
-            await identity.ensure_accounts(self.conn, pool.spec["userAccounts"], self.login_user)
+            accounts = identity.with_passwords(self.store, self.settings, pool.spec["userAccounts"])
+            await identity.ensure_accounts(self.conn, accounts, self.login_user)
         self.boot_id_changed = bool(node.boot_id and node.boot_id != hello.get("bootId"))
+        await certificates.install_for_node(
+            self.conn,
+            self.store,
+            self.settings,
+            pool.spec,
+            hello.get("root", root),
+            self.login_user,
+        )
         start_needed = pool.spec.get("startTask") is not None and (
             self.boot_id_changed
             or node.start_task_info is None

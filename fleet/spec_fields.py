@@ -58,7 +58,6 @@ NOT_YET: dict[str, frozenset[str]] = {
     "pool": frozenset(
         {
             "hostSelector",
-            "certificateReferences",
             "applicationPackageReferences",
             "enableAutoScale",
             "autoScaleFormula",
@@ -295,8 +294,72 @@ def parse_user_identity(value: Any, target: str, prefix: str = "userIdentity") -
     return {"autoUser": {"scope": scope, "elevationLevel": level}}
 
 
+THUMBPRINT_RE = re.compile(r"[0-9a-f]{40}")
+#: What a pool's certificateReferences[].visibility may name (Azure's values).
+VISIBILITIES = ("starttask", "task", "remoteuser")
+#: storeLocation values that also put the certificate into the node's system trust store.
+TRUST_STORE_LOCATIONS = ("localmachine", "truststore")
+STORE_LOCATIONS = ("currentuser", *TRUST_STORE_LOCATIONS)
+
+
+def parse_certificate_references(value: Any, target: str) -> list[dict[str, Any]]:
+    """Return a pool's ``certificateReferences``: ``{thumbprint, thumbprintAlgorithm,
+    storeLocation, storeName?, visibility}`` each (lowercase thumbprint and names; the
+    default visibility is every identity, as in Azure)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise fail(target, "certificateReferences", "certificateReferences must be a list")
+    out, seen = [], set()
+    for i, item in enumerate(value):
+        path = f"certificateReferences[{i}]"
+        check_fields(
+            item,
+            target,
+            path,
+            "certificateReference",
+            {"thumbprint", "thumbprintAlgorithm", "storeLocation", "storeName", "visibility"},
+        )
+        thumb = typed(item, "thumbprint", str, target, path, required=True).lower()
+        if not THUMBPRINT_RE.fullmatch(thumb):
+            raise fail(target, f"{path}.thumbprint", "thumbprint must be 40 hex digits (SHA-1)")
+        if thumb in seen:
+            raise fail(target, f"{path}.thumbprint", f"certificate {thumb} is referenced twice")
+        seen.add(thumb)
+        algorithm = typed(item, "thumbprintAlgorithm", str, target, path, "sha1").lower()
+        if algorithm != "sha1":
+            raise fail(target, f"{path}.thumbprintAlgorithm", "thumbprintAlgorithm must be sha1")
+        location = typed(item, "storeLocation", str, target, path, "currentuser").lower()
+        if location not in STORE_LOCATIONS:
+            raise fail(
+                target,
+                f"{path}.storeLocation",
+                f"storeLocation must be one of {', '.join(STORE_LOCATIONS)}, got {location!r}",
+            )
+        visibility = typed(item, "visibility", list, target, path, list(VISIBILITIES))
+        names = [v.lower() if isinstance(v, str) else v for v in visibility]
+        if not names or any(v not in VISIBILITIES for v in names):
+            raise fail(
+                target,
+                f"{path}.visibility",
+                f"visibility must be a non-empty list of {', '.join(VISIBILITIES)}",
+            )
+        ref: dict[str, Any] = {
+            "thumbprint": thumb,
+            "thumbprintAlgorithm": "sha1",
+            "storeLocation": location,
+            "visibility": [v for v in VISIBILITIES if v in names],
+        }
+        store_name = typed(item, "storeName", str, target, path)
+        if store_name is not None:
+            ref["storeName"] = store_name
+        out.append(ref)
+    return out
+
+
 def parse_user_accounts(value: Any, target: str) -> list[dict[str, Any]]:
-    """Return a pool's ``userAccounts``: ``{name, elevationLevel}`` each."""
+    """Return a pool's ``userAccounts``: ``{name, elevationLevel}`` each, and ``password``
+    when given (the service layer replaces it with a secret store reference)."""
     if value is None:
         return []
     if not isinstance(value, list):
@@ -325,13 +388,15 @@ def parse_user_accounts(value: Any, target: str) -> list[dict[str, Any]]:
                 "linuxUserConfiguration is not supported yet",
                 "UnsupportedProperty",
             )
-        if item.get("password") is not None:
-            raise fail(
-                target,
-                f"{path}.password",
-                "passwords for pool user accounts are not "
-                "supported yet (they need fleet's encrypted secret store)",
-                "UnsupportedProperty",
-            )
-        out.append({"name": name, "elevationLevel": level})
+        account = {"name": name, "elevationLevel": level}
+        password = typed(item, "password", str, target, path)
+        if password is not None:
+            if not password or "\0" in password or "\n" in password:
+                raise fail(
+                    target,
+                    f"{path}.password",
+                    "password must be a non-empty string without NUL or newline",
+                )
+            account["password"] = password  # the service keeps it in the secret store
+        out.append(account)
     return out

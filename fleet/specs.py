@@ -27,6 +27,7 @@ from fleet.spec_fields import (  # noqa: F401 (re-exported: callers use specs.co
     env_pairs,
     fail,
     int_in,
+    parse_certificate_references,
     parse_command_line,
     parse_constraints,
     parse_env,
@@ -38,6 +39,8 @@ from fleet.spec_fields import (  # noqa: F401 (re-exported: callers use specs.co
 )
 
 MAX_TASKS_PER_ADD = 100
+#: Where a stored pool spec's userAccounts[] keeps its password: a secret store id.
+PASSWORD_SECRET = "passwordSecretId"  # noqa: S105 (a field name, not a password)
 RELEASE_LIMIT_SECONDS = 15 * 60
 
 #: Accepted so Azure specs load unchanged, kept in the spec, with no effect yet or ever.
@@ -52,6 +55,7 @@ POOL_FIELDS = {
     "taskSchedulingPolicy",
     "startTask",
     "userAccounts",
+    "certificateReferences",
     "enableInterNodeCommunication",
     "targetDedicatedNodes",
     "targetLowPriorityNodes",
@@ -177,6 +181,9 @@ def parse_pool(data: Any) -> dict[str, Any]:
         taskSchedulingPolicy={"nodeFillType": fill.lower()},
         startTask=parse_start_task(data.get("startTask"), target),
         userAccounts=parse_user_accounts(data.get("userAccounts"), target),
+        certificateReferences=parse_certificate_references(
+            data.get("certificateReferences"), target
+        ),
         enableInterNodeCommunication=typed(
             data, "enableInterNodeCommunication", bool, target, default=False
         ),
@@ -404,4 +411,10 @@ def request_fields(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Return the properties of a normalized ``kind`` spec that ``show`` prints: those that
     are valid input, without empty values (parsing fills them in again)."""
     fields = {"pool": POOL_FIELDS, "job": JOB_FIELDS, "task": TASK_FIELDS}[kind]
-    return {k: v for k, v in spec.items() if k in fields and v is not None and v != [] and v != {}}
+    out = {k: v for k, v in spec.items() if k in fields and v is not None and v != [] and v != {}}
+    if out.get("userAccounts"):  # a password is never printed, nor its secret's id
+        out["userAccounts"] = [
+            {k: v for k, v in a.items() if k not in ("password", PASSWORD_SECRET)}
+            for a in out["userAccounts"]
+        ]
+    return out

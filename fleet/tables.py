@@ -1,4 +1,4 @@
-"""Database rows: hosts, host keys, pools, nodes, jobs, tasks and the controller lease (SQLModel tables).
+"""Database rows: hosts, host keys, pools, nodes, jobs, tasks, the controller lease, secrets and certificates (SQLModel tables).
 
 Times are UTC epoch seconds (floats); the views render them as ISO 8601. Specs
 that users wrote are kept whole in a JSON ``spec`` column next to the columns the
@@ -206,4 +206,48 @@ class ControllerLease(SQLModel, table=True):
     renewed_at: float
 
 
-ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode, Subtask, StaleAttempt, ControllerLease)
+class Secret(SQLModel, table=True):
+    """One secret (a private key, a password), Fernet-encrypted; only fleet/secret_store.py
+    reads or writes these rows, and other rows name them by id."""
+
+    __tablename__ = "secrets"
+
+    id: str = Field(primary_key=True)
+    purpose: str  # what it is, e.g. "certificate <thumbprint> key"; never the secret
+    ciphertext: str  # a Fernet token (URL-safe base64)
+    created_at: float = 0.0
+
+
+class Certificate(SQLModel, table=True):
+    """A certificate added with ``fleet certificate create``; its private key and the
+    password of the PFX that nodes get are secrets."""
+
+    __tablename__ = "certificates"
+
+    thumbprint: str = Field(primary_key=True)  # lowercase hex SHA-1 of the DER
+    sha256_thumbprint: str
+    subject: str
+    not_after: float
+    public_data: str  # base64 DER
+    key_secret_id: str | None = None  # PKCS#8 PEM private key
+    pfx_password_secret_id: str | None = None  # the password of the node's .pfx
+    state: str = "active"
+    delete_error: dict[str, Any] | None = _json()
+    created_at: float = 0.0
+    state_changed_at: float = 0.0
+
+
+ALL_TABLES = (
+    Host,
+    HostKey,
+    Pool,
+    Node,
+    Job,
+    Task,
+    JobNode,
+    Subtask,
+    StaleAttempt,
+    ControllerLease,
+    Secret,
+    Certificate,
+)

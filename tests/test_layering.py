@@ -20,6 +20,7 @@ OWNERS = {
     "sqlmodel": {
         "tables.py",
         "store.py",
+        "secret_store.py",
         "service/",
         "task_events.py",
         "job_tasks.py",

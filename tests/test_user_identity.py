@@ -135,7 +135,9 @@ def test_bad_user_names_and_passwords_are_refused(fleet, tmp_path):
     fleet("host", "import", str(tmp_path / "inv.ini"))
     for accounts, code in (
         ([{"name": "Root; rm -rf /"}], "InvalidPropertyValue"),
-        ([{"name": "ok", "password": "secret"}], "UnsupportedProperty"),
+        ([{"name": "ok", "password": ""}], "InvalidPropertyValue"),
+        ([{"name": "ok", "password": "two\nlines"}], "InvalidPropertyValue"),
+        ([{"name": "ok", "passwordSecretId": "0" * 32}], "UnknownProperty"),
     ):
         (tmp_path / "pool.json").write_text(
             json.dumps({"id": "p", "hosts": ["n1"], "userAccounts": accounts})

@@ -9,7 +9,19 @@ from typing import Annotated
 import typer
 
 from fleet import __version__
-from fleet.cli import common, controller_cmd, exec_cmd, files, hosts, jobs, lab, pools, tasks
+from fleet.cli import (
+    certificates,
+    common,
+    controller_cmd,
+    exec_cmd,
+    files,
+    hosts,
+    jobs,
+    lab,
+    pools,
+    secrets,
+    tasks,
+)
 from fleet.cli.common import OutputFormat
 from fleet.errors import FleetError
 
@@ -28,6 +40,8 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(tasks.app, name="task")
 app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(files.app, name="file")
+app.add_typer(certificates.app, name="certificate")
+app.add_typer(secrets.app, name="secrets")
 exec_cmd.register(app)
 
 

@@ -73,7 +73,7 @@ def create(
             data["taskSlotsPerNode"] = task_slots_per_node
         if start_task:
             data["startTask"] = {"commandLine": start_task, "waitForSuccess": True}
-    pool = service.create_pool(CURRENT.store, data)
+    pool = service.create_pool(CURRENT.store, data, CURRENT.settings)
     if wait:
         _wait_for_nodes(pool.id, timeout, output)
     emit(views.pool(*service.show_pool(CURRENT.store, pool.id)), output)

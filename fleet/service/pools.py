@@ -7,22 +7,27 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from fleet import specs
+from fleet import secret_store, specs
 from fleet.domain import JobState
 from fleet.errors import Conflict, NotFound
+from fleet.secret_store import SecretStore
+from fleet.service.certificates import check_references
+from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Host, Job, Node, Pool
 
 
-def create_pool(store: Store, data: dict[str, Any]) -> Pool:
-    """Validate an Azure-style pool spec, then store the pool and one node per host.
+def create_pool(store: Store, data: dict[str, Any], settings: Settings | None = None) -> Pool:
+    """Validate an Azure-style pool spec, then store the pool and one node per host; user
+    account passwords go to the secret store of ``settings`` (default: the environment's).
 
-    Raises BadInput (bad spec), NotFound (unknown host) or Conflict (pool id taken,
-    host already in a pool). Nothing is stored on error.
+    Raises BadInput (bad spec), NotFound (unknown host or certificate) or Conflict (pool
+    id taken, host already in a pool). Nothing is stored on error.
     """
     spec = specs.parse_pool(data)
     now = time.time()
     with store.session() as s:
+        check_references(s, spec["certificateReferences"], f"pool {spec['id']}")
         if s.get(Pool, spec["id"]) is not None:
             raise Conflict(
                 "a pool with this id exists already", code="PoolExists", target=f"pool {spec['id']}"
@@ -43,6 +48,7 @@ def create_pool(store: Store, data: dict[str, Any]) -> Pool:
                     target=f"pool {spec['id']}",
                     field="hosts",
                 )
+        _keep_passwords(s, spec, settings or Settings.resolve(db_url=store.url))
         pool = Pool(
             id=spec["id"],
             display_name=spec["displayName"],
@@ -56,6 +62,20 @@ def create_pool(store: Store, data: dict[str, Any]) -> Pool:
         for host_id in spec["hosts"]:
             s.add(Node(id=host_id, pool_id=pool.id, created_at=now, state_changed_at=now))
     return pool
+
+
+def _keep_passwords(session: Session, spec: dict[str, Any], settings: Settings) -> None:
+    """Replace each user account's password in ``spec`` by the id of a secret holding it."""
+    accounts = [a for a in spec["userAccounts"] if "password" in a]
+    if not accounts:
+        return
+    secrets = SecretStore.of(settings)
+    for account in accounts:
+        account[specs.PASSWORD_SECRET] = secrets.put(
+            session,
+            f"pool {spec['id']} user {account['name']} password",
+            account.pop("password"),
+        )
 
 
 def get_pool(session: Session, pool_id: str) -> Pool:
@@ -106,6 +126,9 @@ def delete_pool(store: Store, pool_id: str) -> None:
         for node in s.exec(select(Node).where(Node.pool_id == pool_id)):
             s.delete(node)
         pool = s.get(Pool, pool_id)
+        assert pool is not None
+        for account in pool.spec.get("userAccounts") or []:
+            secret_store.delete(s, account.get(specs.PASSWORD_SECRET))
         s.delete(pool)
 
 
