@@ -206,4 +206,32 @@ class ControllerLease(SQLModel, table=True):
     renewed_at: float
 
 
-ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode, Subtask, StaleAttempt, ControllerLease)
+class NodeUser(SQLModel, table=True):
+    """An OS account fleet created on a node for remote login (never its password: only
+    whether it has one), removed once ``expiry_time`` has passed."""
+
+    __tablename__ = "node_users"
+
+    node_id: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    pool_id: str = Field(index=True)
+    is_admin: bool = False
+    expiry_time: float = Field(index=True)
+    has_password: bool = False
+    ssh_public_key: str | None = None
+    created_at: float = 0.0
+
+
+ALL_TABLES = (
+    Host,
+    HostKey,
+    Pool,
+    Node,
+    Job,
+    Task,
+    JobNode,
+    Subtask,
+    StaleAttempt,
+    ControllerLease,
+    NodeUser,
+)

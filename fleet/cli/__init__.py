@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 
 from fleet import __version__
-from fleet.cli import common, controller_cmd, exec_cmd, files, hosts, jobs, lab, pools, tasks
+from fleet.cli import (
+    common,
+    controller_cmd,
+    exec_cmd,
+    files,
+    hosts,
+    jobs,
+    lab,
+    node_users,
+    pools,
+    tasks,
+)
 from fleet.cli.common import OutputFormat
 from fleet.errors import FleetError
 
@@ -24,6 +35,7 @@ app.add_typer(lab.app, name="lab")
 app.add_typer(hosts.app, name="host")
 app.add_typer(pools.app, name="pool")
 app.add_typer(pools.node_app, name="node")
+node_users.register(pools.node_app)
 app.add_typer(jobs.app, name="job")
 app.add_typer(tasks.app, name="task")
 app.add_typer(controller_cmd.app, name="controller")
