@@ -11,27 +11,30 @@ on standard input.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from sqlmodel import col, select
 
-from fleet.errors import Conflict, FleetError, RemoteError
+from fleet.errors import Conflict, FleetError, NotFound, RemoteError
 from fleet.passwords import crypt_sha512
 from fleet.spec_fields import USER_NAME_RE, check_fields, fail
-from fleet.ssh import Connection
+from fleet.ssh import Connection, Target
 from fleet.tables import NodeUser
 
 if TYPE_CHECKING:
     from fleet.controller import Controller
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The comment (GECOS) field of every account fleet creates; accounts without it are not fleet's.
 MARKER = "fleet node user"
@@ -290,6 +293,87 @@ def _failed(command: str, name: str, code: int | None, stderr: bytes) -> RemoteE
         f"{command} for node user {name} failed (exit {code}): {detail}",
         code="UserAccountError",
     )
+
+
+# -- one operation, at once, over its own connection (for the CLI) -------------------
+
+
+def _on_node(target: Target, work: Callable[[Connection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        conn = await Connection.open(target)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def create_on_node(target: Target, user: dict[str, Any], what: str) -> None:
+    """Create a validated node user's account on the node ``target`` reaches. Raises
+    Conflict ``NodeUserExists`` or ``NodeUserNotManaged`` if the name is taken there."""
+
+    async def work(conn: Connection) -> None:
+        if await check_ours(conn, user["name"], what) is not None:
+            raise Conflict(
+                f"the node already has an account {user['name']!r}",
+                code="NodeUserExists",
+                target=what,
+            )
+        await create_account(conn, user)
+
+    _on_node(target, work)
+
+
+def update_on_node(target: Target, user: dict[str, Any], what: str) -> None:
+    """Replace the settings of fleet's account ``user["name"]``. Raises NotFound
+    ``NodeUserNotFound`` if it is gone, Conflict ``NodeUserNotManaged`` if not fleet's."""
+
+    async def work(conn: Connection) -> None:
+        if await check_ours(conn, user["name"], what) is None:
+            raise NotFound(
+                "the account is gone from the node", code="NodeUserNotFound", target=what
+            )
+        await apply_settings(conn, user)
+
+    _on_node(target, work)
+
+
+def delete_on_node(target: Target, name: str, recorded: bool, what: str) -> None:
+    """Remove fleet's account ``name`` (``recorded``: fleet's table lists it). Raises
+    Conflict ``NodeUserNotManaged`` for an account fleet did not create (or has no record
+    of), NotFound ``NodeUserNotFound`` when neither the record nor the account exists."""
+
+    async def work(conn: Connection) -> None:
+        account = await check_ours(conn, name, what)
+        if not recorded:
+            raise _unrecorded(name, account is not None, what)
+        if account is not None:
+            await remove_account(conn, name)
+
+    _on_node(target, work)
+
+
+def refuse_unrecorded(target: Target, name: str, what: str) -> NoReturn:
+    """Raise for a name fleet has no record of: Conflict ``NodeUserNotManaged`` (exit 4)
+    if the node has such an account, else NotFound ``NodeUserNotFound``."""
+
+    async def work(conn: Connection) -> None:
+        account = await check_ours(conn, name, what)
+        raise _unrecorded(name, account is not None, what)
+
+    _on_node(target, work)
+    raise AssertionError("work always raises")
+
+
+def _unrecorded(name: str, on_node: bool, what: str) -> FleetError:
+    if on_node:  # fleet's marker, but not fleet's record: leave it
+        return Conflict(
+            f"fleet has no record of creating {name!r}; it is not modified or deleted",
+            code="NodeUserNotManaged",
+            target=what,
+        )
+    return NotFound(f"no node user {name!r}", code="NodeUserNotFound", target=what)
 
 
 # -- the controller's expiry sweep ----------------------------------------------------

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import pwd
+import socket
 import subprocess
 import time
 import uuid
@@ -197,9 +198,7 @@ def test_users_that_fleet_did_not_create_are_never_modified_or_deleted(fleet, no
         ["delete", "--name", "root"],
     ):
         result = fleet("node", "user", *argv, "--pool", "p", "--node", host, check=False)
-        assert result.code in (3, 4), result.stderr
-        if argv[0] != "set":
-            assert result.code == 4, result.stderr
+        assert result.code == 4 and "NodeUserNotManaged" in result.stderr, result.stderr
     entry = account(outsider)
     assert entry is not None and entry.pw_gecos == ""
     assert not (Path(entry.pw_dir) / ".ssh").exists()
@@ -286,3 +285,20 @@ def test_a_node_without_an_rdp_server_gets_a_clear_error(fleet, node, tmp_path):
         pytest.skip("something listens on 127.0.0.1:3389 on this machine")
     assert result.code == 3 and "RdpServerNotFound" in result.stderr
     assert not dest.exists()
+
+
+def test_an_rdp_file_names_the_node_when_an_rdp_server_listens(fleet, node, tmp_path):
+    host, _ = node
+    server = socket.socket()
+    try:
+        server.bind(("127.0.0.1", 3389))
+    except OSError:
+        pytest.skip("port 3389 is taken or needs root on this machine")
+    with server:
+        server.listen()
+        dest = tmp_path / "n.rdp"
+        shown = fleet.json(
+            "node", "rdp-file", "--pool", "p", "--node", host, "--destination", str(dest)
+        )
+    assert shown["destination"] == str(dest)
+    assert "full address:s:127.0.0.1:3389\n" in dest.read_text()

@@ -8,38 +8,25 @@ changed or deleted.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from sqlmodel import col, select
 
 from fleet import node_users, targets, views
 from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service.pools import show_node
-from fleet.ssh import Connection
 from fleet.store import Store
 from fleet.tables import NodeUser
 
-T = TypeVar("T")
 RDP_PORT = 3389
 RDP_PROBE_TIMEOUT = 2.0
 
 
 def _target(node_id: str, name: str) -> str:
     return f"node user {node_id}/{name}"
-
-
-def _on_node(store: Store, node_id: str, work: Callable[[Connection], Awaitable[T]]) -> T:
-    async def run() -> T:
-        conn = await Connection.open(targets.for_host(store, node_id))
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def view(row: NodeUser) -> dict[str, Any]:
@@ -69,13 +56,6 @@ def create_user(store: Store, pool_id: str, node_id: str, data: Any) -> dict[str
                 f"fleet already created user {name!r}", code="NodeUserExists", target=target
             )
 
-    async def work(conn: Connection) -> None:
-        if await node_users.check_ours(conn, name, target) is not None:
-            raise Conflict(
-                f"the node already has an account {name!r}", code="NodeUserExists", target=target
-            )
-        await node_users.create_account(conn, user)
-
     row = NodeUser(
         node_id=node_id,
         name=name,
@@ -89,7 +69,7 @@ def create_user(store: Store, pool_id: str, node_id: str, data: Any) -> dict[str
     with store.session() as s:  # written ahead, so the expiry sweep knows of the account
         s.add(row)
     try:
-        _on_node(store, node_id, work)
+        node_users.create_on_node(targets.for_host(store, node_id), user, target)
     except BaseException:
         with store.session() as s:
             if (made := s.get(NodeUser, (node_id, name))) is not None:
@@ -106,16 +86,15 @@ def update_user(store: Store, pool_id: str, node_id: str, data: Any) -> dict[str
 
     Raises BadInput, NotFound ``NodeUserNotFound``, Conflict ``NodeUserNotManaged``."""
     show_node(store, pool_id, node_id)
-    target = f"node user {node_id}"
     name = data.get("name") if isinstance(data, dict) else None
-    row = _row(store, node_id, name) if isinstance(name, str) else None
-    given_admin = isinstance(data, dict) and "isAdmin" in data
-    if row is not None and not given_admin:
+    with store.session() as s:
+        row = s.get(NodeUser, (node_id, name)) if isinstance(name, str) else None
+    if row is not None and "isAdmin" not in data:
         data = {**data, "isAdmin": row.is_admin}
-    user = node_users.parse_node_user(data, target, time.time())
-    if row is None:
-        row = _row(store, node_id, user["name"])
+    user = node_users.parse_node_user(data, f"node user {node_id}", time.time())
     target = _target(node_id, user["name"])
+    if row is None:
+        node_users.refuse_unrecorded(targets.for_host(store, node_id), user["name"], target)
     if user["isAdmin"] != row.is_admin:
         raise BadInput(
             "isAdmin cannot change: delete the user and create it again",
@@ -124,14 +103,7 @@ def update_user(store: Store, pool_id: str, node_id: str, data: Any) -> dict[str
             field="isAdmin",
         )
 
-    async def work(conn: Connection) -> None:
-        if await node_users.check_ours(conn, user["name"], target) is None:
-            raise NotFound(
-                "the account is gone from the node", code="NodeUserNotFound", target=target
-            )
-        await node_users.apply_settings(conn, user)
-
-    _on_node(store, node_id, work)
+    node_users.update_on_node(targets.for_host(store, node_id), user, target)
     with store.session() as s:
         stored = s.get(NodeUser, (node_id, user["name"]))
         assert stored is not None
@@ -152,20 +124,7 @@ def delete_user(store: Store, pool_id: str, node_id: str, name: str) -> None:
     with store.session() as s:
         known = s.get(NodeUser, (node_id, name)) is not None
 
-    async def work(conn: Connection) -> None:
-        account = await node_users.check_ours(conn, name, target)
-        if not known:
-            if account is not None:  # fleet's marker, but not fleet's record: leave it
-                raise Conflict(
-                    f"fleet has no record of creating {name!r}; it is not deleted",
-                    code="NodeUserNotManaged",
-                    target=target,
-                )
-            raise NotFound(f"no node user {name!r}", code="NodeUserNotFound", target=target)
-        if account is not None:
-            await node_users.remove_account(conn, name)
-
-    _on_node(store, node_id, work)
+    node_users.delete_on_node(targets.for_host(store, node_id), name, known, target)
     with store.session() as s:
         row = s.get(NodeUser, (node_id, name))
         if row is not None:
@@ -175,25 +134,11 @@ def delete_user(store: Store, pool_id: str, node_id: str, name: str) -> None:
 def list_users(store: Store, pool_id: str, node_id: str) -> list[dict[str, Any]]:
     """Return the users fleet created on a node and that have not been removed."""
     show_node(store, pool_id, node_id)
-    from sqlmodel import col, select
-
     with store.session() as s:
         rows = s.exec(
             select(NodeUser).where(NodeUser.node_id == node_id).order_by(col(NodeUser.name))
         )
         return [view(r) for r in rows]
-
-
-def _row(store: Store, node_id: str, name: str) -> NodeUser:
-    with store.session() as s:
-        row = s.get(NodeUser, (node_id, name))
-    if row is None:
-        raise NotFound(
-            f"no node user {name!r} created by fleet",
-            code="NodeUserNotFound",
-            target=_target(node_id, name),
-        )
-    return row
 
 
 def remote_login_settings(store: Store, pool_id: str, node_id: str) -> dict[str, Any]:
