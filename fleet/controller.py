@@ -36,6 +36,7 @@ from fleet.job_tasks import JobTasks
 from fleet.lifecycle import Lifecycle
 from fleet.multi_instance import MultiInstance
 from fleet.node_link import NodeLink
+from fleet.node_users import NodeUserSweep
 from fleet.retention import RetentionSweep
 from fleet.service.tasks import COLLECTED_FILES
 from fleet.settings import Settings
@@ -84,6 +85,7 @@ class Controller:
         self.lifecycle = Lifecycle(self)
         self.job_tasks = JobTasks(self)
         self.retention = RetentionSweep(self, sweep_interval)
+        self.node_users = NodeUserSweep(self, sweep_interval)
         self.calls = TaskCalls(self)
         self.multi = MultiInstance(self)
 
@@ -127,6 +129,7 @@ class Controller:
         self._requeue_lost_nodes()
         self.lifecycle.tick()
         self.retention.tick()
+        self.node_users.tick()
         applied = self.events.apply()
         self.events.release_dependents()
         placed = await self._schedule()

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 LAB_USER = "fleetlab"  # the login user of a lab run as root
+NODE_USERS_GROUP = "fleet-node-users"  # fleet.node_users.GROUP (kept apart: lab imports no SSH)
 BANNER_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 MAX_NODES = 999
@@ -71,6 +72,10 @@ X11Forwarding no
 AllowAgentForwarding no
 PermitUserEnvironment no
 LogLevel INFO
+{per_source}# node users fleet creates (fleet node user create) log in with their own keys
+Match Group {node_users_group}
+	AuthorizedKeysFile .ssh/authorized_keys
+	AllowUsers *
 """
 T = TypeVar("T")
 
@@ -358,9 +363,10 @@ def _make_node_files(lab: Lab, node: LabNode) -> None:
         pid_file=node.pid_file,
         authorized_keys=lab.dir / "authorized_keys",
         user=lab.user,
+        # per-source penalties came with OpenSSH 9.8
+        per_source="PerSourcePenaltyExemptList 127.0.0.0/8\n" if _sshd_version() >= (9, 8) else "",
+        node_users_group=NODE_USERS_GROUP,
     )
-    if _sshd_version() >= (9, 8):  # per-source penalties came with OpenSSH 9.8
-        text += "PerSourcePenaltyExemptList 127.0.0.0/8\n"
     _write(node.config, text, 0o644)
 
 

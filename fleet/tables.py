@@ -237,6 +237,22 @@ class Certificate(SQLModel, table=True):
     state_changed_at: float = 0.0
 
 
+class NodeUser(SQLModel, table=True):
+    """An OS account fleet created on a node for remote login (never its password: only
+    whether it has one), removed once ``expiry_time`` has passed."""
+
+    __tablename__ = "node_users"
+
+    node_id: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    pool_id: str = Field(index=True)
+    is_admin: bool = False
+    expiry_time: float = Field(index=True)
+    has_password: bool = False
+    ssh_public_key: str | None = None
+    created_at: float = 0.0
+
+
 ALL_TABLES = (
     Host,
     HostKey,
@@ -250,4 +266,5 @@ ALL_TABLES = (
     ControllerLease,
     Secret,
     Certificate,
+    NodeUser,
 )

@@ -25,6 +25,7 @@ OWNERS = {
         "task_events.py",
         "job_tasks.py",
         "retention.py",
+        "node_users.py",
         "task_calls.py",
         "multi_instance.py",
         "controller.py",

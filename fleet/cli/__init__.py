@@ -18,6 +18,7 @@ from fleet.cli import (
     hosts,
     jobs,
     lab,
+    node_users,
     pools,
     secrets,
     tasks,
@@ -36,6 +37,7 @@ app.add_typer(lab.app, name="lab")
 app.add_typer(hosts.app, name="host")
 app.add_typer(pools.app, name="pool")
 app.add_typer(pools.node_app, name="node")
+node_users.register(pools.node_app)
 app.add_typer(jobs.app, name="job")
 app.add_typer(tasks.app, name="task")
 app.add_typer(controller_cmd.app, name="controller")
