@@ -17,13 +17,14 @@ import binascii
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from sqlmodel import col, select
 
+from fleet import certificates
 from fleet.errors import Conflict, FleetError, NotFound, RemoteError
 from fleet.passwords import crypt_sha512
 from fleet.spec_fields import USER_NAME_RE, check_fields, fail
@@ -309,9 +310,15 @@ def _on_node(target: Target, work: Callable[[Connection], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def create_on_node(target: Target, user: dict[str, Any], what: str) -> None:
-    """Create a validated node user's account on the node ``target`` reaches. Raises
-    Conflict ``NodeUserExists`` or ``NodeUserNotManaged`` if the name is taken there."""
+def create_on_node(
+    target: Target,
+    user: dict[str, Any],
+    what: str,
+    certs: Sequence[certificates.NodeCertificate] = (),
+) -> None:
+    """Create a validated node user's account on the node ``target`` reaches, with a
+    ``~/certs`` copy of the pool's ``certs`` whose visibility names ``remoteuser``.
+    Raises Conflict ``NodeUserExists`` or ``NodeUserNotManaged`` if the name is taken."""
 
     async def work(conn: Connection) -> None:
         if await check_ours(conn, user["name"], what) is not None:
@@ -321,6 +328,7 @@ def create_on_node(target: Target, user: dict[str, Any], what: str) -> None:
                 target=what,
             )
         await create_account(conn, user)
+        await certificates.copy_for_user(conn, user["name"], list(certs))
 
     _on_node(target, work)
 

@@ -302,3 +302,33 @@ def test_an_rdp_file_names_the_node_when_an_rdp_server_listens(fleet, node, tmp_
         )
     assert shown["destination"] == str(dest)
     assert "full address:s:127.0.0.1:3389\n" in dest.read_text()
+
+
+def test_a_node_user_gets_the_pools_remoteuser_certificates_in_its_own_certs(
+    fleet, lab, lab_inventory, names, keypair, tmp_path
+):
+    from tests.cert_files import make_cert, sha1, write_pem
+
+    cert, key = make_cert("for-remote-users")
+    fleet("certificate", "create", "--file", str(write_pem(tmp_path / "c.pem", cert, key)))
+    fleet("host", "import", str(lab_inventory))
+    host = fleet.json("host", "list")[0]["id"]
+    thumbprint = sha1(cert)
+    pool = {
+        "id": "p",
+        "hosts": [host],
+        "certificateReferences": [{"thumbprint": thumbprint, "visibility": ["remoteuser"]}],
+    }
+    (tmp_path / "pool.json").write_text(json.dumps(pool))
+    fleet("pool", "create", "--json-file", str(tmp_path / "pool.json"))
+    name = names[0]
+    public, private = keypair
+    fleet(
+        "node", "user", "create", "--pool", "p", "--node", host, "--name", name,
+        "--ssh-public-key", public,
+    )  # fmt: skip
+    with login(lab.node(host), name, private) as client:
+        status, listing = run(client, "ls ~/certs")
+        assert status == 0
+        assert f"sha1-{thumbprint}.cer" in listing.split()
+        assert run(client, f"cat ~/certs/sha1-{thumbprint}.key.pem")[0] == 0

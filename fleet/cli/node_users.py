@@ -97,7 +97,7 @@ def create(
     data = _user_data(
         name, admin, expiry_time, password_file, ssh_public_key, ssh_public_key_file, json_file
     )
-    emit(service.create_user(CURRENT.store, pool, node, data), output)
+    emit(service.create_user(CURRENT.store, pool, node, data, CURRENT.settings), output)
 
 
 @user_app.command("set")

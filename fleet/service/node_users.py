@@ -15,9 +15,10 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from fleet import node_users, targets, views
+from fleet import certificates, node_users, targets, views
 from fleet.errors import BadInput, Conflict, NotFound
-from fleet.service.pools import show_node
+from fleet.service.pools import show_node, show_pool
+from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import NodeUser
 
@@ -42,8 +43,12 @@ def view(row: NodeUser) -> dict[str, Any]:
     return out
 
 
-def create_user(store: Store, pool_id: str, node_id: str, data: Any) -> dict[str, Any]:
-    """Create a node user from Azure's node user JSON and return it.
+def create_user(
+    store: Store, pool_id: str, node_id: str, data: Any, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Create a node user from Azure's node user JSON and return it; it gets a ``~/certs``
+    copy of the pool's certificates whose visibility names ``remoteuser`` (decrypted with
+    the secret store of ``settings``, default: the environment's).
 
     Raises BadInput (nothing runs), NotFound, Conflict ``NodeUserExists`` or
     ``NodeUserNotManaged`` (an account fleet did not create), RemoteError."""
@@ -69,14 +74,14 @@ def create_user(store: Store, pool_id: str, node_id: str, data: Any) -> dict[str
     with store.session() as s:  # written ahead, so the expiry sweep knows of the account
         s.add(row)
     try:
-        node_users.create_on_node(targets.for_host(store, node_id), user, target)
+        references = show_pool(store, pool_id)[0].spec.get("certificateReferences") or []
+        certs = certificates.node_certificates(store, settings or Settings.resolve(), references)
+        node_users.create_on_node(targets.for_host(store, node_id), user, target, certs)
     except BaseException:
         with store.session() as s:
             if (made := s.get(NodeUser, (node_id, name))) is not None:
                 s.delete(made)
         raise
-    # TODO(certificates): copy certificates with visibility "remoteuser" to ~/certs here,
-    # with the one call the certificates module exposes for that.
     return view(row)
 
 
