@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import shlex
 import time
@@ -22,15 +21,12 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from fleet import environment, identity, outcomes, scheduler, specs, task_calls, task_io
+from fleet.collection import Collector, internal_error
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import (
-    STORAGE_ERRNOS,
     AgentError,
-    ControllerStorageError,
     FleetError,
     RemoteError,
-    failure_of,
-    storage_error,
 )
 from fleet.job_tasks import JobTasks
 from fleet.lifecycle import Lifecycle
@@ -38,7 +34,6 @@ from fleet.multi_instance import MultiInstance
 from fleet.node_link import NodeLink
 from fleet.node_users import NodeUserSweep
 from fleet.retention import RetentionSweep
-from fleet.service.tasks import COLLECTED_FILES
 from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, StaleAttempt, Task
@@ -51,7 +46,6 @@ log = logging.getLogger(__name__)
 TURN_RETRY_MAX = 5.0
 #: Longest wait between turns of an idle loop (CLI requests are seen within this time).
 IDLE_TICK_MAX = 0.25
-COLLECT_RETRY_MAX = 30.0
 SPAWN_RETRY_DELAY = 2.0
 #: Spawn refusals that say the task itself can never run: it completes instead of retrying.
 REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
@@ -88,6 +82,7 @@ class Controller:
         self.node_users = NodeUserSweep(self, sweep_interval)
         self.calls = TaskCalls(self)
         self.multi = MultiInstance(self)
+        self.collector = Collector(settings, self.inflight, self._collected)
 
     def wake(self) -> None:
         """Run the next turn of the loop now rather than at the next tick."""
@@ -310,76 +305,12 @@ class Controller:
         if att.collecting:
             return
         att.collecting = True
-        self.spawn_background(self._collect(link, att, record))
+        self.spawn_background(self.collector.collect(link, att, record))
         self._wake.set()  # its slots are free: schedule now
 
-    async def _collect(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
-        """Collect a finished attempt (see :meth:`_collect_once`), then queue its completion.
-
-        When the controller's own disk is full, collection is retried with backoff until
-        space returns; a lost connection leaves the attempt to the next reconcile with the
-        node; any other failure completes the attempt with the reason in its failureInfo."""
-        delay = 1.0
-        while True:
-            try:
-                record = await self._collect_once(link, att, record)
-                break
-            except (ControllerStorageError, OSError) as exc:
-                if isinstance(exc, OSError):
-                    if exc.errno not in STORAGE_ERRNOS:
-                        record = _internal_error(att, exc, record)
-                        break
-                    exc = storage_error(exc, "the task's output")
-                log.error(
-                    "task %s: %s (%s); collecting again in %.0f s", att.key, exc, exc.code, delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, COLLECT_RETRY_MAX)
-                if self.inflight.get(att.node_id, {}).get(att.key) is not att:
-                    return  # requeued or deleted meanwhile
-            except FleetError as exc:
-                log.warning("task %s: output not collected yet: %s", att.key, exc)
-                att.collecting = False  # the next reconcile with the node collects it
-                return
-            except Exception as exc:
-                record = _internal_error(att, exc, record)
-                break
+    def _collected(self, att: Attempt, record: dict[str, Any]) -> None:
         self.events.finished.append((att, record))
         self._wake.set()
-
-    async def _collect_once(
-        self, link: NodeLink, att: Attempt, record: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Copy the task's stdout, stderr and exit record into the controller's store and its
-        outputFiles into the file store; return the exit record to complete it with.
-
-        The exit record read back from the node is the truth; the event's copy is only
-        used when the file cannot be read (any process of the login user could send an
-        event). A file the task never got to write is skipped."""
-        conn = link.conn
-        root = link.agent.hello.get("root") if link.agent else None
-        dest = self.settings.task_files / att.job_id / att.task_id
-        if conn is None or root is None:
-            raise RemoteError("node disconnected before output was collected")
-        dest.mkdir(parents=True, exist_ok=True)
-        await asyncio.gather(
-            *(
-                _download_if_present(conn, f"{root}/{att.task_dir}/{name}", str(dest / name))
-                for name in COLLECTED_FILES
-            )
-        )
-        record = _record_on_disk(dest, att) or record
-        if att.output_files:
-            ok = record.get("exitCode") == 0 and not record.get("error")
-            try:
-                await task_io.save_outputs(
-                    conn, self.settings, root, att.task_dir, att.output_files, ok
-                )
-            except FleetError as exc:
-                if exc.code != "FileUploadError":
-                    raise
-                record = {**record, "error": {"code": exc.code, "message": exc.message}}
-        return record
 
     def _requeue_lost_nodes(self) -> None:
         now = time.time()
@@ -646,7 +577,7 @@ class Controller:
                 self._wake.set()
             return  # else the node dropped: the reconcile on its return settles the attempt
         except Exception as exc:
-            failed = _internal_error(att, exc, {})["error"]
+            failed = internal_error(att, exc, {})["error"]
             self._finish_unstarted(att, failed["code"], failed["message"])
             return
         argv = identity.wrap(user, argv, link.login_user)
@@ -676,27 +607,3 @@ class Controller:
             return
         self.events.started.append((att, epoch(result.get("startTime")) or time.time()))
         self._wake.set()
-
-
-async def _download_if_present(conn: Any, remote: str, local: str) -> None:
-    try:
-        await conn.download(remote, local)
-    except RemoteError as exc:
-        if exc.code != "FileNotFound":
-            raise
-
-
-def _internal_error(att: Attempt, exc: BaseException, record: dict[str, Any]) -> dict[str, Any]:
-    """Return ``record`` marked with an unexpected failure of the controller, logged here."""
-    log.error("task %s: unexpected error while handling it", att.key, exc_info=exc)
-    return {**record, "error": failure_of(exc)}
-
-
-def _record_on_disk(dest: Any, att: Attempt) -> dict[str, Any] | None:
-    try:
-        on_disk = json.loads((dest / "exit.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    if on_disk.get("attempt") == att.attempt and on_disk.get("key") == att.key:
-        return dict(on_disk)
-    return None

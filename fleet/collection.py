@@ -1,0 +1,142 @@
+"""Collecting a finished attempt: its stdout, stderr and exit record into the controller's
+store, its output files into the file store, then its completion handed back.
+
+The exit record read back from the node is the truth; a full controller disk is retried
+with backoff until space returns (nothing is lost); a lost connection leaves the
+attempt to the next reconcile with its node; anything unexpected completes the
+attempt with ``InternalError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fleet import task_io
+from fleet.errors import (
+    STORAGE_ERRNOS,
+    ControllerStorageError,
+    FleetError,
+    RemoteError,
+    failure_of,
+    storage_error,
+)
+from fleet.service.tasks import COLLECTED_FILES
+from fleet.settings import Settings
+from fleet.task_events import Attempt
+
+if TYPE_CHECKING:
+    from fleet.node_link import NodeLink
+
+log = logging.getLogger(__name__)
+
+#: Longest wait before collecting again after the controller's disk was full.
+COLLECT_RETRY_MAX = 30.0
+
+
+class Collector:
+    """Collects finished attempts; ``finish(att, record)`` queues each completion."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        inflight: dict[str, dict[str, Attempt]],
+        finish: Callable[[Attempt, dict[str, Any]], None],
+    ) -> None:
+        self.settings = settings
+        self._inflight = inflight
+        self._finish = finish
+
+    async def collect(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
+        """Collect a finished attempt (see :meth:`_collect_once`), then queue its completion.
+
+        When the controller's own disk is full, collection is retried with backoff until
+        space returns; a lost connection leaves the attempt to the next reconcile with the
+        node; any other failure completes the attempt with the reason in its failureInfo."""
+        delay = 1.0
+        while True:
+            try:
+                record = await self._collect_once(link, att, record)
+                break
+            except (ControllerStorageError, OSError) as exc:
+                if isinstance(exc, OSError):
+                    if exc.errno not in STORAGE_ERRNOS:
+                        record = internal_error(att, exc, record)
+                        break
+                    exc = storage_error(exc, "the task's output")
+                log.error(
+                    "task %s: %s (%s); collecting again in %.0f s", att.key, exc, exc.code, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, COLLECT_RETRY_MAX)
+                if self._inflight.get(att.node_id, {}).get(att.key) is not att:
+                    return  # requeued or deleted meanwhile
+            except FleetError as exc:
+                log.warning("task %s: output not collected yet: %s", att.key, exc)
+                att.collecting = False  # the next reconcile with the node collects it
+                return
+            except Exception as exc:
+                record = internal_error(att, exc, record)
+                break
+        self._finish(att, record)
+
+    async def _collect_once(
+        self, link: NodeLink, att: Attempt, record: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Copy the task's stdout, stderr and exit record into the controller's store and its
+        outputFiles into the file store; return the exit record to complete it with.
+
+        The exit record read back from the node is the truth; the event's copy is only
+        used when the file cannot be read (any process of the login user could send an
+        event). A file the task never got to write is skipped."""
+        conn = link.conn
+        root = link.agent.hello.get("root") if link.agent else None
+        dest = self.settings.task_files / att.job_id / att.task_id
+        if conn is None or root is None:
+            raise RemoteError("node disconnected before output was collected")
+        dest.mkdir(parents=True, exist_ok=True)
+        await asyncio.gather(
+            *(
+                _download_if_present(conn, f"{root}/{att.task_dir}/{name}", str(dest / name))
+                for name in COLLECTED_FILES
+            )
+        )
+        record = _record_on_disk(dest, att) or record
+        if att.output_files:
+            ok = record.get("exitCode") == 0 and not record.get("error")
+            try:
+                await task_io.save_outputs(
+                    conn, self.settings, root, att.task_dir, att.output_files, ok
+                )
+            except FleetError as exc:
+                if exc.code != "FileUploadError":
+                    raise
+                record = {**record, "error": {"code": exc.code, "message": exc.message}}
+        return record
+
+
+async def _download_if_present(conn: Any, remote: str, local: str) -> None:
+    try:
+        await conn.download(remote, local)
+    except RemoteError as exc:
+        if exc.code != "FileNotFound":
+            raise
+
+
+def internal_error(att: Attempt, exc: BaseException, record: dict[str, Any]) -> dict[str, Any]:
+    """Return ``record`` marked with an unexpected failure of the controller, logged here."""
+    log.error("task %s: unexpected error while handling it", att.key, exc_info=exc)
+    return {**record, "error": failure_of(exc)}
+
+
+def _record_on_disk(dest: Any, att: Attempt) -> dict[str, Any] | None:
+    try:
+        on_disk = json.loads((dest / "exit.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    if on_disk.get("attempt") == att.attempt and on_disk.get("key") == att.key:
+        return dict(on_disk)
+    return None
