@@ -30,6 +30,7 @@ from fleet.spec_fields import (  # noqa: F401 (re-exported: callers use specs.co
     parse_command_line,
     parse_constraints,
     parse_env,
+    parse_package_references,
     parse_user_accounts,
     parse_user_identity,
     retry_count,
@@ -53,6 +54,7 @@ POOL_FIELDS = {
     "startTask",
     "userAccounts",
     "enableInterNodeCommunication",
+    "applicationPackageReferences",
     "targetDedicatedNodes",
     "targetLowPriorityNodes",
 } | _ACCEPTED_POOL
@@ -87,10 +89,14 @@ TASK_FIELDS = {
     "outputFiles",
     "userIdentity",
     "multiInstanceSettings",
+    "applicationPackageReferences",
 }
 
 #: Azure's JobManagerTask: a task without dependencies, exit conditions or instances.
-JOB_MANAGER_FIELDS = (TASK_FIELDS - {"dependsOn", "exitConditions", "multiInstanceSettings"}) | {
+JOB_MANAGER_FIELDS = (
+    TASK_FIELDS
+    - {"dependsOn", "exitConditions", "multiInstanceSettings", "applicationPackageReferences"}
+) | {
     "killJobOnCompletion",
     "runExclusive",
     "allowLowPriorityNode",
@@ -179,6 +185,9 @@ def parse_pool(data: Any) -> dict[str, Any]:
         userAccounts=parse_user_accounts(data.get("userAccounts"), target),
         enableInterNodeCommunication=typed(
             data, "enableInterNodeCommunication", bool, target, default=False
+        ),
+        applicationPackageReferences=parse_package_references(
+            data.get("applicationPackageReferences"), target
         ),
     )
     start_user = ((out["startTask"] or {}).get("userIdentity") or {}).get("username")
@@ -365,6 +374,9 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
         "outputFiles": file_specs.parse_output_files(data.get("outputFiles"), target),
         "userIdentity": parse_user_identity(data.get("userIdentity"), target),
         "multiInstanceSettings": parse_multi_instance(data.get("multiInstanceSettings"), target),
+        "applicationPackageReferences": parse_package_references(
+            data.get("applicationPackageReferences"), target
+        ),
     }
 
 

@@ -1,4 +1,4 @@
-"""Database rows: hosts, host keys, pools, nodes, jobs, tasks and the controller lease (SQLModel tables).
+"""Database rows: hosts, host keys, pools, nodes, jobs, tasks, the controller lease and applications (SQLModel tables).
 
 Times are UTC epoch seconds (floats); the views render them as ISO 8601. Specs
 that users wrote are kept whole in a JSON ``spec`` column next to the columns the
@@ -206,4 +206,43 @@ class ControllerLease(SQLModel, table=True):
     renewed_at: float
 
 
-ALL_TABLES = (Host, HostKey, Pool, Node, Job, Task, JobNode, Subtask, StaleAttempt, ControllerLease)
+class Application(SQLModel, table=True):
+    """An application whose versions are packages (zip or tar.gz) unpacked on nodes."""
+
+    __tablename__ = "applications"
+
+    id: str = Field(primary_key=True)
+    display_name: str | None = None
+    default_version: str | None = None
+    created_at: float = 0.0
+
+
+class ApplicationPackage(SQLModel, table=True):
+    """One version of an application: its archive in the controller's file store."""
+
+    __tablename__ = "application_packages"
+
+    application_id: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    state: str = "active"
+    format: str = "zip"  # zip | tar.gz
+    sha256: str = ""
+    size: int = 0
+    store_path: str = ""  # relative to the file store root, under its reserved prefix
+    last_activation_time: float = 0.0
+
+
+ALL_TABLES = (
+    Host,
+    HostKey,
+    Pool,
+    Node,
+    Job,
+    Task,
+    JobNode,
+    Subtask,
+    StaleAttempt,
+    ControllerLease,
+    Application,
+    ApplicationPackage,
+)
