@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 
 from fleet import __version__
-from fleet.cli import common, controller_cmd, exec_cmd, files, hosts, jobs, lab, pools, tasks
+from fleet.cli import (
+    applications,
+    common,
+    controller_cmd,
+    exec_cmd,
+    files,
+    hosts,
+    jobs,
+    lab,
+    pools,
+    tasks,
+)
 from fleet.cli.common import OutputFormat
 from fleet.errors import FleetError
 
@@ -28,6 +39,7 @@ app.add_typer(jobs.app, name="job")
 app.add_typer(tasks.app, name="task")
 app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(files.app, name="file")
+app.add_typer(applications.app, name="application")
 exec_cmd.register(app)
 
 

@@ -255,6 +255,13 @@ def check_references(session: Session, refs: list[dict[str, str]] | None, target
             raise
 
 
+def check_task_references(session: Session, job_id: str, tasks: list[dict[str, Any]]) -> None:
+    """Check the references of every task spec in ``tasks``, as :func:`check_references`."""
+    for task in tasks:
+        refs = task.get("applicationPackageReferences")
+        check_references(session, refs, f"task {job_id}/{task['id']}")
+
+
 def package_json(pkg: ApplicationPackage) -> dict[str, Any]:
     """Return a package as JSON: Azure's fields plus fleet's ``sha256`` and ``size``."""
     return {

@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 from fleet import specs
 from fleet.domain import JobState
 from fleet.errors import Conflict, NotFound
+from fleet.service import applications
 from fleet.store import Store
 from fleet.tables import Host, Job, Node, Pool
 
@@ -27,6 +28,7 @@ def create_pool(store: Store, data: dict[str, Any]) -> Pool:
             raise Conflict(
                 "a pool with this id exists already", code="PoolExists", target=f"pool {spec['id']}"
             )
+        applications.check_references(s, spec["applicationPackageReferences"], f"pool {spec['id']}")
         for host_id in spec["hosts"]:
             if s.get(Host, host_id) is None:
                 raise NotFound(
