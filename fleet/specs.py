@@ -361,6 +361,14 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
     tid = validate_id("task", data.get("id") if isinstance(data, dict) else None)
     target = f"task {job_id}/{tid}"
     check_fields(data, target, "", "task", TASK_FIELDS)
+    if data.get("multiInstanceSettings") and data.get("applicationPackageReferences"):
+        raise fail(
+            target,
+            "applicationPackageReferences",
+            "applicationPackageReferences of a multi-instance task are not supported yet "
+            "(give them to the pool)",
+            code="UnsupportedProperty",
+        )
     return {
         "id": tid,
         "displayName": typed(data, "displayName", str, target),

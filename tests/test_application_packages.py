@@ -127,6 +127,10 @@ def test_reference_to_a_missing_application_or_version_is_refused_when_added(fle
     }
     result = fleet.add_tasks("j", task, check=False)
     assert result.code == 2 and "ApplicationPackageNotFound" in result.stderr
+    multi = {**task, "multiInstanceSettings": {"numberOfInstances": 1}}
+    multi["applicationPackageReferences"] = [{"applicationId": "app", "version": "1.0"}]
+    result = fleet.add_tasks("j", multi, check=False)
+    assert result.code == 2 and "UnsupportedProperty" in result.stderr
     assert fleet.json("task", "list", "--job", "j") == []
 
 
@@ -151,7 +155,9 @@ def test_pool_and_task_packages_reach_tasks_and_are_sent_once_per_host(
     fleet("pool", "create", "--json-file", "-", input=json.dumps(pool))
     ctl = controller()
     wait_for_idle_nodes(fleet, "p1")
-    fleet("job", "create", "--id", "j", "--pool", "p1")
+    prep = "/bin/sh -c 'env | grep APP_PACKAGE > \"$FLEET_NODE_SHARED_DIR/prep.env\"'"
+    job = {"id": "j", "poolInfo": {"poolId": "p1"}, "jobPreparationTask": {"commandLine": prep}}
+    fleet("job", "create", "--json-file", "-", input=json.dumps(job))
     script = (
         'env | grep APP_PACKAGE | sort; "$FLEET_APP_PACKAGE_my_App_1_0/bin/hello.sh"; '
         'cat "$AZ_BATCH_APP_PACKAGE_tool_2_0_beta/data.txt"'
@@ -184,6 +190,8 @@ def test_pool_and_task_packages_reach_tasks_and_are_sent_once_per_host(
     assert f"FLEET_APP_PACKAGE_my_App_1_0={app_dir}" in start_env
     assert f"AZ_BATCH_APP_PACKAGE_my_App={app_dir}" in start_env
     assert not any("tool" in line for line in start_env)  # task packages stay on their task
+    prep_env = (root / "shared" / "prep.env").read_text().splitlines()
+    assert f"FLEET_APP_PACKAGE_my_App={app_dir}" in prep_env
 
     before = os.stat(app_dir)
     marker = root / "applications" / ".fleet" / "my-App#1.0.json"
