@@ -260,8 +260,7 @@ def main(argv):
         raise Refused("BadRequest", "bad package name or sha256")
     archive = argv[3] if len(argv) == 6 else None
     try:
-        os.makedirs(os.path.join(apps, META), 0o700, exist_ok=True)
-        os.chmod(apps, 0o755)  # tasks of other users read packages
+        os.makedirs(os.path.join(apps, META), 0o700, exist_ok=True)  # apps: the agent's 0711
         if archive is None:
             return "reused" if installed(apps, name, sha) else "missing"
         with open(os.path.join(apps, META, "lock"), "a") as lock:
