@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent_bootstrap import unpacker_hash, unpacker_source
 from fleet import archives, environment
-from fleet.errors import BadInput, FleetError, RemoteError
+from fleet.errors import BadInput, FleetError, RemoteError, Unreachable
 from fleet.service import applications as catalog
 from fleet.settings import Settings
 from fleet.ssh import Connection
@@ -73,7 +73,8 @@ async def install(conn: Connection, settings: Settings, root: str, pkg: Applicat
     archive had to be sent (False: the one there has the same sha256 and is reused).
 
     Raises RemoteError ``ApplicationPackageError`` (archive gone from the file store,
-    corrupted on the way, refused by the node's checks, node-side failure)."""
+    corrupted on the way, refused by the node's checks, node-side failure), or
+    Unreachable when the connection drops."""
     what = f"application package {pkg.application_id}#{pkg.version}"
     script = unpacker_remote_path(root)
     if not await conn.exists(script):
@@ -91,6 +92,8 @@ async def install(conn: Connection, settings: Settings, root: str, pkg: Applicat
     remote = f"{apps}/.fleet/incoming-{uuid.uuid4().hex}"
     try:
         await conn.upload_file(str(local), remote)
+    except Unreachable:
+        raise  # the node dropped: not the package's fault, the attempt is settled on return
     except FleetError as exc:
         raise RemoteError(f"{what}: cannot send it: {exc.message}", code=ERROR_CODE) from exc
     limits = [str(archives.MAX_MEMBERS), str(archives.MAX_UNPACKED_BYTES)]
