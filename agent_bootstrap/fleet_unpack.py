@@ -225,6 +225,8 @@ def unpack(apps, name, sha, archive, max_members, max_bytes):
                 extract(members, tf.extractfile, tmp, max_bytes)
         else:
             raise Refused("InvalidArchive", "neither a zip nor a tar.gz")
+        for dirpath, _dirs, _files in os.walk(tmp):  # whatever the umask: every task reads
+            os.chmod(dirpath, 0o755)
         marker = os.path.join(apps, META, name + ".json")
         if os.path.lexists(marker):
             os.unlink(marker)

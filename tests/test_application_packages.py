@@ -240,3 +240,29 @@ def test_package_failing_on_the_node_completes_task_with_application_package_err
         assert info["failureInfo"]["code"] == "ApplicationPackageError", info
         assert why in info["failureInfo"]["message"]
         assert info["retryCount"] == 0 and "exitCode" not in info
+
+
+@pytest.mark.lab
+def test_pool_package_that_fails_on_the_node_keeps_the_node_out_with_the_error(
+    fleet, lab_inventory, controller, tmp_path
+):
+    fleet("host", "import", str(lab_inventory))
+    host = fleet.json("host", "list")[0]["id"]
+    fleet("application", "package", "create", "app", "1", str(_zip(tmp_path)))
+    pool = {
+        "id": "p",
+        "hosts": [host],
+        "applicationPackageReferences": [{"applicationId": "app", "version": "1"}],
+    }
+    fleet("pool", "create", "--json-file", "-", input=json.dumps(pool))
+    (archive,) = (fleet.home / "files" / ".fleet-applications" / "app" / "1").iterdir()
+    archive.write_bytes(b"PK\x03\x04 not what was checked")
+    controller()
+
+    def errors():
+        node = fleet.json("node", "show", "--pool", "p", "--node", host)
+        return node["state"] != "idle" and node.get("errors")
+
+    (error,) = wait_for(errors, 30, message="the node's package error")
+    assert error["code"] == "ApplicationPackageError"
+    assert "ApplicationPackageCorrupt" in error["message"]
