@@ -1,5 +1,8 @@
 """The application package checker: data-driven zip and tar.gz cases built in the test, run
-against both the controller's checker (fleet/archives.py) and the node-side unpacker."""
+against both the controller's checker (fleet/archives.py) and the node-side unpacker.
+
+FLEET_TEST_AGENT_PYTHON selects the interpreter that runs the unpacker (for example a
+Python 3.8, the oldest supported node Python), as in tests/test_agent.py."""
 
 from __future__ import annotations
 
@@ -89,6 +92,7 @@ TAR_ONLY_BAD: list[tuple[str, list[Entry], str]] = [
 ]
 
 BUILDERS = {"tar.gz": build_tar, "zip": build_zip}
+NODE_PYTHON = os.environ.get("FLEET_TEST_AGENT_PYTHON", sys.executable)
 
 
 def _unpack_on_node(tmp: Path, archive: Path, max_members: int = 1000, max_bytes: int = 1 << 20):
@@ -101,7 +105,7 @@ def _unpack_on_node(tmp: Path, archive: Path, max_members: int = 1000, max_bytes
     apps.mkdir(exist_ok=True)
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     proc = subprocess.run(
-        [sys.executable, str(script), str(apps), "app#1", sha, str(archive)]
+        [NODE_PYTHON, str(script), str(apps), "app#1", sha, str(archive)]
         + [str(max_members), str(max_bytes)],
         capture_output=True,
         text=True,
@@ -162,6 +166,14 @@ def test_unsafe_hard_link_is_refused(
     assert result["error"]["code"] == "UnsafeArchiveMember"
 
 
+def test_hard_link_to_an_earlier_file_is_unpacked_as_a_link(tmp_path: Path) -> None:
+    archive = build_tar(tmp_path / "a.tar.gz", [("d/f", "file", "ok"), ("d/h", "hardlink", "d/f")])
+    assert [m.kind for m in archives.check(archive)[1]] == ["file", "hardlink"]
+    result, apps = _unpack_on_node(tmp_path, archive)
+    assert result == {"result": "unpacked"}
+    assert (apps / "app#1" / "d" / "h").read_text() == "ok"
+
+
 @pytest.mark.parametrize("fmt", list(BUILDERS))
 def test_member_count_and_unpacked_size_are_capped(tmp_path: Path, fmt: str) -> None:
     many = BUILDERS[fmt](tmp_path / f"m.{fmt}", [(f"f{i}", "file", "") for i in range(20)])
@@ -189,7 +201,7 @@ def test_node_unpacker_refuses_an_archive_whose_hash_differs(tmp_path: Path) -> 
     script = tmp_path / "fleet_unpack.py"
     script.write_bytes(unpacker_source())
     apps = tmp_path / "applications"
-    argv: list[Any] = [sys.executable, script, apps, "app#1", "0" * 64, archive, 10, 1000]
+    argv: list[Any] = [NODE_PYTHON, script, apps, "app#1", "0" * 64, archive, 10, 1000]
     proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
     assert json.loads(proc.stdout)["error"]["code"] == "ApplicationPackageCorrupt"
     assert not (apps / "app#1").exists()
