@@ -34,7 +34,10 @@ def _stored_archives(fleet: Fleet) -> list[str]:
 
 def _fake_inventory(tmp_path: Path) -> Path:
     path = tmp_path / "hosts.ini"
-    path.write_text("[x]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=nobody\n")
+    path.write_text(
+        "[x]\nh1 ansible_host=127.0.0.1 ansible_port=1 ansible_user=nobody\n"
+        "h2 ansible_host=127.0.0.1 ansible_port=2 ansible_user=nobody\n"
+    )
     return path
 
 
@@ -266,3 +269,23 @@ def test_pool_package_that_fails_on_the_node_keeps_the_node_out_with_the_error(
     (error,) = wait_for(errors, 30, message="the node's package error")
     assert error["code"] == "ApplicationPackageError"
     assert "ApplicationPackageCorrupt" in error["message"]
+
+
+def test_pool_with_package_references_shows_what_create_accepts(fleet, tmp_path):
+    fleet("host", "import", str(_fake_inventory(tmp_path)))
+    fleet("application", "package", "create", "app", "1.0", str(_zip(tmp_path)))
+    fleet("application", "set", "app", "--default-version", "1.0")
+    refs = [{"applicationId": "app"}]
+    pool = {"id": "p", "hosts": ["h1"], "applicationPackageReferences": refs}
+    fleet("pool", "create", "--json-file", "-", input=json.dumps(pool))
+    shown = fleet.json("pool", "show", "p")
+    assert shown["applicationPackageReferences"] == refs
+    again = {**shown, "id": "p2", "hosts": ["h2"]}
+    fleet("pool", "create", "--json-file", "-", input=json.dumps(again))
+    assert fleet.json("pool", "show", "p2")["applicationPackageReferences"] == refs
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    task = {"id": "t", "commandLine": "true", "applicationPackageReferences": refs}
+    fleet.add_tasks("j", task)
+    shown_task = fleet.json("task", "show", "--job", "j", "--id", "t")
+    assert shown_task["applicationPackageReferences"] == refs
+    fleet.add_tasks("j", {**shown_task, "id": "t2"})
