@@ -20,7 +20,16 @@ from typing import Any
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from fleet import environment, identity, outcomes, scheduler, specs, task_calls, task_io
+from fleet import (
+    applications,
+    environment,
+    identity,
+    outcomes,
+    scheduler,
+    specs,
+    task_calls,
+    task_io,
+)
 from fleet.collection import Collector, internal_error
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import (
@@ -505,7 +514,11 @@ class Controller:
                         gate = "multi"
                     else:
                         gate = self.job_tasks.gate(s, jobs[task.job_id], task, link)
-                    io = (task.spec.get("resourceFiles") or [], task.spec.get("userIdentity"))
+                    io = (
+                        task.spec.get("resourceFiles") or [],
+                        task.spec.get("userIdentity"),
+                        task.spec.get("applicationPackageReferences") or [],
+                    )
                     sends.append((gate, link, att, shlex.split(task.command_line), env, limit, io))
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
@@ -530,7 +543,7 @@ class Controller:
         argv: list[str],
         env: dict[str, str],
         limit: float | None,
-        io: tuple[list[dict[str, Any]], Any],
+        io: tuple[list[dict[str, Any]], Any, list[dict[str, str]]],
     ) -> None:
         self.spawn_background(self._send_spawn(link, att, argv, env, limit, *io))
 
@@ -550,9 +563,11 @@ class Controller:
         max_wall_clock: float | None,
         resource_files: list[dict[str, Any]],
         user: dict[str, Any] | None,
+        app_refs: list[dict[str, str]],
     ) -> None:
-        """Prepare the task on its node (identity, resource files), then spawn it. Failures
-        before the command can start complete the attempt with their failureInfo code."""
+        """Prepare the task on its node (identity, resource files, application packages),
+        then spawn it. Failures before the command can start complete the attempt with
+        their failureInfo code."""
         if link.agent is None or link.conn is None:
             return  # the node dropped; reconcile on reconnect settles this attempt
         task_root = f"{link.agent.hello.get('root', '')}/{att.task_dir}"
@@ -566,8 +581,9 @@ class Controller:
             await identity.prepare_workdir(link.conn, user, f"{task_root}/wd", link.login_user)
             if resource_files:
                 await task_io.stage(link.conn, self.settings, task_root, resource_files)
+            await applications.prepare_task(link, self.settings, self.store, app_refs, env)
         except FleetError as exc:
-            if exc.code in ("ResourceFileDownloadError", "UserIdentityError", "UserAccountError"):
+            if exc.code in outcomes.PRE_PROCESSING or exc.code == "UserAccountError":
                 code = "UserIdentityError" if exc.code == "UserAccountError" else exc.code
                 self._finish_unstarted(att, code, exc.message)
             elif link.agent is not None and not link.agent.closed.is_set():

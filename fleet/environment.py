@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 #: Node directories under the node root, and the variable naming each (concepts.md section 4).
@@ -62,3 +63,23 @@ def twins(values: Mapping[str, str]) -> dict[str, str]:
         out[f"FLEET_{name}"] = value
         out[f"AZ_BATCH_{name}"] = value
     return out
+
+
+#: Application packages land in ``applications/<app>#<version>`` under the node root.
+APPLICATIONS_DIR = "applications"
+
+
+def package_dir_name(app_id: str, version: str) -> str:
+    """Return the directory name of an unpacked package: ``<app>#<version>``."""
+    return f"{app_id}#{version}"
+
+
+def package_vars(root: str, app_id: str, version: str, is_default: bool) -> dict[str, str]:
+    """Return ``FLEET_APP_PACKAGE_<app>_<version>`` and its ``AZ_BATCH_`` twin naming the
+    package's directory ('.', '-' and '#' become '_'; the id's case is kept), and for the
+    default version also the names without the version."""
+    path = f"{root.rstrip('/')}/{APPLICATIONS_DIR}/{package_dir_name(app_id, version)}"
+    values = {"APP_PACKAGE_" + re.sub(r"[.#-]", "_", f"{app_id}#{version}"): path}
+    if is_default:
+        values["APP_PACKAGE_" + re.sub(r"[.#-]", "_", app_id)] = path
+    return twins(values)

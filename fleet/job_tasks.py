@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, select
 
-from fleet import environment, outcomes, specs, views
+from fleet import applications, environment, outcomes, specs, views
 from fleet.errors import FleetError, failure_of
 from fleet.tables import Job, JobNode, Task
 from fleet.task_events import Attempt, epoch
@@ -121,6 +121,7 @@ class JobTasks:
                 *spec.get("environmentSettings", []),
             ],
         )
+        applications.add_env(env, link.app_env)  # the pool's application packages
         try:
             await link.agent.request(
                 "spawn",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fleet import certificates, environment, identity, targets, views
+from fleet import applications, certificates, environment, identity, targets, views
 from fleet.agent_client import AgentClient
 from fleet.domain import NodeState
 from fleet.errors import (
@@ -80,6 +80,7 @@ class NodeLink:
         self.boot_id_changed = False
         self.login_user = ""
         self.can_sudo = False
+        self.app_env: dict[str, str] = {}  # the pool's application package variables
         self._start_waiter: asyncio.Future[dict[str, Any]] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
@@ -208,7 +209,7 @@ class NodeLink:
         if pool.spec.get("userAccounts"):
             accounts = identity.with_passwords(self.store, self.settings, pool.spec["userAccounts"])
             await identity.ensure_accounts(self.conn, accounts, self.login_user)
-        self.boot_id_changed = bool(node.boot_id and node.boot_id != hello.get("bootId"))
+        # Before the start task: the pool's certificates, then its application packages.
         await certificates.install_for_node(
             self.conn,
             self.store,
@@ -217,6 +218,8 @@ class NodeLink:
             hello.get("root", root),
             self.login_user,
         )
+        await applications.install_pool_packages(self, pool.spec, hello.get("root", root))
+        self.boot_id_changed = bool(node.boot_id and node.boot_id != hello.get("bootId"))
         start_needed = pool.spec.get("startTask") is not None and (
             self.boot_id_changed
             or node.start_task_info is None
@@ -366,6 +369,7 @@ class NodeLink:
             attempt=attempt,
             user_env=spec.get("environmentSettings", []),
         )
+        applications.add_env(env, self.app_env)
         loop = asyncio.get_running_loop()
         self._start_waiter = loop.create_future()
         try:

@@ -19,6 +19,9 @@ ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 ELEVATION_LEVELS = ("nonadmin", "admin")
+APPLICATION_ID_RE = ID_RE
+#: Azure's package versions: letters, digits, '-', '_' and '.', starting with a letter or digit.
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 _COMMON_READ_ONLY = frozenset(
     {
@@ -58,7 +61,6 @@ NOT_YET: dict[str, frozenset[str]] = {
     "pool": frozenset(
         {
             "hostSelector",
-            "applicationPackageReferences",
             "enableAutoScale",
             "autoScaleFormula",
             "autoScaleEvaluationInterval",
@@ -70,7 +72,6 @@ NOT_YET: dict[str, frozenset[str]] = {
     "job": frozenset({"autoPoolSpecification", "networkConfiguration"}),
     "task": frozenset(
         {
-            "applicationPackageReferences",
             "containerSettings",
             "affinityInfo",
             "authenticationTokenSettings",
@@ -399,4 +400,40 @@ def parse_user_accounts(value: Any, target: str) -> list[dict[str, Any]]:
                 )
             account["password"] = password  # the service keeps it in the secret store
         out.append(account)
+    return out
+
+
+def parse_package_references(value: Any, target: str) -> list[dict[str, str]]:
+    """Return normalized ``applicationPackageReferences``: ``[{applicationId, version?}]``,
+    each application at most once (a missing version means the default one)."""
+    field = "applicationPackageReferences"
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise fail(target, field, f"{field} must be a list")
+    out: list[dict[str, str]] = []
+    for i, ref in enumerate(value):
+        path = f"{field}[{i}]"
+        check_fields(ref, target, path, "applicationPackageReference", {"applicationId", "version"})
+        app = typed(ref, "applicationId", str, target, path, required=True)
+        if not APPLICATION_ID_RE.fullmatch(app):
+            raise fail(
+                target,
+                f"{path}.applicationId",
+                f"application id {app!r} must be 1-64 letters, digits, hyphens or underscores",
+            )
+        if any(o["applicationId"] == app for o in out):
+            raise fail(target, path, f"application {app!r} is referenced twice")
+        item = {"applicationId": app}
+        version = typed(ref, "version", str, target, path)
+        if version is not None:
+            if not VERSION_RE.fullmatch(version):
+                raise fail(
+                    target,
+                    f"{path}.version",
+                    f"version {version!r} must be 1-64 letters, digits, '-', '_' or '.', "
+                    "starting with a letter or digit",
+                )
+            item["version"] = version
+        out.append(item)
     return out

@@ -31,6 +31,7 @@ from fleet.spec_fields import (  # noqa: F401 (re-exported: callers use specs.co
     parse_command_line,
     parse_constraints,
     parse_env,
+    parse_package_references,
     parse_user_accounts,
     parse_user_identity,
     retry_count,
@@ -57,6 +58,7 @@ POOL_FIELDS = {
     "userAccounts",
     "certificateReferences",
     "enableInterNodeCommunication",
+    "applicationPackageReferences",
     "targetDedicatedNodes",
     "targetLowPriorityNodes",
 } | _ACCEPTED_POOL
@@ -91,10 +93,14 @@ TASK_FIELDS = {
     "outputFiles",
     "userIdentity",
     "multiInstanceSettings",
+    "applicationPackageReferences",
 }
 
 #: Azure's JobManagerTask: a task without dependencies, exit conditions or instances.
-JOB_MANAGER_FIELDS = (TASK_FIELDS - {"dependsOn", "exitConditions", "multiInstanceSettings"}) | {
+JOB_MANAGER_FIELDS = (
+    TASK_FIELDS
+    - {"dependsOn", "exitConditions", "multiInstanceSettings", "applicationPackageReferences"}
+) | {
     "killJobOnCompletion",
     "runExclusive",
     "allowLowPriorityNode",
@@ -186,6 +192,9 @@ def parse_pool(data: Any) -> dict[str, Any]:
         ),
         enableInterNodeCommunication=typed(
             data, "enableInterNodeCommunication", bool, target, default=False
+        ),
+        applicationPackageReferences=parse_package_references(
+            data.get("applicationPackageReferences"), target
         ),
     )
     start_user = ((out["startTask"] or {}).get("userIdentity") or {}).get("username")
@@ -359,6 +368,14 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
     tid = validate_id("task", data.get("id") if isinstance(data, dict) else None)
     target = f"task {job_id}/{tid}"
     check_fields(data, target, "", "task", TASK_FIELDS)
+    if data.get("multiInstanceSettings") and data.get("applicationPackageReferences"):
+        raise fail(
+            target,
+            "applicationPackageReferences",
+            "applicationPackageReferences of a multi-instance task are not supported yet "
+            "(give them to the pool)",
+            code="UnsupportedProperty",
+        )
     return {
         "id": tid,
         "displayName": typed(data, "displayName", str, target),
@@ -372,6 +389,9 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
         "outputFiles": file_specs.parse_output_files(data.get("outputFiles"), target),
         "userIdentity": parse_user_identity(data.get("userIdentity"), target),
         "multiInstanceSettings": parse_multi_instance(data.get("multiInstanceSettings"), target),
+        "applicationPackageReferences": parse_package_references(
+            data.get("applicationPackageReferences"), target
+        ),
     }
 
 

@@ -1,4 +1,4 @@
-"""Database rows: hosts, host keys, pools, nodes, jobs, tasks, the controller lease, secrets and certificates (SQLModel tables).
+"""Database rows (SQLModel tables): hosts and pools to secrets, node users and applications.
 
 Times are UTC epoch seconds (floats); the views render them as ISO 8601. Specs
 that users wrote are kept whole in a JSON ``spec`` column next to the columns the
@@ -253,6 +253,32 @@ class NodeUser(SQLModel, table=True):
     created_at: float = 0.0
 
 
+class Application(SQLModel, table=True):
+    """An application whose versions are packages (zip or tar.gz) unpacked on nodes."""
+
+    __tablename__ = "applications"
+
+    id: str = Field(primary_key=True)
+    display_name: str | None = None
+    default_version: str | None = None
+    created_at: float = 0.0
+
+
+class ApplicationPackage(SQLModel, table=True):
+    """One version of an application: its archive in the controller's file store."""
+
+    __tablename__ = "application_packages"
+
+    application_id: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    state: str = "active"
+    format: str = "zip"  # zip | tar.gz
+    sha256: str = ""
+    size: int = 0
+    store_path: str = ""  # relative to the file store root, under its reserved prefix
+    last_activation_time: float = 0.0
+
+
 ALL_TABLES = (
     Host,
     HostKey,
@@ -267,4 +293,6 @@ ALL_TABLES = (
     Secret,
     Certificate,
     NodeUser,
+    Application,
+    ApplicationPackage,
 )

@@ -10,6 +10,7 @@ import typer
 
 from fleet import __version__
 from fleet.cli import (
+    applications,
     certificates,
     common,
     controller_cmd,
@@ -44,6 +45,7 @@ app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(files.app, name="file")
 app.add_typer(certificates.app, name="certificate")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(applications.app, name="application")
 exec_cmd.register(app)
 
 

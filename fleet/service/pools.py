@@ -11,6 +11,7 @@ from fleet import secret_store, specs
 from fleet.domain import JobState
 from fleet.errors import Conflict, NotFound
 from fleet.secret_store import SecretStore
+from fleet.service import applications
 from fleet.service.certificates import check_references
 from fleet.settings import Settings
 from fleet.store import Store
@@ -32,6 +33,7 @@ def create_pool(store: Store, data: dict[str, Any], settings: Settings | None = 
             raise Conflict(
                 "a pool with this id exists already", code="PoolExists", target=f"pool {spec['id']}"
             )
+        applications.check_references(s, spec["applicationPackageReferences"], f"pool {spec['id']}")
         for host_id in spec["hosts"]:
             if s.get(Host, host_id) is None:
                 raise NotFound(

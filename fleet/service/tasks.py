@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 from fleet import dependencies, specs
 from fleet.domain import JobState, TaskResult, TaskState
 from fleet.errors import BadInput, Conflict, NotFound
-from fleet.service import dependency_state
+from fleet.service import applications, dependency_state
 from fleet.service.jobs import check_required_slots, get_job
 from fleet.settings import Settings
 from fleet.store import Store
@@ -48,6 +48,7 @@ def add_tasks(store: Store, job_id: str, data: Any) -> list[Task]:
                 field="id",
             )
         _check_users(s, job, items)
+        applications.check_task_references(s, job_id, items)
         _check_satisfiable(s, job, items)
         new_deps = {t["id"]: t.get("dependsOn") for t in items}
         if any(new_deps.values()) or job.spec.get("usesTaskDependencies"):
