@@ -26,7 +26,7 @@ _ALIASES = {
     "ansible_ssh_user": "ansible_user",
     "ansible_private_key_file": "ansible_ssh_private_key_file",
 }
-_FLEET_VARS = frozenset({"fleet_node_root"})
+_FLEET_VARS = frozenset({"fleet_node_root", "fleet_rdp_port"})
 _NOT_LABELS = ("ansible_", "fleet_")
 _TEXT_VARS = ("ansible_host", "ansible_user", "ansible_ssh_private_key_file", "fleet_node_root")
 _GROUP_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -56,6 +56,7 @@ class HostSpec:
     key_file: str | None = None
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     node_root: str | None = None
+    rdp_port: int | None = None
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +256,9 @@ class _Model:
                     key_file=_text(merged, "ansible_ssh_private_key_file"),
                     labels=dict(sorted(labels.items())),
                     node_root=_text(merged, "fleet_node_root"),
+                    rdp_port=_port(*merged["fleet_rdp_port"])
+                    if "fleet_rdp_port" in merged
+                    else None,
                     source=f"{filename}:{host.line}",
                 )
             )

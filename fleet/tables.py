@@ -29,6 +29,7 @@ class Host(SQLModel, table=True):
     key_file: str | None = None
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     node_root: str | None = None
+    rdp_port: int | None = None  # where its RDP server listens, if not 3389
     host_key_policy: str = "accept-new"
     source: str = ""
     created_at: float = 0.0

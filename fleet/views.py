@@ -31,6 +31,7 @@ def host(row: Host, key: HostKey | None = None, node: Node | None = None) -> dic
             "keyFile": row.key_file,
             "labels": row.labels,
             "nodeRoot": row.node_root,
+            "rdpPort": row.rdp_port,
             "hostKeyPolicy": row.host_key_policy,
             "hostKeyFingerprint": key.fingerprint if key else None,
             "poolId": node.pool_id if node else None,

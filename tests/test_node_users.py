@@ -332,3 +332,24 @@ def test_a_node_user_gets_the_pools_remoteuser_certificates_in_its_own_certs(
         assert status == 0
         assert f"sha1-{thumbprint}.cer" in listing.split()
         assert run(client, f"cat ~/certs/sha1-{thumbprint}.key.pem")[0] == 0
+
+
+def test_an_rdp_file_uses_the_hosts_own_rdp_port_from_the_inventory(
+    fleet, lab, lab_inventory, tmp_path
+):
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    lines = lab_inventory.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("node"))
+    lines[first] += f" fleet_rdp_port={port}"
+    (tmp_path / "rdp.ini").write_text("\n".join(lines) + "\n")
+    fleet("host", "import", str(tmp_path / "rdp.ini"))
+    host = lines[first].split()[0]
+    assert fleet.json("host", "show", host)["rdpPort"] == port
+    fleet("pool", "create", "--id", "p", "--hosts", host)
+    dest = tmp_path / "n.rdp"
+    with server:
+        fleet("node", "rdp-file", "--pool", "p", "--node", host, "--destination", str(dest))
+    assert f"full address:s:127.0.0.1:{port}\n" in dest.read_text()
+    refused = fleet("node", "rdp-file", "--pool", "p", "--node", host, check=False)
+    assert refused.code == 3 and "RdpServerNotFound" in refused.stderr

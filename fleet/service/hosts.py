@@ -45,6 +45,7 @@ def import_hosts(
             row.key_file = spec.key_file
             row.labels = dict(spec.labels)
             row.node_root = spec.node_root
+            row.rdp_port = spec.rdp_port
             row.host_key_policy = policy
             row.source = spec.source
             s.add(row)

@@ -153,21 +153,23 @@ def remote_login_settings(store: Store, pool_id: str, node_id: str) -> dict[str,
 
 
 def rdp_file(store: Store, pool_id: str, node_id: str, destination: str) -> dict[str, Any]:
-    """Write a ``.rdp`` file for a node that runs an RDP server (found by connecting to its
-    port 3389 from here) and return where it went. Raises NotFound ``RdpServerNotFound``."""
+    """Write a ``.rdp`` file for a node that runs an RDP server (found by connecting to the
+    host's ``rdpPort``, inventory var ``fleet_rdp_port``, default 3389, from here) and
+    return where it went. Raises NotFound ``RdpServerNotFound``."""
     _, host = show_node(store, pool_id, node_id)
+    port = host.rdp_port or RDP_PORT
     try:
-        with socket.create_connection((host.address, RDP_PORT), timeout=RDP_PROBE_TIMEOUT):
+        with socket.create_connection((host.address, port), timeout=RDP_PROBE_TIMEOUT):
             pass
     except OSError as exc:
         raise NotFound(
-            f"no RDP server answers on {host.address}:{RDP_PORT} ({exc.strerror or exc}); "
+            f"no RDP server answers on {host.address}:{port} ({exc.strerror or exc}); "
             "install one (xrdp on Linux) to get an .rdp file, or use SSH "
             "(fleet node remote-login-settings)",
             code="RdpServerNotFound",
             target=f"node {node_id}",
         ) from None
-    text = f"full address:s:{host.address}:{RDP_PORT}\nprompt for credentials:i:1\n"
+    text = f"full address:s:{host.address}:{port}\nprompt for credentials:i:1\n"
     path = Path(destination)
     try:
         path.write_text(text)
@@ -181,5 +183,5 @@ def rdp_file(store: Store, pool_id: str, node_id: str, destination: str) -> dict
     return {
         "nodeId": node_id,
         "destination": str(path),
-        "fullAddress": f"{host.address}:{RDP_PORT}",
+        "fullAddress": f"{host.address}:{port}",
     }
