@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from sqlmodel import col, select
@@ -27,12 +27,10 @@ from sqlmodel import col, select
 from fleet import certificates
 from fleet.errors import Conflict, FleetError, NotFound, RemoteError
 from fleet.passwords import crypt_sha512
+from fleet.periodic import PeriodicPass
 from fleet.spec_fields import USER_NAME_RE, check_fields, fail
 from fleet.ssh import Connection, Target
 from fleet.tables import NodeUser
-
-if TYPE_CHECKING:
-    from fleet.controller import Controller
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +40,6 @@ MARKER = "fleet node user"
 GROUP = "fleet-node-users"
 DEFAULT_EXPIRY_SECONDS = 24 * 3600
 MAX_PASSWORD_LENGTH = 256
-SWEEP_EVERY_SECONDS = 30.0
 FIELDS = {"name", "isAdmin", "expiryTime", "password", "sshPublicKey"}
 #: Key types the controller can parse (cryptography), as ``ssh-keygen`` writes them.
 KEY_TYPES = (
@@ -387,45 +384,25 @@ def _unrecorded(name: str, on_node: bool, what: str) -> FleetError:
 # -- the controller's expiry sweep ----------------------------------------------------
 
 
-class NodeUserSweep:
+class NodeUserSweep(PeriodicPass):
     """Removes node users whose ``expiryTime`` has passed, on nodes that are connected."""
 
-    def __init__(self, controller: Controller, every: float = SWEEP_EVERY_SECONDS) -> None:
-        self.c = controller
-        self.every = every
-        self._last = 0.0
-        self._running = False
-
-    def tick(self) -> None:
-        """Start a pass when one is due and none is running."""
-        now = time.monotonic()
-        if self._running or now - self._last < self.every:
-            return
-        self._last = now
-        self._running = True
-        self.c.spawn_background(self._pass())
-
-    async def _pass(self) -> None:
-        try:
+    async def sweep(self) -> None:
+        with self.c.store.session() as s:
+            due = list(s.exec(select(NodeUser).where(col(NodeUser.expiry_time) <= time.time())))
+        for user in due:
+            link = self.c.links.get(user.node_id)
+            if link is None or not link.ready or link.conn is None:
+                continue  # a later pass, once the node is back
+            try:
+                await expire(link.conn, user.node_id, user.name)
+            except FleetError as exc:
+                log.warning("node %s: expiring user %s failed: %s", user.node_id, user.name, exc)
+                continue
             with self.c.store.session() as s:
-                due = list(s.exec(select(NodeUser).where(col(NodeUser.expiry_time) <= time.time())))
-            for user in due:
-                link = self.c.links.get(user.node_id)
-                if link is None or not link.ready or link.conn is None:
-                    continue  # a later pass, once the node is back
-                try:
-                    await expire(link.conn, user.node_id, user.name)
-                except FleetError as exc:
-                    log.warning(
-                        "node %s: expiring user %s failed: %s", user.node_id, user.name, exc
-                    )
-                    continue
-                with self.c.store.session() as s:
-                    row = s.get(NodeUser, (user.node_id, user.name))
-                    if row is not None and row.expiry_time <= time.time():
-                        s.delete(row)
-        finally:
-            self._running = False
+                row = s.get(NodeUser, (user.node_id, user.name))
+                if row is not None and row.expiry_time <= time.time():
+                    s.delete(row)
 
 
 async def expire(conn: Connection, node_id: str, name: str) -> None:

@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from sqlmodel import col, select
 
 from fleet import specs
 from fleet.domain import TaskState
 from fleet.errors import FleetError
+from fleet.periodic import PeriodicPass
 from fleet.tables import Task
-
-if TYPE_CHECKING:
-    from fleet.controller import Controller
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
-SWEEP_EVERY_SECONDS = 30.0
 BATCH = 200
 
 
@@ -34,58 +30,40 @@ def expired(task: Task, now: float) -> bool:
     return task.end_time is not None and now - task.end_time >= keep
 
 
-class RetentionSweep:
+class RetentionSweep(PeriodicPass):
     """Deletes expired task directories, a batch per pass."""
 
-    def __init__(self, controller: Controller, every: float = SWEEP_EVERY_SECONDS) -> None:
-        self.c = controller
-        self.every = every
-        self._last = 0.0
-        self._running = False
-
-    def tick(self) -> None:
-        """Start a pass when one is due and none is running."""
-        now = time.monotonic()
-        if self._running or now - self._last < self.every:
-            return
-        self._last = now
-        self._running = True
-        self.c.spawn_background(self._pass())
-
-    async def _pass(self) -> None:
-        try:
-            now = time.time()
-            with self.c.store.session() as s:
-                candidates = [
-                    t
-                    for t in s.exec(
-                        select(Task)
-                        .where(
-                            Task.state == TaskState.COMPLETED,
-                            col(Task.files_deleted).is_(False),
-                            col(Task.task_root).is_not(None),
-                        )
-                        .order_by(col(Task.end_time))
-                        .limit(BATCH)
+    async def sweep(self) -> None:
+        now = time.time()
+        with self.c.store.session() as s:
+            candidates = [
+                t
+                for t in s.exec(
+                    select(Task)
+                    .where(
+                        Task.state == TaskState.COMPLETED,
+                        col(Task.files_deleted).is_(False),
+                        col(Task.task_root).is_not(None),
                     )
-                    if expired(t, now)
-                ]
-            swept = []
-            for task in candidates:
-                link = self.c.links.get(task.node_id or "")
-                if link is None or not link.ready or link.conn is None or not task.task_root:
-                    continue
-                try:
-                    await link.conn.remove_tree(task.task_root)
-                except FleetError as exc:
-                    log.warning("task %s/%s: retention sweep failed: %s", task.job_id, task.id, exc)
-                    continue
-                swept.append(task.pk)
-            if swept:
-                with self.c.store.session() as s:
-                    for row in s.exec(select(Task).where(col(Task.pk).in_(swept))):
-                        row.files_deleted = True
-                        s.add(row)
-                log.info("retention sweep: deleted %d task directories", len(swept))
-        finally:
-            self._running = False
+                    .order_by(col(Task.end_time))
+                    .limit(BATCH)
+                )
+                if expired(t, now)
+            ]
+        swept = []
+        for task in candidates:
+            link = self.c.links.get(task.node_id or "")
+            if link is None or not link.ready or link.conn is None or not task.task_root:
+                continue
+            try:
+                await link.conn.remove_tree(task.task_root)
+            except FleetError as exc:
+                log.warning("task %s/%s: retention sweep failed: %s", task.job_id, task.id, exc)
+                continue
+            swept.append(task.pk)
+        if swept:
+            with self.c.store.session() as s:
+                for row in s.exec(select(Task).where(col(Task.pk).in_(swept))):
+                    row.files_deleted = True
+                    s.add(row)
+            log.info("retention sweep: deleted %d task directories", len(swept))
