@@ -54,6 +54,7 @@ READ_ONLY: dict[str, frozenset[str]] = {
     },
     "job": _COMMON_READ_ONLY | {"executionInfo", "taskCounts"},
     "task": _COMMON_READ_ONLY | {"jobId", "executionInfo", "nodeInfo", "dependencyState"},
+    "node user": frozenset({"hasPassword"}),
 }
 
 #: Azure properties that fleet knows but does not implement yet: reported by name.

@@ -84,3 +84,15 @@ def test_a_key_whose_data_names_another_type_is_refused():
     fake = base64.b64encode(b"\x00\x00\x00\x07ssh-rsa" + blob[15:]).decode()
     with pytest.raises(BadInput, match="not a valid ssh-rsa key|not a ssh-rsa key"):
         parse_node_user({"name": "a", "sshPublicKey": f"ssh-rsa {fake}"}, "node user n", NOW)
+
+
+def test_what_node_user_list_prints_is_accepted_as_input():
+    from fleet.service.node_users import view
+    from fleet.tables import NodeUser
+
+    row = NodeUser(
+        node_id="n", name="bob", pool_id="p", is_admin=True, expiry_time=NOW + 3600,
+        has_password=True, created_at=NOW,
+    )  # fmt: skip
+    again = parse_node_user(view(row), "node user n", NOW)
+    assert (again["name"], again["isAdmin"], again["expiryTime"]) == ("bob", True, NOW + 3600)
