@@ -43,6 +43,7 @@ from fleet.multi_instance import MultiInstance
 from fleet.node_link import NodeLink
 from fleet.node_users import NodeUserSweep
 from fleet.retention import RetentionSweep
+from fleet.schedule_runner import ScheduleRunner
 from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, StaleAttempt, Task
@@ -91,6 +92,7 @@ class Controller:
         self.node_users = NodeUserSweep(self, sweep_interval)
         self.calls = TaskCalls(self)
         self.multi = MultiInstance(self)
+        self.schedules = ScheduleRunner(self)
         self.collector = Collector(settings, self.inflight, self._collected)
 
     def wake(self) -> None:
@@ -102,6 +104,7 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then close every link (tasks keep running on nodes)."""
         self._load_inflight()
+        self.schedules.start()
         log.info(
             "controller started (%d attempts in flight)",
             sum(len(a) for a in self.inflight.values()),
@@ -123,6 +126,7 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         finally:
+            self.schedules.stop()
             await self._shutdown()
             log.info("controller stopped")
 
@@ -134,6 +138,7 @@ class Controller:
         self.lifecycle.tick()
         self.retention.tick()
         self.node_users.tick()
+        self.schedules.tick()
         applied = self.events.apply()
         self.events.release_dependents()
         placed = await self._schedule()

@@ -52,7 +52,8 @@ READ_ONLY: dict[str, frozenset[str]] = {
         "resizeErrors",
         "autoScaleRun",
     },
-    "job": _COMMON_READ_ONLY | {"executionInfo", "taskCounts"},
+    "job": _COMMON_READ_ONLY | {"executionInfo", "taskCounts", "jobScheduleId"},
+    "job schedule": _COMMON_READ_ONLY | {"executionInfo"},
     "task": _COMMON_READ_ONLY | {"jobId", "executionInfo", "nodeInfo", "dependencyState"},
     "node user": frozenset({"hasPassword"}),
 }

@@ -95,6 +95,7 @@ class Job(SQLModel, table=True):
     created_at: float = 0.0
     state_changed_at: float = 0.0
     end_time: float | None = None
+    job_schedule_id: str | None = Field(default=None, index=True)  # the schedule that made it
 
 
 class Task(SQLModel, table=True):
@@ -280,6 +281,27 @@ class ApplicationPackage(SQLModel, table=True):
     last_activation_time: float = 0.0
 
 
+class JobSchedule(SQLModel, table=True):
+    """A job schedule: its spec, and the occurrence it waits on (see fleet/schedule_runner.py).
+
+    ``next_run`` is the scheduled time of the next occurrence not yet handled; it moves on
+    in the same transaction that creates that occurrence's job or records it skipped, so
+    a restarted controller neither fires an occurrence twice nor loses one."""
+
+    __tablename__ = "job_schedules"
+
+    id: str = Field(primary_key=True)
+    state: str = "active"
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    next_run: float | None = None
+    job_count: int = 0  # jobs created so far; the next one is <id>:job-<job_count + 1>
+    recent_job_id: str | None = None
+    skipped_runs: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    created_at: float = 0.0
+    state_changed_at: float = 0.0
+    end_time: float | None = None
+
+
 ALL_TABLES = (
     Host,
     HostKey,
@@ -296,4 +318,5 @@ ALL_TABLES = (
     NodeUser,
     Application,
     ApplicationPackage,
+    JobSchedule,
 )

@@ -64,8 +64,12 @@ class Timers:
         if self._armed.get(key) == when:
             return
         self._armed[key] = when
+
+        async def fire() -> None:  # a coroutine runs on the loop, a function in a thread
+            callback()
+
         self._scheduler.add_job(
-            callback,
+            fire,
             DateTrigger(dt.datetime.fromtimestamp(when, dt.UTC)),
             id=key,
             replace_existing=True,

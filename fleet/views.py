@@ -7,7 +7,7 @@ from typing import Any
 
 from fleet import specs
 from fleet.domain import NodeState
-from fleet.tables import Host, HostKey, Job, Node, Pool, Subtask, Task
+from fleet.tables import Host, HostKey, Job, JobSchedule, Node, Pool, Subtask, Task
 
 
 def iso(ts: float | None) -> str | None:
@@ -97,6 +97,7 @@ def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
                 }
             ),
             "taskCounts": counts,
+            "jobScheduleId": row.job_schedule_id,
         }
     )
     return out | spec
@@ -162,5 +163,32 @@ def subtask(row: Subtask) -> dict[str, Any]:
             "failureInfo": row.failure_info,
             "startTime": iso(row.start_time),
             "endTime": iso(row.end_time),
+        }
+    )
+
+
+def job_schedule(row: JobSchedule) -> dict[str, Any]:
+    """The schedule as Azure's CloudJobSchedule (valid ``job-schedule create`` input) with
+    fleet's ``executionInfo.skippedRuns``."""
+    spec = row.spec
+    template = specs.request_fields("job", spec["jobSpecification"])
+    return _drop_none(
+        {
+            "id": row.id,
+            "displayName": spec.get("displayName"),
+            "state": row.state,
+            "creationTime": iso(row.created_at),
+            "stateTransitionTime": iso(row.state_changed_at),
+            "schedule": spec["schedule"],
+            "jobSpecification": template,
+            "metadata": spec.get("metadata") or None,
+            "executionInfo": _drop_none(
+                {
+                    "nextRunTime": iso(row.next_run),
+                    "recentJob": {"id": row.recent_job_id} if row.recent_job_id else None,
+                    "endTime": iso(row.end_time),
+                    "skippedRuns": list(row.skipped_runs or []),
+                }
+            ),
         }
     )

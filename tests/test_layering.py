@@ -33,6 +33,7 @@ OWNERS = {
         "execute.py",
         "targets.py",
         "task_files.py",
+        "schedule_runner.py",
     },
 }
 #: module -> fleet modules it must never import

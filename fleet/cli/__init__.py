@@ -17,6 +17,7 @@ from fleet.cli import (
     exec_cmd,
     files,
     hosts,
+    job_schedules,
     jobs,
     lab,
     node_users,
@@ -46,6 +47,8 @@ app.add_typer(files.app, name="file")
 app.add_typer(certificates.app, name="certificate")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(applications.app, name="application")
+app.add_typer(job_schedules.app, name="job-schedule")
+app.add_typer(job_schedules.app, name="schedule", help="Alias of job-schedule.")
 exec_cmd.register(app)
 
 

@@ -11,6 +11,7 @@ from fleet import views
 from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file, progress_enabled, stderr
 from fleet.domain import JobState
 from fleet.errors import EXIT_FAILED, BadInput, TimedOut
+from fleet.service import job_schedules as schedule_service
 from fleet.service import jobs as service
 
 app = typer.Typer(help="Manage jobs.", no_args_is_help=True)
@@ -143,9 +144,17 @@ def set_(
 
 
 @app.command("list")
-def list_(output: OutputOpt = None) -> None:
+def list_(
+    job_schedule: Annotated[
+        str | None, typer.Option("--job-schedule", help="Only the jobs this schedule created.")
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
     """List jobs."""
-    emit([views.job(j) for j in service.list_jobs(CURRENT.store)], output, COLUMNS)
+    if job_schedule is not None:
+        schedule_service.show_schedule(CURRENT.store, job_schedule)  # NotFound when unknown
+    jobs = service.list_jobs(CURRENT.store, job_schedule)
+    emit([views.job(j) for j in jobs], output, COLUMNS)
 
 
 @app.command("show")

@@ -21,25 +21,32 @@ def create_job(store: Store, data: dict[str, Any]) -> Job:
 
     Raises BadInput, NotFound (unknown pool) or Conflict (id taken)."""
     spec = specs.parse_job(data)
-    now = time.time()
     with store.session() as s:
-        pool = get_pool(s, spec["poolInfo"]["poolId"])
-        if s.get(Job, spec["id"]) is not None:
-            raise Conflict(
-                "a job with this id exists already", code="JobExists", target=f"job {spec['id']}"
-            )
-        job = Job(
-            id=spec["id"],
-            pool_id=spec["poolInfo"]["poolId"],
-            priority=spec["priority"],
-            spec=spec,
-            created_at=now,
-            state_changed_at=now,
+        return insert_job(s, spec, time.time())
+
+
+def insert_job(s: Session, spec: dict[str, Any], now: float, schedule_id: str | None = None) -> Job:
+    """Add the job of a parsed ``spec`` (and its job manager task) to session ``s``.
+
+    Raises NotFound (unknown pool), Conflict (id taken) or BadInput."""
+    pool = get_pool(s, spec["poolInfo"]["poolId"])
+    if s.get(Job, spec["id"]) is not None:
+        raise Conflict(
+            "a job with this id exists already", code="JobExists", target=f"job {spec['id']}"
         )
-        s.add(job)
-        manager = spec.get("jobManagerTask")
-        if manager:
-            s.add(_manager_task(pool, job, manager, now))
+    job = Job(
+        id=spec["id"],
+        pool_id=spec["poolInfo"]["poolId"],
+        priority=spec["priority"],
+        spec=spec,
+        created_at=now,
+        state_changed_at=now,
+        job_schedule_id=schedule_id,
+    )
+    s.add(job)
+    manager = spec.get("jobManagerTask")
+    if manager:
+        s.add(_manager_task(pool, job, manager, now))
     return job
 
 
@@ -90,10 +97,13 @@ def get_job(session: Session, job_id: str) -> Job:
     return job
 
 
-def list_jobs(store: Store) -> list[Job]:
-    """Return every job, oldest first."""
+def list_jobs(store: Store, schedule_id: str | None = None) -> list[Job]:
+    """Return every job, or those job schedule ``schedule_id`` created, oldest first."""
+    query = select(Job).order_by(col(Job.created_at), col(Job.id))
+    if schedule_id is not None:
+        query = query.where(Job.job_schedule_id == schedule_id)
     with store.session() as s:
-        return list(s.exec(select(Job).order_by(col(Job.created_at), col(Job.id))))
+        return list(s.exec(query))
 
 
 def show_job(store: Store, job_id: str) -> Job:

@@ -1,0 +1,158 @@
+"""The controller's job schedules: create each occurrence's job, wait, or record it skipped.
+
+The ``job_schedules`` rows are the truth. A schedule's ``next_run`` (the scheduled time of
+its next occurrence not yet handled) moves on in the same transaction that creates that
+occurrence's job or records it skipped, so a controller killed at any point neither fires
+an occurrence twice nor loses one. APScheduler (fleet/timers.py) only wakes the controller
+at each ``next_run``; its timers live in memory and are armed again from the rows at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session, col, select
+
+from fleet import schedules
+from fleet.domain import JobState
+from fleet.errors import FleetError
+from fleet.service.jobs import insert_job
+from fleet.tables import Job, JobSchedule, Pool
+from fleet.timers import Timers
+
+if TYPE_CHECKING:
+    from fleet.controller import Controller
+
+log = logging.getLogger(__name__)
+
+_IDLE = ("completed",)
+_LIVE_JOB = {
+    JobState.ACTIVE,
+    JobState.DISABLING,
+    JobState.DISABLED,
+    JobState.ENABLING,
+    JobState.TERMINATING,
+}
+
+
+class ScheduleRunner:
+    """Handles every job schedule that is not completed, each turn of the controller."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+        self.timers = Timers()
+        self.since = time.time()  # occurrences whose window closed before this were missed
+
+    def start(self) -> None:
+        """Start the timers; the first tick arms them from the rows."""
+        self.since = time.time()
+        self.timers.start()
+
+    def stop(self) -> None:
+        """Stop the timers."""
+        self.timers.stop()
+
+    def tick(self) -> None:
+        """Advance every schedule: due occurrences, termination, deletion, completion."""
+        now = time.time()
+        with self.c.store.session() as s:
+            ids = list(s.exec(select(JobSchedule.id).where(col(JobSchedule.state).not_in(_IDLE))))
+        for sid in ids:
+            try:
+                self._advance(sid, now)
+            except FleetError as exc:
+                log.error("job schedule %s: %s (%s)", sid, exc, exc.code)
+
+    def _advance(self, sid: str, now: float) -> None:
+        with self.c.store.session() as s:
+            row = s.get(JobSchedule, sid)
+            if row is None:
+                return
+            recent = s.get(Job, row.recent_job_id) if row.recent_job_id else None
+            active = recent is not None and recent.state in _LIVE_JOB
+            if row.state == "deleting":
+                self._delete(s, row)
+            elif row.state == "terminating":
+                if recent is not None and active and recent.state != JobState.TERMINATING:
+                    _end_job(recent, now, JobState.TERMINATING, "TerminateJobSchedule")
+                    s.add(recent)
+                elif not active:
+                    _set_state(row, "completed", now)
+            else:
+                active = self._occurrences(s, row, now, active)
+                if row.next_run is None and not active and row.state == "active":
+                    _set_state(row, "completed", now)
+            s.add(row)
+            next_run, state = row.next_run, row.state
+        if next_run is not None and state in ("active", "disabled"):
+            window = schedules.start_window(row.spec["schedule"])
+            self.timers.arm(sid, next_run, self.c.wake, window)
+        else:
+            self.timers.disarm(sid)
+        if state in ("deleting", "terminating"):
+            self.c.wake()
+
+    def _occurrences(self, s: Session, row: JobSchedule, now: float, active: bool) -> bool:
+        """Handle every occurrence due by ``now``, oldest first; return whether the
+        schedule's job is active afterwards."""
+        timing = row.spec["schedule"]
+        window = schedules.start_window(timing)
+        while row.next_run is not None and row.next_run <= now:
+            occurrence = row.next_run
+            if row.state == "disabled":
+                decision = schedules.REASON_DISABLED
+            else:
+                decision = schedules.decide(occurrence, now, window, active, self.since)
+            if decision == "wait":
+                break
+            if decision == "create":
+                pool_id = row.spec["jobSpecification"]["poolInfo"]["poolId"]
+                if s.get(Pool, pool_id) is None:
+                    decision = f"pool {pool_id} does not exist"
+                else:
+                    self._create_job(s, row, now)
+                    active = True
+            if decision != "create":
+                log.info("job schedule %s: occurrence skipped (%s)", row.id, decision)
+                row.skipped_runs = schedules.add_skipped(
+                    row.skipped_runs or [], occurrence, decision
+                )
+            row.next_run = schedules.next_occurrence(timing, occurrence)
+        return active
+
+    def _create_job(self, s: Session, row: JobSchedule, now: float) -> None:
+        n = row.job_count + 1
+        jid = schedules.job_id(row.id, n)
+        insert_job(s, row.spec["jobSpecification"] | {"id": jid}, now, schedule_id=row.id)
+        row.job_count = n
+        row.recent_job_id = jid
+        log.info("job schedule %s: created job %s", row.id, jid)
+        self.c.wake()
+
+    def _delete(self, s: Session, row: JobSchedule) -> None:
+        jobs = list(s.exec(select(Job).where(Job.job_schedule_id == row.id)))
+        for job in jobs:
+            if job.state != JobState.DELETING:
+                _end_job(job, time.time(), JobState.DELETING, None)
+                s.add(job)
+        if not jobs:
+            s.delete(row)
+            self.timers.disarm(row.id)
+            log.info("job schedule %s deleted", row.id)
+
+
+def _set_state(row: JobSchedule, state: str, now: float) -> None:
+    row.state = state
+    row.state_changed_at = now
+    if state == "completed":
+        row.end_time = now
+        row.next_run = None
+
+
+def _end_job(job: Job, now: float, state: JobState, reason: str | None) -> None:
+    job.state = state
+    job.state_changed_at = now
+    if reason and not job.termination_reason:
+        job.termination_reason = reason
