@@ -74,7 +74,8 @@ class ScheduleRunner:
             active = recent is not None and recent.state in _LIVE_JOB
             if row.state == "deleting":
                 self._delete(s, row)
-            elif row.state == "terminating":
+                return
+            if row.state == "terminating":
                 if recent is not None and active and recent.state != JobState.TERMINATING:
                     _end_job(recent, now, JobState.TERMINATING, "TerminateJobSchedule")
                     s.add(recent)
@@ -91,8 +92,6 @@ class ScheduleRunner:
             self.timers.arm(sid, next_run, self.c.wake, window)
         else:
             self.timers.disarm(sid)
-        if state in ("deleting", "terminating"):
-            self.c.wake()
 
     def _occurrences(self, s: Session, row: JobSchedule, now: float, active: bool) -> bool:
         """Handle every occurrence due by ``now``, oldest first; return whether the

@@ -1,0 +1,180 @@
+"""Job schedules on the real lab: recurring jobs, one active at a time, skipped occurrences,
+a controller killed across occurrences, terminate and delete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_pool, wait_for
+
+pytestmark = pytest.mark.lab
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _create(fleet: Any, tmp_path: Any, data: dict[str, Any]) -> dict[str, Any]:
+    path = tmp_path / f"{data['id']}.json"
+    path.write_text(json.dumps(data))
+    return fleet.json("job-schedule", "create", "--json-file", str(path))
+
+
+def _schedule(sid: str, command: str, **timing: Any) -> dict[str, Any]:
+    return {
+        "id": sid,
+        "schedule": timing,
+        "jobSpecification": {
+            "poolInfo": {"poolId": "p"},
+            "jobManagerTask": {"commandLine": command},
+        },
+    }
+
+
+def _jobs(fleet: Any, sid: str) -> dict[str, dict[str, Any]]:
+    return {j["id"]: j for j in fleet.json("job", "list", "--job-schedule", sid)}
+
+
+def test_schedule_creates_numbered_jobs_one_active_at_a_time(
+    fleet, lab_inventory, controller, tmp_path
+):
+    make_pool(fleet, lab_inventory, "p", 1)
+    controller()
+    _create(fleet, tmp_path, _schedule("s", "sleep 1", recurrenceInterval="PT2S"))
+    wait_for(lambda: "s:job-3" in _jobs(fleet, "s"), timeout=90, message="three jobs")
+    jobs = _jobs(fleet, "s")
+    assert all(j["jobScheduleId"] == "s" for j in jobs.values())
+    for n in (1, 2):
+        ended = dt.datetime.fromisoformat(jobs[f"s:job-{n}"]["executionInfo"]["endTime"])
+        started = dt.datetime.fromisoformat(jobs[f"s:job-{n + 1}"]["creationTime"])
+        assert ended <= started  # never two active jobs
+    shown = fleet.json("schedule", "show", "s")
+    assert shown["state"] == "active"
+    assert shown["executionInfo"]["recentJob"]["id"].startswith("s:job-")
+    assert "nextRunTime" in shown["executionInfo"]
+    # show -o json is valid create input
+    shown["id"] = "s2"
+    _create(fleet, tmp_path, shown)
+    fleet("job-schedule", "terminate", "s")
+    fleet("job-schedule", "terminate", "s2")
+    wait_for(
+        lambda: fleet.json("job-schedule", "show", "s")["state"] == "completed",
+        timeout=60,
+        message="terminated schedule completes",
+    )
+    last = fleet.json("job-schedule", "show", "s")["executionInfo"]
+    assert "endTime" in last and "nextRunTime" not in last
+    assert all(j["state"] == "completed" for j in _jobs(fleet, "s").values())
+
+
+def test_occurrence_the_active_job_outlasts_is_skipped_with_the_reason(
+    fleet, lab_inventory, controller, tmp_path
+):
+    make_pool(fleet, lab_inventory, "p", 1)
+    controller()
+    _create(
+        fleet,
+        tmp_path,
+        _schedule("busy", "sleep 7", recurrenceInterval="PT3S", startWindow="PT1S"),
+    )
+    skipped = wait_for(
+        lambda: fleet.json("job-schedule", "show", "busy")["executionInfo"].get("skippedRuns"),
+        timeout=60,
+        message="a skipped run",
+    )
+    assert skipped[0]["reason"] == "the previous job was still active after startWindow"
+    jobs = _jobs(fleet, "busy")
+    assert list(jobs) == ["busy:job-1"]
+    assert jobs["busy:job-1"]["state"] == "active"
+    fleet("job-schedule", "terminate", "busy")
+    wait_for(
+        lambda: _jobs(fleet, "busy")["busy:job-1"]["state"] == "completed",
+        timeout=60,
+        message="the active job terminated",
+    )
+    assert _jobs(fleet, "busy")["busy:job-1"]["executionInfo"]["terminateReason"] == (
+        "TerminateJobSchedule"
+    )
+
+
+def test_controller_killed_across_occurrences_runs_each_once_or_records_it_skipped(
+    fleet, lab_inventory, controller, tmp_path
+):
+    make_pool(fleet, lab_inventory, "p", 1)
+    first = controller()
+    _create(fleet, tmp_path, _schedule("k", "true", recurrenceInterval="PT2S", startWindow="PT1S"))
+    wait_for(lambda: "k:job-1" in _jobs(fleet, "k"), timeout=60, message="first job")
+    first.kill()
+    time.sleep(6)  # at least two occurrences come and their start windows pass meanwhile
+    second = controller()
+    wait_for(
+        lambda: (
+            len(fleet.json("job-schedule", "show", "k")["executionInfo"].get("skippedRuns", []))
+            >= 2
+            and len(_jobs(fleet, "k")) >= 3
+        ),
+        timeout=60,
+        message="skips recorded and jobs created after the restart",
+    )
+    fleet("job-schedule", "disable", "k")
+    second.stop()
+    info = fleet.json("job-schedule", "show", "k")["executionInfo"]
+    skipped = [s["scheduledTime"] for s in info["skippedRuns"]]
+    assert {s["reason"] for s in info["skippedRuns"]} <= {
+        "controller down",
+        "the schedule was disabled",
+    }
+    assert "controller down" in {s["reason"] for s in info["skippedRuns"]}
+    jobs = _jobs(fleet, "k")
+    numbers = sorted(int(j.rsplit("-", 1)[1]) for j in jobs)
+    assert numbers == list(range(1, len(numbers) + 1))  # no gaps, no doubles
+    # each skipped occurrence is on the grid and no job was created for it
+    assert len(set(skipped)) == len(skipped)
+
+
+def test_schedule_runs_once_at_do_not_run_until_then_completes_and_delete_removes_its_jobs(
+    fleet, lab_inventory, controller, tmp_path
+):
+    make_pool(fleet, lab_inventory, "p", 1)
+    controller()
+    _create(fleet, tmp_path, _schedule("once", "true", doNotRunUntil=_iso(time.time() + 3)))
+    assert fleet.json("job-schedule", "show", "once")["executionInfo"]["nextRunTime"]
+    wait_for(
+        lambda: fleet.json("job-schedule", "show", "once")["state"] == "completed",
+        timeout=60,
+        message="one-off schedule completes",
+    )
+    jobs = _jobs(fleet, "once")
+    assert list(jobs) == ["once:job-1"]
+    assert jobs["once:job-1"]["creationTime"] >= _iso(time.time() - 60)
+    fleet("job-schedule", "delete", "once")
+    wait_for(
+        lambda: fleet("job-schedule", "exists", "once", check=False).code == 3,
+        timeout=60,
+        message="schedule deleted",
+    )
+    assert fleet("job", "show", "once:job-1", check=False).code == 3
+
+
+def test_flag_form_and_bad_input_exit_2_naming_the_field(fleet, lab_inventory, tmp_path):
+    make_pool(fleet, lab_inventory, "p", 1)
+    bad = fleet(
+        "job-schedule", "create", "--id", "x", "--pool", "p", "--every", "PT0S",
+        "--job-manager-command-line", "true", "-o", "json", check=False,
+    )  # fmt: skip
+    assert bad.code == 2
+    assert "schedule.recurrenceInterval" in bad.stdout + bad.stderr
+    made = fleet.json(
+        "schedule", "create", "--id", "c", "--pool", "p", "--cron", "0 2 * * *",
+        "--time-zone", "Europe/Paris", "--job-manager-command-line", "true",
+    )  # fmt: skip
+    assert made["schedule"] == {"cron": "0 2 * * *", "timeZone": "Europe/Paris"}
+    assert made["executionInfo"]["nextRunTime"].endswith(":00:00.000Z")
+    assert fleet("job-schedule", "exists", "c", check=False).code == 0
+    assert fleet("job-schedule", "exists", "nope", check=False).code == 3
+    assert fleet("job", "list", "--job-schedule", "nope", check=False).code == 3
