@@ -92,12 +92,16 @@ def show(schedule_id: str, output: OutputOpt = None) -> None:
 
 
 @app.command("exists")
-def exists(schedule_id: str) -> None:
+def exists(schedule_id: str, output: OutputOpt = None) -> None:
     """Exit 0 if the job schedule exists, 3 if not."""
     try:
         service.show_schedule(CURRENT.store, schedule_id)
+        found = True
     except NotFound:
-        raise typer.Exit(EXIT_NOT_FOUND) from None
+        found = False
+    emit({"id": schedule_id, "exists": found}, output)
+    if not found:
+        raise typer.Exit(EXIT_NOT_FOUND)
 
 
 @app.command("set")
