@@ -13,7 +13,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from fleet import schedules
 from fleet.domain import JobState
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from fleet.controller import Controller
 
 log = logging.getLogger(__name__)
+
+#: How often every schedule is looked at (its timer armed), not only those due.
+FULL_PASS_SECONDS = 2.0
 
 _IDLE = ("completed",)
 _LIVE_JOB = {
@@ -44,6 +47,7 @@ class ScheduleRunner:
         self.c = controller
         self.timers = Timers()
         self.since = time.time()  # occurrences whose window closed before this were missed
+        self._full_pass_at = 0.0
 
     def start(self) -> None:
         """Start the timers; the first tick arms them from the rows."""
@@ -55,10 +59,24 @@ class ScheduleRunner:
         self.timers.stop()
 
     def tick(self) -> None:
-        """Advance every schedule: due occurrences, termination, deletion, completion."""
+        """Advance the schedules that need it: due occurrences, termination, deletion,
+        completion. Every FULL_PASS_SECONDS a tick looks at every schedule (and arms its
+        timer, so new and changed ones fire on time); the others only at those with
+        something due, so a turn costs nothing per idle schedule."""
         now = time.time()
+        query = select(JobSchedule.id).where(col(JobSchedule.state).not_in(_IDLE))
+        if now - self._full_pass_at < FULL_PASS_SECONDS:
+            query = query.where(
+                or_(
+                    col(JobSchedule.next_run).is_(None),
+                    col(JobSchedule.next_run) <= now,
+                    col(JobSchedule.state).in_(("terminating", "deleting")),
+                )
+            )
         with self.c.store.session() as s:
-            ids = list(s.exec(select(JobSchedule.id).where(col(JobSchedule.state).not_in(_IDLE))))
+            ids = list(s.exec(query))
+        if now - self._full_pass_at >= FULL_PASS_SECONDS:
+            self._full_pass_at = now
         for sid in ids:
             try:
                 self._advance(sid, now)
