@@ -16,6 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent_bootstrap.fleet_unpack import leaves  # one rule for both checkers
 from fleet.errors import BadInput
 
 #: Caps on what one package may unpack to (the node-side unpacker gets the same).
@@ -150,24 +151,6 @@ def _too_many(archive: str, count: int, cap: int) -> BadInput:
     )
 
 
-def _link_leaves(name: str, link: str, links: set[str]) -> bool:
-    """Return whether the symlink ``name`` -> ``link``, followed step by step from its
-    directory, ever leaves the root or passes through a symlink of the archive."""
-    here = name.split("/")[:-1]
-    for seg in link.split("/"):
-        if seg in ("", "."):
-            continue
-        if seg == "..":
-            if not here:
-                return True
-            here.pop()
-        else:
-            here.append(seg)
-            if "/".join(here) in links:
-                return True
-    return False
-
-
 def _check_links(archive: str, members: list[Member]) -> None:
     """Refuse links that lead outside the archive's root, hard links to anything but an
     earlier file, and any path that passes through a symlink (so no chain can escape)."""
@@ -184,7 +167,7 @@ def _check_links(archive: str, members: list[Member]) -> None:
         if m.kind == "symlink":
             if not m.link or m.link.startswith("/") or "\x00" in m.link:
                 raise _bad(archive, m.name, "link-escape", f"links to {m.link!r}, outside")
-            if _link_leaves(m.name, m.link, links):
+            if leaves(m.name, m.link, links):
                 raise _bad(archive, m.name, "link-escape", f"links to {m.link!r}, outside")
         elif m.kind == "hardlink":
             target = _normalized(archive, m.link)

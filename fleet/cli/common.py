@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
@@ -155,3 +155,21 @@ def load_json_file(path: str) -> Any:
 def progress_enabled(output: OutputFormat | None) -> bool:
     """Return whether to draw progress: only for table output on a terminal."""
     return fmt(output) == OutputFormat.TABLE and stderr.is_terminal
+
+
+def write_whole(destination: Path, write: Callable[[BinaryIO], int]) -> int:
+    """Run ``write`` on a hidden ``.NAME.part`` beside ``destination``, then rename it into
+    place, so the file appears whole or not at all; return what ``write`` returned.
+    Raises BadInput ``FileUnwritable``."""
+    part = destination.with_name(f".{destination.name}.part")
+    try:
+        with part.open("wb") as f:
+            written = write(f)
+        part.replace(destination)
+    except OSError as exc:
+        raise BadInput(
+            f"cannot write {destination}: {exc.strerror}", code="FileUnwritable"
+        ) from exc
+    finally:
+        part.unlink(missing_ok=True)
+    return written

@@ -28,6 +28,7 @@ from fleet.cli.common import (
     progress_enabled,
     stderr,
     stdout,
+    write_whole,
 )
 from fleet.errors import BadInput
 
@@ -139,17 +140,9 @@ def download(
     if destination.is_dir():
         name = file_store.stat_file(settings, remote)["name"]
         destination = destination / name.rsplit("/", 1)[-1]
-    part = destination.with_name(f".{destination.name}.part")
-    try:
-        with part.open("wb") as f:
-            written = file_store.stream_range(settings, remote, f, start, end)
-        part.replace(destination)
-    except OSError as exc:
-        raise BadInput(
-            f"cannot write {destination}: {exc.strerror}", code="FileUnwritable"
-        ) from exc
-    finally:
-        part.unlink(missing_ok=True)
+    written = write_whole(
+        destination, lambda f: file_store.stream_range(settings, remote, f, start, end)
+    )
     if fmt(output) == OutputFormat.JSON:
         emit({"name": remote, "destination": str(destination), "bytes": written}, output)
 

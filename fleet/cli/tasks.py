@@ -9,7 +9,15 @@ from typing import Annotated, Any
 import typer
 
 from fleet import specs, task_files, views
-from fleet.cli.common import CURRENT, OutputFormat, OutputOpt, emit, fmt, load_json_file
+from fleet.cli.common import (
+    CURRENT,
+    OutputFormat,
+    OutputOpt,
+    emit,
+    fmt,
+    load_json_file,
+    write_whole,
+)
 from fleet.errors import BadInput
 from fleet.service import tasks as service
 
@@ -213,16 +221,9 @@ def download(
         task_files.download(settings, store, job, task_id, name, sys.stdout.buffer, start, end)
         sys.stdout.flush()
         return
-    part = destination.with_name(f".{destination.name}.part")
-    try:
-        with part.open("wb") as f:
-            written = task_files.download(settings, store, job, task_id, name, f, start, end)
-        part.replace(destination)
-    except OSError as exc:
-        raise BadInput(
-            f"cannot write {destination}: {exc.strerror}", code="FileUnwritable"
-        ) from exc
-    finally:
-        part.unlink(missing_ok=True)
+    written = write_whole(
+        destination,
+        lambda f: task_files.download(settings, store, job, task_id, name, f, start, end),
+    )
     if fmt(output) == OutputFormat.JSON:
         emit({"name": name, "destination": str(destination), "bytes": written}, output)
