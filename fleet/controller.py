@@ -112,8 +112,10 @@ class Controller:
         try:
             failures, idle = 0, self.tick
             while not stop.is_set():
+                woken = self._wake.is_set()
+                self._wake.clear()  # a wake during the turn runs the next one at once
                 try:
-                    busy = await self._turn()
+                    busy = await self._turn() or woken
                     failures = 0
                     # Idle turns come less and less often; any work, or a wake, resets that.
                     idle = self.tick if busy else min(idle * 1.5, IDLE_TICK_MAX)
@@ -122,7 +124,6 @@ class Controller:
                     failures += 1
                     delay = min(TURN_RETRY_MAX, self.tick * 2**failures)
                     log.error("controller: %s (%s); retrying in %.1f s", exc, exc.code, delay)
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         finally:
@@ -132,7 +133,6 @@ class Controller:
 
     async def _turn(self) -> bool:
         """Run one turn of the loop; return whether it found anything to do."""
-        woken = self._wake.is_set()
         self._sync_links()
         self._requeue_lost_nodes()
         self.lifecycle.tick()
@@ -142,7 +142,7 @@ class Controller:
         applied = self.events.apply()
         self.events.release_dependents()
         placed = await self._schedule()
-        return woken or applied or placed
+        return applied or placed
 
     async def _shutdown(self) -> None:
         """Cancel background work and stop every link, within SHUTDOWN_LIMIT seconds whatever

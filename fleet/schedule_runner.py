@@ -3,8 +3,9 @@
 The ``job_schedules`` rows are the truth. A schedule's ``next_run`` (the scheduled time of
 its next occurrence not yet handled) moves on in the same transaction that creates that
 occurrence's job or records it skipped, so a controller killed at any point neither fires
-an occurrence twice nor loses one. APScheduler (fleet/timers.py) only wakes the controller
-at each ``next_run``; its timers live in memory and are armed again from the rows at start.
+an occurrence twice nor loses one. APScheduler (fleet/timers.py) wakes the controller at
+each ``next_run``, with the schedule's startWindow as its misfire grace; its timers are kept
+in the same database and armed again from the rows by the first pass after a start.
 """
 
 from __future__ import annotations
@@ -45,13 +46,15 @@ class ScheduleRunner:
 
     def __init__(self, controller: Controller) -> None:
         self.c = controller
-        self.timers = Timers()
+        self.timers = Timers(controller.store.engine, lambda _key: controller.wake())
         self.since = time.time()  # occurrences whose window closed before this were missed
         self._full_pass_at = 0.0
+        self._swept = False  # whether timers left for gone schedules were removed
 
     def start(self) -> None:
         """Start the timers; the first tick arms them from the rows."""
         self.since = time.time()
+        self._swept = False
         self.timers.start()
 
     def stop(self) -> None:
@@ -75,13 +78,17 @@ class ScheduleRunner:
             )
         with self.c.store.session() as s:
             ids = list(s.exec(query))
-        if now - self._full_pass_at >= FULL_PASS_SECONDS:
+        full = now - self._full_pass_at >= FULL_PASS_SECONDS
+        if full:
             self._full_pass_at = now
         for sid in ids:
             try:
                 self._advance(sid, now)
             except FleetError as exc:
                 log.error("job schedule %s: %s (%s)", sid, exc, exc.code)
+        if full and not self._swept:
+            self.timers.keep_only(set(ids))
+            self._swept = True
 
     def _advance(self, sid: str, now: float) -> None:
         with self.c.store.session() as s:
@@ -107,7 +114,7 @@ class ScheduleRunner:
             next_run, state = row.next_run, row.state
         if next_run is not None and state in ("active", "disabled"):
             window = schedules.start_window(row.spec["schedule"])
-            self.timers.arm(sid, next_run, self.c.wake, window)
+            self.timers.arm(sid, next_run, window)
         else:
             self.timers.disarm(sid)
 

@@ -3,8 +3,10 @@ a controller killed across occurrences, terminate and delete."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sqlite3
 import time
 from typing import Any
 
@@ -178,3 +180,33 @@ def test_flag_form_and_bad_input_exit_2_naming_the_field(fleet, lab_inventory, t
     assert fleet("job-schedule", "exists", "c", check=False).code == 0
     assert fleet("job-schedule", "exists", "nope", check=False).code == 3
     assert fleet("job", "list", "--job-schedule", "nope", check=False).code == 3
+
+
+def test_occurrence_due_while_the_controller_is_down_runs_on_restart_within_start_window(
+    fleet, lab_inventory, controller, tmp_path
+):
+    make_pool(fleet, lab_inventory, "p", 1)
+    first = controller()
+    due = time.time() + 4
+    _create(
+        fleet,
+        tmp_path,
+        _schedule("late", "true", doNotRunUntil=_iso(due), startWindow="PT2M"),
+    )
+    # the controller arms the occurrence's timer in fleet's own database
+    wait_for(lambda: _timers(fleet).get("late") is not None, timeout=30, message="timer armed")
+    assert _timers(fleet)["late"] == pytest.approx(due, abs=0.01)
+    first.kill()  # SIGKILL: nothing is cleaned up
+    time.sleep(max(0.0, due - time.time()) + 2)
+    assert _jobs(fleet, "late") == {}
+    controller()
+    wait_for(lambda: "late:job-1" in _jobs(fleet, "late"), timeout=30, message="the late job")
+    shown = fleet.json("job-schedule", "show", "late")
+    assert not shown["executionInfo"].get("skippedRuns")
+    created = dt.datetime.fromisoformat(_jobs(fleet, "late")["late:job-1"]["creationTime"])
+    assert created.timestamp() >= due
+
+
+def _timers(fleet: Any) -> dict[str, float]:
+    with contextlib.closing(sqlite3.connect(fleet.home / "fleet.db")) as db:
+        return dict(db.execute("SELECT id, next_run_time FROM fleet_timers").fetchall())
