@@ -44,6 +44,7 @@ from fleet.node_link import NodeLink
 from fleet.node_users import NodeUserSweep
 from fleet.retention import RetentionSweep
 from fleet.schedule_runner import ScheduleRunner
+from fleet.service.auto_pools import AutoPoolSweep
 from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, StaleAttempt, Task
@@ -93,6 +94,7 @@ class Controller:
         self.calls = TaskCalls(self)
         self.multi = MultiInstance(self)
         self.schedules = ScheduleRunner(self)
+        self.auto_pools = AutoPoolSweep(store)
         self.collector = Collector(settings, self.inflight, self._collected)
 
     def wake(self) -> None:
@@ -138,11 +140,12 @@ class Controller:
         self.lifecycle.tick()
         self.retention.tick()
         self.node_users.tick()
+        retired = self.auto_pools.tick()
         self.schedules.tick()
         applied = self.events.apply()
         self.events.release_dependents()
         placed = await self._schedule()
-        return applied or placed
+        return retired or applied or placed
 
     async def _shutdown(self) -> None:
         """Cancel background work and stop every link, within SHUTDOWN_LIMIT seconds whatever

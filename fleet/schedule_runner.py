@@ -19,8 +19,9 @@ from sqlmodel import Session, col, or_, select
 from fleet import schedules
 from fleet.domain import JobState
 from fleet.errors import FleetError
+from fleet.service import auto_pools
 from fleet.service.jobs import insert_job
-from fleet.tables import Job, JobSchedule, Pool
+from fleet.tables import Job, JobSchedule
 from fleet.timers import Timers
 
 if TYPE_CHECKING:
@@ -132,12 +133,12 @@ class ScheduleRunner:
             if decision == "wait":
                 break
             if decision == "create":
-                pool_id = row.spec["jobSpecification"]["poolInfo"]["poolId"]
-                if s.get(Pool, pool_id) is None:
-                    decision = f"pool {pool_id} does not exist"
-                else:
-                    self._create_job(s, row, now)
+                try:
+                    with s.begin_nested():  # a job that cannot be made leaves nothing behind
+                        self._create_job(s, row, now)
                     active = True
+                except FleetError as exc:  # e.g. its pool is gone, or its hosts are busy
+                    decision = f"no job could be created: {exc}"
             if decision != "create":
                 log.info("job schedule %s: occurrence skipped (%s)", row.id, decision)
                 row.skipped_runs = schedules.add_skipped(
@@ -149,7 +150,10 @@ class ScheduleRunner:
     def _create_job(self, s: Session, row: JobSchedule, now: float) -> None:
         n = row.job_count + 1
         jid = schedules.job_id(row.id, n)
-        insert_job(s, row.spec["jobSpecification"] | {"id": jid}, now, schedule_id=row.id)
+        spec = row.spec["jobSpecification"] | {"id": jid}
+        if "autoPoolSpecification" in spec["poolInfo"]:
+            auto_pools.retire_ended(s)  # the last job's pool gives its hosts back first
+        insert_job(s, spec, now, self.c.settings, schedule_id=row.id)
         row.job_count = n
         row.recent_job_id = jid
         log.info("job schedule %s: created job %s", row.id, jid)

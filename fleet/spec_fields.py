@@ -71,7 +71,7 @@ NOT_YET: dict[str, frozenset[str]] = {
             "resizeTimeout",
         }
     ),
-    "job": frozenset({"autoPoolSpecification", "networkConfiguration"}),
+    "job": frozenset({"networkConfiguration"}),
     "task": frozenset(
         {
             "containerSettings",

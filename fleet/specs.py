@@ -19,6 +19,7 @@ from fleet import dependencies, durations, exit_conditions, file_specs
 from fleet.domain import FillType
 from fleet.errors import BadInput
 from fleet.spec_fields import (  # noqa: F401 (re-exported: callers use specs.constraint_seconds)
+    ID_RE,
     READ_ONLY,
     check_fields,
     choice,
@@ -300,8 +301,7 @@ def parse_job(data: Any) -> dict[str, Any]:
     jid = validate_id("job", data.get("id") if isinstance(data, dict) else None)
     target = f"job {jid}"
     check_fields(data, target, "", "job", JOB_FIELDS)
-    pool_info = typed(data, "poolInfo", dict, target, required=True)
-    check_fields(pool_info, target, "poolInfo", "poolInfo", {"poolId"})
+    pool_info = parse_pool_info(typed(data, "poolInfo", dict, target, required=True), target)
     prep = parse_job_preparation_task(data.get("jobPreparationTask"), target)
     release = parse_job_release_task(data.get("jobReleaseTask"), target)
     if release is not None and prep is None:
@@ -316,7 +316,7 @@ def parse_job(data: Any) -> dict[str, Any]:
     return {
         "id": jid,
         "displayName": typed(data, "displayName", str, target),
-        "poolInfo": {"poolId": validate_id("pool", pool_info.get("poolId"))},
+        "poolInfo": pool_info,
         "priority": int_in(data, "priority", target, -1000, 1000, 0),
         "maxParallelTasks": max_parallel,
         "constraints": parse_constraints(data.get("constraints"), target, task=False),
@@ -335,6 +335,65 @@ def parse_job(data: Any) -> dict[str, Any]:
         ),
         "metadata": typed(data, "metadata", list, target, default=[]),
     }
+
+
+#: The id an auto pool's spec is checked under (the real one is made when it is created).
+AUTO_POOL_TEMPLATE_ID = "autopool-template"
+AUTO_POOL_FIELDS = {"autoPoolIdPrefix", "poolLifetimeOption", "keepAlive", "pool"}
+
+
+def parse_pool_info(value: dict[str, Any], target: str) -> dict[str, Any]:
+    """Return normalized ``poolInfo``: ``{"poolId"}``, or ``{"autoPoolSpecification"}``
+    whose ``pool`` is a pool spec without its id (fleet creates the pool, and names it
+    ``<autoPoolIdPrefix>_<uuid>``, when the job or the schedule's first job starts)."""
+    check_fields(value, target, "poolInfo", "poolInfo", {"poolId", "autoPoolSpecification"})
+    if ("poolId" in value) == ("autoPoolSpecification" in value):
+        raise fail(
+            target, "poolInfo", "poolInfo needs exactly one of poolId and autoPoolSpecification"
+        )
+    if "poolId" in value:
+        return {"poolId": validate_id("pool", value["poolId"])}
+    path = "poolInfo.autoPoolSpecification"
+    auto = value["autoPoolSpecification"]
+    check_fields(auto, target, path, "autoPoolSpecification", AUTO_POOL_FIELDS)
+    prefix = typed(auto, "autoPoolIdPrefix", str, target, path)
+    if prefix is not None and (len(prefix) > 20 or not ID_RE.fullmatch(prefix)):
+        raise fail(
+            target,
+            f"{path}.autoPoolIdPrefix",
+            "autoPoolIdPrefix must be 1-20 letters, digits, hyphens or underscores",
+        )
+    lifetime = typed(auto, "poolLifetimeOption", str, target, path, required=True)
+    if lifetime not in ("job", "jobschedule"):
+        raise fail(
+            target,
+            f"{path}.poolLifetimeOption",
+            f"poolLifetimeOption must be 'job' or 'jobschedule', got {lifetime!r}",
+        )
+    pool = typed(auto, "pool", dict, target, path, required=True)
+    if "id" in pool:
+        raise fail(target, f"{path}.pool.id", "an auto pool is named by fleet: leave id out")
+    if any("password" in a for a in pool.get("userAccounts") or [] if isinstance(a, dict)):
+        raise fail(
+            target,
+            f"{path}.pool.userAccounts",
+            "an auto pool's user accounts cannot have passwords (the job would keep them in "
+            "clear); create the pool with fleet pool create, or use SSH keys",
+            code="UnsupportedProperty",
+        )
+    try:
+        parsed = parse_pool(pool | {"id": AUTO_POOL_TEMPLATE_ID})
+    except BadInput as exc:
+        field = f"{path}.pool.{exc.field}" if exc.field else f"{path}.pool"
+        raise BadInput(exc.message, code=exc.code, target=target, field=field) from None
+    del parsed["id"]
+    out = {"autoPoolIdPrefix": prefix} if prefix is not None else {}
+    out |= {
+        "poolLifetimeOption": lifetime,
+        "keepAlive": typed(auto, "keepAlive", bool, target, path, default=False),
+        "pool": request_fields("pool", parsed),
+    }
+    return {"autoPoolSpecification": out}
 
 
 def parse_multi_instance(value: Any, target: str) -> dict[str, Any] | None:

@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.schema import CreateColumn
 from sqlmodel import Session, SQLModel, create_engine
 
 from fleet import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -52,6 +53,7 @@ class Store:
             _configure_sqlite(self.engine)
         try:
             SQLModel.metadata.create_all(self.engine)
+            _add_new_columns(self.engine)
         except OperationalError as exc:
             raise FleetError(
                 f"cannot open the database {parsed.render_as_string(hide_password=True)}: {exc.orig}",
@@ -104,6 +106,23 @@ def database_error(exc: DBAPIError) -> FleetError:
             code="DatabaseError",
         )
     return FleetError(f"database error: {text}", code="DatabaseError")
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add the columns (and their indexes) a newer fleet has to the tables of an older
+    database; each new column is nullable, so old rows stay valid. Tables it lacks were
+    made by create_all.
+    A column that cannot be added so is left to the DatabaseError that names it."""
+    with engine.begin() as conn:
+        found = inspect(conn)
+        for table in SQLModel.metadata.sorted_tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            added = [c for c in table.columns if c.name not in have and c.nullable]
+            for column in added:
+                ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+            for index in table.indexes if added else ():
+                index.create(conn, checkfirst=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:

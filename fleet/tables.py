@@ -60,6 +60,9 @@ class Pool(SQLModel, table=True):
     spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: float = 0.0
     state_changed_at: float = 0.0
+    #: ``job:<id>`` or ``jobschedule:<id>`` for an auto pool (fleet/service/auto_pools.py)
+    auto_owner: str | None = None
+    auto_keep_alive: bool | None = None
 
 
 class Node(SQLModel, table=True):

@@ -93,6 +93,7 @@ def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
                 {
                     "startTime": iso(row.created_at),
                     "endTime": iso(row.end_time),
+                    "poolId": row.pool_id,
                     "terminateReason": row.termination_reason,
                 }
             ),

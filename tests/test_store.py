@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from fleet.errors import Conflict, NotFound
 from fleet.inventory import HostSpec
@@ -148,3 +148,25 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path):
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     store.close()
+
+
+def test_a_database_made_before_a_column_existed_gets_it_and_keeps_its_rows(
+    store_url: str,
+) -> None:
+    old = Store(store_url)
+    _seed(old)
+    with old.engine.begin() as conn:  # as an older fleet made them
+        conn.execute(text("DROP INDEX ix_jobs_job_schedule_id"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN job_schedule_id"))
+        conn.execute(text("ALTER TABLE pools DROP COLUMN auto_owner"))
+    old.close()
+    new = Store(store_url)
+    try:
+        assert pools.show_pool(new, "p")[0].auto_owner is None
+        assert [j.id for j in jobs.list_jobs(new)] == ["j"]
+        assert jobs.list_jobs(new, schedule_id="s") == []  # the new column is queried
+        with new.engine.connect() as conn:
+            indexes = {i["name"] for i in inspect(conn).get_indexes("jobs")}
+        assert "ix_jobs_job_schedule_id" in indexes
+    finally:
+        new.close()

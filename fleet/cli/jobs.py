@@ -51,7 +51,7 @@ def create(
         data = {"id": job_id, "poolInfo": {"poolId": pool}}
         if priority is not None:
             data["priority"] = priority
-    job = service.create_job(CURRENT.store, data)
+    job = service.create_job(CURRENT.store, data, CURRENT.settings)
     emit(views.job(job), output)
 
 

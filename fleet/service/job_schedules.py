@@ -25,7 +25,7 @@ def create_schedule(store: Store, data: dict[str, Any]) -> JobSchedule:
     spec = schedules.parse_schedule(data)
     now = time.time()
     with store.session() as s:
-        get_pool(s, spec["jobSpecification"]["poolInfo"]["poolId"])
+        _check_pool(s, spec)
         if s.get(JobSchedule, spec["id"]) is not None:
             raise Conflict(
                 "a job schedule with this id exists already",
@@ -86,7 +86,7 @@ def set_schedule(store: Store, schedule_id: str, changes: dict[str, Any]) -> Job
     with store.session() as s:
         row = _in_state(s, schedule_id, {ACTIVE, DISABLED}, "change")
         spec = schedules.parse_schedule({**row.spec, **changes})
-        get_pool(s, spec["jobSpecification"]["poolInfo"]["poolId"])
+        _check_pool(s, spec)
         if spec["schedule"] != row.spec["schedule"]:
             row.next_run = schedules.first_occurrence(spec["schedule"], now)
         row.spec = spec
@@ -116,6 +116,14 @@ def delete_schedule(store: Store, schedule_id: str) -> JobSchedule:
     NotFound or Conflict (already deleting)."""
     states = {ACTIVE, DISABLED, COMPLETED, TERMINATING}
     return _transition(store, schedule_id, states, "delete", DELETING)
+
+
+def _check_pool(s: Session, spec: dict[str, Any]) -> None:
+    """Raise NotFound when the schedule's jobs name a pool that does not exist (an auto
+    pool is made with the first job that needs it)."""
+    pool_id = spec["jobSpecification"]["poolInfo"].get("poolId")
+    if pool_id is not None:
+        get_pool(s, pool_id)
 
 
 def _in_state(s: Session, schedule_id: str, allowed: set[str], verb: str) -> JobSchedule:

@@ -11,32 +11,55 @@ from sqlmodel import Session, col, select
 from fleet import specs
 from fleet.domain import JobState, TaskResult, TaskState
 from fleet.errors import BadInput, Conflict, NotFound
+from fleet.service import auto_pools
 from fleet.service.pools import get_pool
+from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, JobNode, Pool, Task
 
 
-def create_job(store: Store, data: dict[str, Any]) -> Job:
-    """Validate an Azure-style job spec and store the job.
+def create_job(store: Store, data: dict[str, Any], settings: Settings | None = None) -> Job:
+    """Validate an Azure-style job spec and store the job (and its auto pool, if it asks
+    for one, with passwords in the secret store of ``settings``).
 
-    Raises BadInput, NotFound (unknown pool) or Conflict (id taken)."""
+    Raises BadInput, NotFound (unknown pool) or Conflict (id taken, auto pool host busy)."""
     spec = specs.parse_job(data)
+    if spec["poolInfo"].get("autoPoolSpecification", {}).get("poolLifetimeOption") == (
+        "jobschedule"
+    ):
+        raise BadInput(
+            "poolLifetimeOption 'jobschedule' is for a job schedule's jobSpecification; "
+            "a job's own auto pool has poolLifetimeOption 'job'",
+            target=f"job {spec['id']}",
+            field="poolInfo.autoPoolSpecification.poolLifetimeOption",
+        )
     with store.session() as s:
-        return insert_job(s, spec, time.time())
+        return insert_job(s, spec, time.time(), settings or Settings.resolve(db_url=store.url))
 
 
-def insert_job(s: Session, spec: dict[str, Any], now: float, schedule_id: str | None = None) -> Job:
-    """Add the job of a parsed ``spec`` (and its job manager task) to session ``s``.
+def insert_job(
+    s: Session,
+    spec: dict[str, Any],
+    now: float,
+    settings: Settings,
+    schedule_id: str | None = None,
+) -> Job:
+    """Add the job of a parsed ``spec`` (its auto pool, its job manager task) to ``s``.
 
-    Raises NotFound (unknown pool), Conflict (id taken) or BadInput."""
-    pool = get_pool(s, spec["poolInfo"]["poolId"])
+    Raises NotFound (unknown pool), Conflict (id taken) or BadInput; adds nothing then."""
     if s.get(Job, spec["id"]) is not None:
         raise Conflict(
             "a job with this id exists already", code="JobExists", target=f"job {spec['id']}"
         )
+    auto = spec["poolInfo"].get("autoPoolSpecification")
+    if auto is None:
+        pool_id = spec["poolInfo"]["poolId"]
+    else:
+        pool_id = auto_pools.pool_for(s, auto, spec["id"], schedule_id, now, settings)
+    pool = get_pool(s, pool_id)
     job = Job(
         id=spec["id"],
-        pool_id=spec["poolInfo"]["poolId"],
+        pool_id=pool_id,
         priority=spec["priority"],
         spec=spec,
         created_at=now,

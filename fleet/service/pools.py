@@ -26,43 +26,58 @@ def create_pool(store: Store, data: dict[str, Any], settings: Settings | None = 
     id taken, host already in a pool). Nothing is stored on error.
     """
     spec = specs.parse_pool(data)
-    now = time.time()
     with store.session() as s:
-        check_references(s, spec["certificateReferences"], f"pool {spec['id']}")
-        if s.get(Pool, spec["id"]) is not None:
-            raise Conflict(
-                "a pool with this id exists already", code="PoolExists", target=f"pool {spec['id']}"
-            )
-        applications.check_references(s, spec["applicationPackageReferences"], f"pool {spec['id']}")
-        for host_id in spec["hosts"]:
-            if s.get(Host, host_id) is None:
-                raise NotFound(
-                    f"no host with id {host_id!r} in the inventory",
-                    code="HostNotFound",
-                    target=f"pool {spec['id']}",
-                    field="hosts",
-                )
-            node = s.get(Node, host_id)
-            if node is not None:
-                raise Conflict(
-                    f"host {host_id} is already a node of pool {node.pool_id}",
-                    code="HostInUse",
-                    target=f"pool {spec['id']}",
-                    field="hosts",
-                )
-        _keep_passwords(s, spec, settings or Settings.resolve(db_url=store.url))
-        pool = Pool(
-            id=spec["id"],
-            display_name=spec["displayName"],
-            task_slots_per_node=spec["taskSlotsPerNode"],
-            node_fill_type=spec["taskSchedulingPolicy"]["nodeFillType"],
-            spec=spec,
-            created_at=now,
-            state_changed_at=now,
+        return add_pool(s, spec, time.time(), settings or Settings.resolve(db_url=store.url))
+
+
+def add_pool(
+    s: Session,
+    spec: dict[str, Any],
+    now: float,
+    settings: Settings,
+    auto_owner: str | None = None,
+    keep_alive: bool = False,
+) -> Pool:
+    """Add the pool of a parsed ``spec`` and its nodes to session ``s``; nothing is added
+    when it raises. ``auto_owner`` (``job:<id>`` or ``jobschedule:<id>``) makes it an auto
+    pool, deleted when its owner ends unless ``keep_alive``."""
+    check_references(s, spec["certificateReferences"], f"pool {spec['id']}")
+    if s.get(Pool, spec["id"]) is not None:
+        raise Conflict(
+            "a pool with this id exists already", code="PoolExists", target=f"pool {spec['id']}"
         )
-        s.add(pool)
-        for host_id in spec["hosts"]:
-            s.add(Node(id=host_id, pool_id=pool.id, created_at=now, state_changed_at=now))
+    applications.check_references(s, spec["applicationPackageReferences"], f"pool {spec['id']}")
+    for host_id in spec["hosts"]:
+        if s.get(Host, host_id) is None:
+            raise NotFound(
+                f"no host with id {host_id!r} in the inventory",
+                code="HostNotFound",
+                target=f"pool {spec['id']}",
+                field="hosts",
+            )
+        node = s.get(Node, host_id)
+        if node is not None:
+            raise Conflict(
+                f"host {host_id} is already a node of pool {node.pool_id}",
+                code="HostInUse",
+                target=f"pool {spec['id']}",
+                field="hosts",
+            )
+    _keep_passwords(s, spec, settings)
+    pool = Pool(
+        id=spec["id"],
+        display_name=spec["displayName"],
+        task_slots_per_node=spec["taskSlotsPerNode"],
+        node_fill_type=spec["taskSchedulingPolicy"]["nodeFillType"],
+        spec=spec,
+        created_at=now,
+        state_changed_at=now,
+        auto_owner=auto_owner,
+        auto_keep_alive=keep_alive if auto_owner else None,
+    )
+    s.add(pool)
+    for host_id in spec["hosts"]:
+        s.add(Node(id=host_id, pool_id=pool.id, created_at=now, state_changed_at=now))
     return pool
 
 
@@ -115,23 +130,28 @@ def delete_pool(store: Store, pool_id: str) -> None:
     The controller closes its connections to nodes that are gone.
     """
     with store.session() as s:
-        get_pool(s, pool_id)
-        jobs = list(
-            s.exec(select(Job.id).where(Job.pool_id == pool_id, Job.state != JobState.COMPLETED))
+        remove_pool(s, pool_id)
+
+
+def remove_pool(s: Session, pool_id: str) -> None:
+    """Delete pool ``pool_id`` in session ``s``, as delete_pool does."""
+    get_pool(s, pool_id)
+    jobs = list(
+        s.exec(select(Job.id).where(Job.pool_id == pool_id, Job.state != JobState.COMPLETED))
+    )
+    if jobs:
+        raise Conflict(
+            f"pool is used by jobs that are not completed: {', '.join(jobs)}",
+            code="PoolInUse",
+            target=f"pool {pool_id}",
         )
-        if jobs:
-            raise Conflict(
-                f"pool is used by jobs that are not completed: {', '.join(jobs)}",
-                code="PoolInUse",
-                target=f"pool {pool_id}",
-            )
-        for node in s.exec(select(Node).where(Node.pool_id == pool_id)):
-            s.delete(node)
-        pool = s.get(Pool, pool_id)
-        assert pool is not None
-        for account in pool.spec.get("userAccounts") or []:
-            secret_store.delete(s, account.get(specs.PASSWORD_SECRET))
-        s.delete(pool)
+    for node in s.exec(select(Node).where(Node.pool_id == pool_id)):
+        s.delete(node)
+    pool = s.get(Pool, pool_id)
+    assert pool is not None
+    for account in pool.spec.get("userAccounts") or []:
+        secret_store.delete(s, account.get(specs.PASSWORD_SECRET))
+    s.delete(pool)
 
 
 def list_nodes(store: Store, pool_id: str) -> list[Node]:
