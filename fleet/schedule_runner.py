@@ -63,32 +63,34 @@ class ScheduleRunner:
         self.timers.stop()
 
     def tick(self) -> None:
-        """Advance the schedules that need it: due occurrences, termination, deletion,
-        completion. Every FULL_PASS_SECONDS a tick looks at every schedule (and arms its
-        timer, so new and changed ones fire on time); the others only at those with
-        something due, so a turn costs nothing per idle schedule."""
+        """Advance the schedules with something due: an occurrence, termination, deletion
+        or completion. Every FULL_PASS_SECONDS a tick also arms the timer of every other
+        live schedule (so new and changed ones fire on time) from one query; otherwise a
+        turn costs nothing per idle schedule."""
         now = time.time()
-        query = select(JobSchedule.id).where(col(JobSchedule.state).not_in(_IDLE))
-        if now - self._full_pass_at < FULL_PASS_SECONDS:
-            query = query.where(
-                or_(
-                    col(JobSchedule.next_run).is_(None),
-                    col(JobSchedule.next_run) <= now,
-                    col(JobSchedule.state).in_(("terminating", "deleting")),
-                )
-            )
-        with self.c.store.session() as s:
-            ids = list(s.exec(query))
         full = now - self._full_pass_at >= FULL_PASS_SECONDS
-        if full:
-            self._full_pass_at = now
+        live = col(JobSchedule.state).not_in(_IDLE)
+        due = or_(
+            col(JobSchedule.next_run).is_(None),
+            col(JobSchedule.next_run) <= now,
+            col(JobSchedule.state).in_(("terminating", "deleting")),
+        )
+        with self.c.store.session() as s:
+            ids = list(s.exec(select(JobSchedule.id).where(live, due)))
+            waiting = list(s.exec(select(JobSchedule).where(live, ~due))) if full else []
         for sid in ids:
             try:
                 self._advance(sid, now)
             except FleetError as exc:
                 log.error("job schedule %s: %s (%s)", sid, exc, exc.code)
-        if full and not self._swept:
-            self.timers.keep_only(set(ids))
+        if not full:
+            return
+        self._full_pass_at = now
+        for row in waiting:
+            assert row.next_run is not None
+            self.timers.arm(row.id, row.next_run, schedules.start_window(row.spec["schedule"]))
+        if not self._swept:
+            self.timers.keep_only({*ids, *(row.id for row in waiting)})
             self._swept = True
 
     def _advance(self, sid: str, now: float) -> None:

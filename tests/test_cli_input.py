@@ -62,14 +62,14 @@ def test_unsupported_azure_field_is_reported_by_name(with_pool, tmp_path):
             {
                 "id": "j",
                 "poolInfo": {"poolId": "p"},
-                "autoPoolSpecification": {"poolLifetimeOption": "job"},
+                "networkConfiguration": {"subnetId": "x"},
             }
         )
     )
     result = with_pool("job", "create", "--json-file", str(spec), "-o", "json", check=False)
     assert result.code == 2
     err = _error(result)
-    assert err["code"] == "UnsupportedProperty" and err["field"] == "autoPoolSpecification"
+    assert err["code"] == "UnsupportedProperty" and err["field"] == "networkConfiguration"
 
 
 def test_task_collection_with_a_bad_task_stores_none(with_pool, tmp_path):

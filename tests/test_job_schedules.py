@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_pool, wait_for
+from tests.conftest import ControllerProcess, Fleet, make_pool, pg_database, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -210,3 +210,87 @@ def test_occurrence_due_while_the_controller_is_down_runs_on_restart_within_star
 def _timers(fleet: Any) -> dict[str, float]:
     with contextlib.closing(sqlite3.connect(fleet.home / "fleet.db")) as db:
         return dict(db.execute("SELECT id, next_run_time FROM fleet_timers").fetchall())
+
+
+def test_set_disable_enable_and_do_not_run_after(fleet, lab_inventory, controller, tmp_path):
+    make_pool(fleet, lab_inventory, "p", 1)
+    controller()
+    _create(
+        fleet,
+        tmp_path,
+        _schedule(
+            "s", "echo first", recurrenceInterval="PT1H", doNotRunUntil=_iso(time.time() + 3600)
+        ),
+    )
+    # set: a new schedule takes effect at once, a new job specification from the next job
+    (tmp_path / "every.json").write_text(json.dumps({"schedule": {"recurrenceInterval": "PT2S"}}))
+    fleet("job-schedule", "set", "s", "--json-file", str(tmp_path / "every.json"))
+    wait_for(lambda: "s:job-1" in _jobs(fleet, "s"), timeout=30, message="job after set")
+    spec = {"poolInfo": {"poolId": "p"}, "jobManagerTask": {"commandLine": "echo second"}}
+    (tmp_path / "set.json").write_text(json.dumps({"jobSpecification": spec}))
+    fleet("job-schedule", "set", "s", "--json-file", str(tmp_path / "set.json"))
+    changed = wait_for(
+        lambda: [
+            j
+            for j in _jobs(fleet, "s").values()
+            if j["jobManagerTask"]["commandLine"] == "echo second"
+        ],
+        timeout=30,
+        message="a job of the new specification",
+    )
+    assert changed[0]["id"] != "s:job-1"
+    # disable: occurrences are recorded skipped and no job is created until enable
+    fleet("job-schedule", "disable", "s")
+    before = set(_jobs(fleet, "s"))
+    skipped = wait_for(
+        lambda: [
+            r
+            for r in fleet.json("job-schedule", "show", "s")["executionInfo"].get("skippedRuns", [])
+            if r["reason"] == "the schedule was disabled"
+        ],
+        timeout=30,
+        message="an occurrence skipped while disabled",
+    )
+    assert skipped and set(_jobs(fleet, "s")) == before
+    fleet("job-schedule", "enable", "s")
+    wait_for(lambda: set(_jobs(fleet, "s")) > before, timeout=30, message="jobs after enable")
+    fleet("job-schedule", "terminate", "s")
+    # doNotRunAfter: a few jobs, then the schedule completes when its last job has
+    end = time.time() + 5
+    _create(
+        fleet,
+        tmp_path,
+        _schedule("end", "true", recurrenceInterval="PT2S", doNotRunAfter=_iso(end)),
+    )
+    done = wait_for(
+        lambda: (
+            (shown := fleet.json("job-schedule", "show", "end"))["state"] == "completed" and shown
+        ),
+        timeout=60,
+        message="the schedule completes after doNotRunAfter",
+    )
+    assert "nextRunTime" not in done["executionInfo"] and "endTime" in done["executionInfo"]
+    jobs = _jobs(fleet, "end")
+    assert 2 <= len(jobs) <= 3
+    assert all(j["state"] == "completed" for j in jobs.values())
+    assert max(dt.datetime.fromisoformat(j["creationTime"]).timestamp() for j in jobs.values()) <= (
+        end + 1
+    )
+
+
+def test_schedules_and_their_timers_on_a_postgresql_store(lab_inventory, pg_server, tmp_path):
+    import psycopg
+
+    for url in pg_database(pg_server):
+        pg_fleet = Fleet(tmp_path / "pg-home", {"FLEET_DB_URL": url})
+        make_pool(pg_fleet, lab_inventory, "p", 1)
+        proc = ControllerProcess(pg_fleet, tmp_path / "pg-controller.log").start()
+        try:
+            _create(pg_fleet, tmp_path, _schedule("pg", "true", recurrenceInterval="PT2S"))
+            wait_for(lambda: "pg:job-2" in _jobs(pg_fleet, "pg"), timeout=60, message="2 jobs")
+            with contextlib.closing(psycopg.connect(url)) as db:
+                rows = db.execute("SELECT id FROM fleet_timers").fetchall()
+            assert rows == [("pg",)]
+            pg_fleet("job-schedule", "terminate", "pg")
+        finally:
+            assert proc.stop() == 0

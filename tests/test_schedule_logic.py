@@ -41,7 +41,7 @@ BAD = [
     ({"cron": "0 2 * * *", "recurrenceInterval": "PT1H"}, {}, "schedule.cron"),
     ({"every": "PT1H"}, {}, "schedule.every"),
     ({}, {"priority": 5000}, "jobSpecification.priority"),
-    ({}, {"poolInfo": {}}, "jobSpecification.id"),
+    ({}, {"poolInfo": {}}, "jobSpecification.poolInfo"),
     ({}, {"jobManagerTask": {"commandLine": ""}}, "jobSpecification.jobManagerTask.commandLine"),
     ({}, {"bogus": 1}, "jobSpecification.bogus"),
     ({}, {"id": "mine"}, "jobSpecification.id"),
