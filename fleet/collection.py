@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fleet import task_io
+from fleet.attempts import Attempt
 from fleet.errors import (
     STORAGE_ERRNOS,
     ControllerStorageError,
@@ -26,7 +27,6 @@ from fleet.errors import (
 )
 from fleet.service.tasks import COLLECTED_FILES
 from fleet.settings import Settings
-from fleet.task_events import Attempt
 
 if TYPE_CHECKING:
     from fleet.node_link import NodeLink

@@ -30,7 +30,9 @@ from fleet import (
     task_calls,
     task_io,
 )
+from fleet.attempts import Attempt, epoch
 from fleet.collection import Collector, internal_error
+from fleet.context import Context, Outbox
 from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
 from fleet.errors import (
     AgentError,
@@ -49,7 +51,7 @@ from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, StaleAttempt, Task
 from fleet.task_calls import TaskCalls
-from fleet.task_events import Attempt, TaskEvents, epoch
+from fleet.task_events import TaskEvents
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +86,20 @@ class Controller:
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, dict[str, Attempt]] = {}  # node -> key -> attempt
         self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
-        self.events = TaskEvents(self)
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
-        self.lifecycle = Lifecycle(self)
-        self.job_tasks = JobTasks(self)
-        self.retention = RetentionSweep(self, sweep_interval)
-        self.node_users = NodeUserSweep(self, sweep_interval)
-        self.calls = TaskCalls(self)
-        self.multi = MultiInstance(self)
-        self.schedules = ScheduleRunner(self)
+        self.ctx = Context(
+            store, settings, self.links, self.inflight, Outbox(), self.spawn_background, self.wake
+        )
+        ctx = self.ctx
+        self.job_tasks = JobTasks(ctx)
+        self.multi = MultiInstance(ctx)
+        self.events = TaskEvents(ctx, run_finished=self.multi.finish)
+        self.lifecycle = Lifecycle(ctx, self.job_tasks.releases_done, self.exited)
+        self.retention = RetentionSweep(ctx, sweep_interval)
+        self.node_users = NodeUserSweep(ctx, sweep_interval)
+        self.calls = TaskCalls(ctx)
+        self.schedules = ScheduleRunner(ctx)
         self.auto_pools = AutoPoolSweep(store)
         self.collector = Collector(settings, self.inflight, self._collected)
 
@@ -229,7 +235,7 @@ class Controller:
         attempts = list(self.inflight.get(link.node_id, {}).values())
         if link.boot_id_changed:
             log.warning("node %s rebooted: requeueing %d tasks", link.node_id, len(attempts))
-            self.events.back_to_queue.extend((a, True) for a in attempts)
+            self.ctx.outbox.back_to_queue.extend((a, True) for a in attempts)
         elif attempts and link.agent is not None:
             result = await link.agent.request(
                 "status",
@@ -251,7 +257,7 @@ class Controller:
                         for other in nodes - {link.node_id}:
                             if (peer := self.links.get(other)) is not None and peer.ready:
                                 await self._kill_stale(peer)
-                    self.events.back_to_queue.append((att, self._was_started(att)))
+                    self.ctx.outbox.back_to_queue.append((att, self._was_started(att)))
         await self.job_tasks.reconcile(link)
         await self._kill_stale(link)
         with self.store.session() as s:  # the node came back idle: it is running what it runs
@@ -289,12 +295,6 @@ class Controller:
         link = self.links.get(node_id)
         return str(link.agent.hello.get("root", "")) if link and link.agent else ""
 
-    def links_pool(self, node_id: str) -> str:
-        """Return the pool a node belongs to ('' if it left)."""
-        with self.store.session() as s:
-            node = s.get(Node, node_id)
-            return node.pool_id if node else ""
-
     def _was_started(self, att: Attempt) -> bool:
         with self.store.session() as s:
             row = s.get(Task, att.pk)
@@ -326,7 +326,7 @@ class Controller:
         self._wake.set()  # its slots are free: schedule now
 
     def _collected(self, att: Attempt, record: dict[str, Any]) -> None:
-        self.events.finished.append((att, record))
+        self.ctx.outbox.finished.append((att, record))
         self._wake.set()
 
     def _requeue_lost_nodes(self) -> None:
@@ -342,7 +342,7 @@ class Controller:
                     now - link.lost_at,
                     len(attempts),
                 )
-                self.events.back_to_queue.extend((a, True) for a in attempts)
+                self.ctx.outbox.back_to_queue.extend((a, True) for a in attempts)
 
     # -- applying events in one transaction -----------------------------------------
 
@@ -559,7 +559,7 @@ class Controller:
         """Complete an attempt whose command never started, with ``code`` as its failure."""
         att.collecting = True  # nothing ran: there is nothing to collect
         error = {"code": code, "message": message}
-        self.events.finished.append((att, {"exitCode": None, "error": error}))
+        self.ctx.outbox.finished.append((att, {"exitCode": None, "error": error}))
         self._wake.set()
 
     async def _send_spawn(
@@ -597,7 +597,7 @@ class Controller:
             elif link.agent is not None and not link.agent.closed.is_set():
                 log.warning("task %s: not started on %s: %s", att.key, att.node_id, exc)
                 await asyncio.sleep(SPAWN_RETRY_DELAY)
-                self.events.back_to_queue.append((att, False))
+                self.ctx.outbox.back_to_queue.append((att, False))
                 self._wake.set()
             return  # else the node dropped: the reconcile on its return settles the attempt
         except Exception as exc:
@@ -623,11 +623,11 @@ class Controller:
             else:  # the node's trouble, not the task's: try again, but not in a tight loop
                 log.warning("task %s: spawn failed on %s: %s", att.key, att.node_id, exc)
                 await asyncio.sleep(SPAWN_RETRY_DELAY)
-                self.events.back_to_queue.append((att, False))
+                self.ctx.outbox.back_to_queue.append((att, False))
             self._wake.set()
             return
         except FleetError as exc:
             log.info("task %s: node %s dropped during spawn: %s", att.key, att.node_id, exc)
             return
-        self.events.started.append((att, epoch(result.get("startTime")) or time.time()))
+        self.ctx.outbox.started.append((att, epoch(result.get("startTime")) or time.time()))
         self._wake.set()

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session, select
 
 from fleet import applications, environment, outcomes, specs, views
+from fleet.attempts import Attempt, epoch
 from fleet.errors import FleetError, failure_of
-from fleet.tables import Job, JobNode, Task
-from fleet.task_events import Attempt, epoch
+from fleet.tables import Job, JobNode, Node, Task
 
 if TYPE_CHECKING:
-    from fleet.controller import Controller
+    from fleet.context import Context
     from fleet.node_link import NodeLink
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ class Held:
 class JobTasks:
     """The controller's handling of job preparation and release tasks."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
+    def __init__(self, ctx: Context) -> None:
+        self.c = ctx
         self.held: dict[tuple[str, str], list[Held]] = {}
         self.retries: dict[tuple[str, str], int] = {}
 
@@ -82,7 +82,7 @@ class JobTasks:
             }
             s.add(row)
             attempt = row.prep_attempt
-            self.c.spawn_background(self._spawn(link, job, PREP, attempt))
+            self.c.spawn(self._spawn(link, job, PREP, attempt))
         if not prep.get("waitForSuccess", True):
             return "go"
         task.state = "preparing"
@@ -110,7 +110,7 @@ class JobTasks:
         tdir = environment.task_dir(job.id, spec["id"])
         env = environment.build(
             root=root,
-            pool_id=self.c.links_pool(link.node_id),
+            pool_id=self._pool_of(link.node_id),
             node_id=link.node_id,
             task_dir_rel=tdir,
             attempt=attempt,
@@ -182,7 +182,7 @@ class JobTasks:
                 row.prep_attempt += 1
                 row.prep_info = {**info, "state": "running"}
                 s.add(row)
-                self.c.spawn_background(self._spawn(link, job, PREP, row.prep_attempt))
+                self.c.spawn(self._spawn(link, job, PREP, row.prep_attempt))
                 return
             row.prep_state = "failed" if failure else "succeeded"
             row.prep_boot_id = link.agent.hello.get("bootId") if link.agent else None
@@ -199,7 +199,7 @@ class JobTasks:
         )
         for h in held:
             if failure and wait:
-                self.c.events.back_to_queue.append((h.att, False))
+                self.c.outbox.back_to_queue.append((h.att, False))
             else:
                 h.start()
         self.c.wake()
@@ -250,6 +250,12 @@ class JobTasks:
                 row.release_state = None
             s.add(row)
 
+    def _pool_of(self, node_id: str) -> str:
+        """Return the pool the node belongs to ('' if it left)."""
+        with self.c.store.session() as s:
+            node = s.get(Node, node_id)
+            return node.pool_id if node else ""
+
     # -- release ----------------------------------------------------------------------
 
     def releases_done(self, job: Job) -> bool:
@@ -284,6 +290,6 @@ class JobTasks:
                 else:
                     row.release_state = "running"
                     row.release_info = {"state": "running", "startTime": views.iso(time.time())}
-                    self.c.spawn_background(self._spawn(link, job, RELEASE, 1))
+                    self.c.spawn(self._spawn(link, job, RELEASE, 1))
                 s.add(row)
         return done

@@ -15,19 +15,21 @@ import contextlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete
 from sqlmodel import col, select
 
-from fleet import specs
-from fleet.domain import JobState, TaskResult, TaskState
+from fleet import rules
+from fleet.domain import JobState, TaskState
 from fleet.errors import FleetError
 from fleet.tables import Job, JobNode, Task
 
 if TYPE_CHECKING:
-    from fleet.controller import Controller
-    from fleet.task_events import Attempt
+    from fleet.attempts import Attempt
+    from fleet.context import Context
+    from fleet.node_link import NodeLink
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,15 @@ USER_TERMINATED = "the task was terminated by a user"
 class Lifecycle:
     """The controller's handling of job states and task end requests."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
+    def __init__(
+        self,
+        ctx: Context,
+        releases_done: Callable[[Job], bool],
+        exited: Callable[[NodeLink, Attempt, dict[str, Any]], None],
+    ) -> None:
+        self.c = ctx
+        self._releases_done = releases_done  # the job's release tasks have all ended
+        self._exited = exited  # an attempt found exited: collect and settle it
 
     def tick(self) -> None:
         """Advance every job that is not completed and every task end request."""
@@ -55,33 +64,27 @@ class Lifecycle:
 
     def _job(self, job: Job, now: float) -> None:
         running = self._attempts_of(job.id)
-        if job.state in (JobState.ACTIVE, JobState.DISABLED):
-            limit = specs.constraint_seconds(job.spec, "maxWallClockTime")
-            if limit is not None and now - job.created_at >= limit:
-                self.set_job_state(job.id, JobState.TERMINATING, reason="MaxWallClockTimeExpiry")
-            elif job.state == JobState.ACTIVE and self._all_tasks_complete(job):
-                self.set_job_state(job.id, JobState.TERMINATING, reason="AllTasksComplete")
-        elif job.state == JobState.ENABLING:
-            self.set_job_state(job.id, JobState.ACTIVE)
-        elif job.state == JobState.TERMINATING:
-            reason = f"the job was terminated ({job.termination_reason})"
-            for att in running:
-                self._end(att, reason=reason)
-            if not running and self.c.job_tasks.releases_done(job):
-                self.set_job_state(job.id, JobState.COMPLETED)
-        elif job.state == JobState.DISABLING:
-            for att in running:
-                if job.disable_tasks == "requeue":
-                    self._end(att, requeue=True)
-                elif job.disable_tasks == "terminate":
-                    self._end(att, reason="the job was disabled with --disable-tasks terminate")
-            if not running:
-                self.set_job_state(job.id, JobState.DISABLED)
-        elif job.state == JobState.DELETING:
-            for att in running:
-                self._end(att, delete=True)
-            if not running and self.c.job_tasks.releases_done(job):
-                self._delete_job(job.id)
+        step = rules.job_step(
+            rules.JobFacts(job.state, job.spec, job.created_at, job.termination_reason),
+            now,
+            running=len(running),
+            releases_done=not running
+            and job.state in (JobState.TERMINATING, JobState.DELETING)
+            and self._releases_done(job),
+            tasks_left=self._tasks_left(job),
+            disable_tasks=job.disable_tasks,
+        )
+        for att in running if step.end else ():
+            self._end(
+                att,
+                reason=step.end_reason,
+                requeue=step.end == "requeue",
+                delete=step.end == "delete",
+            )
+        if step.state is not None:
+            self.set_job_state(job.id, step.state, reason=step.reason)
+        if step.delete_job:
+            self._delete_job(job.id)
 
     def _attempts_of(self, job_id: str) -> list[Attempt]:
         return [
@@ -91,14 +94,14 @@ class Lifecycle:
             if a.job_id == job_id
         ]
 
-    def _all_tasks_complete(self, job: Job) -> bool:
-        if job.spec.get("onAllTasksComplete") != "terminatejob":
-            return False
+    def _tasks_left(self, job: Job) -> bool:
+        if job.spec.get("onAllTasksComplete") != "terminatejob" or job.state != JobState.ACTIVE:
+            return True  # not asked: no query
         with self.c.store.session() as s:
             left = s.exec(
                 select(Task.pk).where(Task.job_id == job.id, col(Task.state) != TaskState.COMPLETED)
             ).first()
-        return left is None
+        return left is not None
 
     def set_job_state(self, job_id: str, state: JobState, reason: str | None = None) -> None:
         """Move a job to ``state``; ``reason`` becomes its terminationReason if none is set."""
@@ -151,15 +154,9 @@ class Lifecycle:
                 s.delete(row)
                 shutil.rmtree(self.c.settings.task_files / row.job_id / row.id, ignore_errors=True)
                 return
-            if row.state != TaskState.COMPLETED:
-                row.state = TaskState.COMPLETED
-                row.result = TaskResult.FAILURE
-                row.failure_info = {
-                    "category": "usererror",
-                    "code": "TaskEnded",
-                    "message": USER_TERMINATED,
-                }
-                row.end_time = row.state_changed_at = now
+            values = rules.user_terminated(now, USER_TERMINATED)
+            for name, value in values.items() if row.state != TaskState.COMPLETED else ():
+                setattr(row, name, value)
             row.end_request = None
             s.add(row)
 
@@ -185,7 +182,7 @@ class Lifecycle:
             link = self.c.links.get(att.node_id)
             if link is not None and link.ready and link.agent is not None:
                 att.kill_sent = True
-                self.c.spawn_background(self._kill(att))
+                self.c.spawn(self._kill(att))
 
     async def _kill(self, att: Attempt) -> None:
         link = self.c.links.get(att.node_id)
@@ -211,13 +208,4 @@ class Lifecycle:
                 )
                 for item in status.get("tasks", []):
                     if item.get("state") == "exited":
-                        self.c.exited(link, att, item.get("exit") or {})
-
-
-def job_action_state(action: str) -> tuple[JobState, Any] | None:
-    """Return the job state (and reason) a task's exit condition ``jobAction`` asks for."""
-    if action == "terminate":
-        return JobState.TERMINATING, "TaskFailed"
-    if action == "disable":
-        return JobState.DISABLING, None
-    return None
+                        self._exited(link, att, item.get("exit") or {})

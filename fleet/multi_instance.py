@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import Session, select
 
 from fleet import environment, outcomes, task_io
+from fleet.attempts import Attempt, epoch
 from fleet.errors import AgentError, FleetError, failure_of
 from fleet.tables import Host, StaleAttempt, Subtask, Task
-from fleet.task_events import Attempt, epoch
 
 if TYPE_CHECKING:
-    from fleet.controller import Controller
+    from fleet.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ class Run:
 class MultiInstance:
     """The controller's handling of multi-instance tasks."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
+    def __init__(self, ctx: Context) -> None:
+        self.c = ctx
         self.runs: dict[str, Run] = {}
 
     def prepare(
@@ -135,7 +135,7 @@ class MultiInstance:
             return
         run.start_primary = start_primary
         for i, sub in run.subs.items():
-            self.c.spawn_background(self._spawn(run, i, sub))
+            self.c.spawn(self._spawn(run, i, sub))
 
     async def _spawn(self, run: Run, i: int, sub: Attempt) -> None:
         link = self.c.links.get(sub.node_id)
@@ -209,7 +209,7 @@ class MultiInstance:
             log.warning("task %s: coordination failed on instance %d", run.primary.key, i)
             run.waiting.clear()
             run.primary.collecting = True  # the primary never runs: nothing to collect
-            self.c.events.finished.append(
+            self.c.outbox.finished.append(
                 (
                     run.primary,
                     {
@@ -258,7 +258,7 @@ class MultiInstance:
                 self.c.inflight.get(sub.node_id, {}).pop(sub_key(att.key, i), None)
             link = self.c.links.get(sub.node_id)
             if link is not None and link.agent is not None:
-                self.c.spawn_background(self._kill(link, sub_key(att.key, i), run, att.attempt))
+                self.c.spawn(self._kill(link, sub_key(att.key, i), run, att.attempt))
 
     async def _kill(self, link: Any, key: str, run: Run, attempt: int) -> None:
         try:

@@ -6,15 +6,15 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fleet.controller import Controller
+    from fleet.context import Context
 
 
 class PeriodicPass:
     """Starts :meth:`sweep` in the background when ``every`` seconds have passed since the
     last start and no pass of this kind is running. Subclasses write ``sweep``."""
 
-    def __init__(self, controller: Controller, every: float) -> None:
-        self.c = controller
+    def __init__(self, ctx: Context, every: float) -> None:
+        self.c = ctx
         self.every = every
         self._last = 0.0
         self._running = False
@@ -26,7 +26,7 @@ class PeriodicPass:
             return
         self._last = now
         self._running = True
-        self.c.spawn_background(self._pass())
+        self.c.spawn(self._pass())
 
     async def _pass(self) -> None:
         try:

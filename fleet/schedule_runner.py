@@ -25,7 +25,7 @@ from fleet.tables import Job, JobSchedule
 from fleet.timers import Timers
 
 if TYPE_CHECKING:
-    from fleet.controller import Controller
+    from fleet.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ _LIVE_JOB = {
 class ScheduleRunner:
     """Handles every job schedule that is not completed, each turn of the controller."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
-        self.timers = Timers(controller.store.engine, lambda _key: controller.wake())
+    def __init__(self, ctx: Context) -> None:
+        self.c = ctx
+        self.timers = Timers(ctx.store.engine, lambda _key: ctx.wake())
         self.since = time.time()  # occurrences whose window closed before this were missed
         self._full_pass_at = 0.0
         self._swept = False  # whether timers left for gone schedules were removed

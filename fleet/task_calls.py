@@ -29,7 +29,7 @@ from fleet.service import tasks as task_service
 from fleet.tables import Task
 
 if TYPE_CHECKING:
-    from fleet.controller import Controller
+    from fleet.context import Context
     from fleet.node_link import NodeLink
 
 log = logging.getLogger(__name__)
@@ -99,14 +99,14 @@ def check_caller(holder: Task | None, caller: Caller) -> str:
 class TaskCalls:
     """Answers the calls tasks make through their node's agent."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
+    def __init__(self, ctx: Context) -> None:
+        self.c = ctx
 
     def handle(self, link: NodeLink, msg: dict[str, Any]) -> None:
         """Start answering one ``call`` event from ``link``'s agent. The answer goes to the
         agent that sent the call (call ids restart with each agent), or nowhere."""
         if link.agent is not None:
-            self.c.spawn_background(self._answer(link.node_id, link.agent, msg))
+            self.c.spawn(self._answer(link.node_id, link.agent, msg))
 
     async def _answer(self, node_id: str, agent: AgentClient, msg: dict[str, Any]) -> None:
         answer: dict[str, Any]

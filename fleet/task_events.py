@@ -10,91 +10,54 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Container, Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from fleet import environment, exit_conditions, outcomes
-from fleet.domain import AttemptState, JobState, NodeState, TaskState
-from fleet.lifecycle import job_action_state
+from fleet import rules
+from fleet.context import Context, Outbox
+from fleet.domain import AttemptState, NodeState, TaskState
 from fleet.service import dependency_state
 from fleet.tables import Job, Node, StaleAttempt, Task
 
 if TYPE_CHECKING:
-    from fleet.controller import Controller
+    from fleet.attempts import Attempt
 
 DEPENDENCY_SWEEP_SECONDS = 2.0
-
-
-@dataclass
-class Attempt:
-    """One dispatch of one task to one node, as the controller tracks it in memory."""
-
-    pk: int
-    job_id: str
-    task_id: str
-    attempt: int
-    node_id: str
-    slots: int
-    collecting: bool = False
-    output_files: list[dict[str, Any]] = field(default_factory=list)
-    kill_sent: bool = False
-    on_exit: str | None = None  # None, or what its exit means: terminate | requeue | delete
-    end_reason: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.job_id}/{self.task_id}"
-
-    @property
-    def task_dir(self) -> str:
-        return environment.task_dir(self.job_id, self.task_id)
-
-
-@dataclass
-class _Batch:
-    started: list[tuple[Attempt, float]] = field(default_factory=list)
-    finished: list[tuple[Attempt, dict[str, Any]]] = field(default_factory=list)
-    back_to_queue: list[tuple[Attempt, bool]] = field(default_factory=list)  # (attempt, requeue?)
 
 
 class TaskEvents:
     """What happened to attempts during one turn, and how it is written to the store."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.c = controller
-        self.started: list[tuple[Attempt, float]] = []
-        self.finished: list[tuple[Attempt, dict[str, Any]]] = []
-        self.back_to_queue: list[tuple[Attempt, bool]] = []
+    def __init__(self, ctx: Context, run_finished: Callable[[Attempt], None]) -> None:
+        self.c = ctx
+        self._run_finished = run_finished  # a multi-instance run hears of its attempts' ends
         self._dirty_jobs: set[str] = set()
         self._deps_swept_at = 0.0
 
     def apply(self) -> bool:
-        """Apply every event gathered since the last turn in one transaction; return
-        whether there was any."""
-        ev = _Batch(self.started, self.finished, self.back_to_queue)
-        self.started, self.finished, self.back_to_queue = [], [], []
-        if not (ev.started or ev.finished or ev.back_to_queue):
+        """Apply every event in the outbox in one transaction; return whether there was any."""
+        ev, self.c.outbox = self.c.outbox, Outbox()
+        if not ev:
             return False
         try:
             self._write(ev, time.time())
         except BaseException:
             # Nothing was committed: keep every event for the next turn.
-            self.started[:0], self.finished[:0] = ev.started, ev.finished
-            self.back_to_queue[:0] = ev.back_to_queue
+            self.c.outbox.started[:0] = ev.started
+            self.c.outbox.finished[:0] = ev.finished
+            self.c.outbox.back_to_queue[:0] = ev.back_to_queue
             raise
         for att, _ in [*ev.finished, *ev.back_to_queue]:
             self.c.inflight.get(att.node_id, {}).pop(att.key, None)
         self._dirty_jobs.update(att.job_id for att, _ in ev.finished)
         for att, _ in [*ev.finished, *ev.back_to_queue]:
-            self.c.multi.finish(att)
+            self._run_finished(att)
         return True
 
-    def _write(self, ev: _Batch, now: float) -> None:
+    def _write(self, ev: Outbox, now: float) -> None:
         touched_nodes: set[str] = set()
         with self.c.store.session() as s:
             for att, started_at in ev.started:
@@ -178,69 +141,26 @@ class TaskEvents:
     ) -> None:
         if task is None or task.attempt != att.attempt or task.state == TaskState.COMPLETED:
             return
-        if att.on_exit == "delete":
+        job = s.get(Job, task.job_id)
+        change = rules.on_exit(
+            rules.TaskFacts(task.spec, task.retry_count, task.requeue_count, task.start_time),
+            None
+            if job is None
+            else rules.JobFacts(job.state, job.spec, job.created_at, job.termination_reason),
+            record,
+            now,
+            meaning=att.on_exit,
+            end_reason=att.end_reason,
+        )
+        if change.delete_task:
             s.delete(task)
             shutil.rmtree(self.c.settings.task_files / task.job_id / task.id, ignore_errors=True)
             return
-        task.attempt_state = None
-        task.state_changed_at = now
-        task.end_request = None
-        if att.on_exit == "requeue":
-            task.state = TaskState.ACTIVE
-            task.node_id = None
-            task.requeue_count += 1
-            task.last_requeue_time = now
-            s.add(task)
-            return
-        job = s.get(Job, task.job_id)
-        job_spec = job.spec if job else {}
-        outcome = outcomes.decide(
-            record,
-            retry_count=task.retry_count,
-            task_spec=task.spec,
-            job_spec=job_spec,
-            terminated_reason=att.end_reason,
-        )
-        task.exit_code = outcome.exit_code
-        task.failure_info = outcome.failure_info
-        task.start_time = epoch(record.get("startTime")) or task.start_time
-        if outcome.retry:
-            task.state = TaskState.ACTIVE
-            task.retry_count += 1
-            task.last_retry_time = now
-            task.node_id = None
-            s.add(task)
-            return
-        task.state = TaskState.COMPLETED
-        task.result = outcome.result
-        task.end_time = epoch(record.get("endTime")) or now
-        actions = exit_conditions.resolve(
-            task.spec.get("exitConditions"),
-            exit_code=outcome.exit_code,
-            failure_code=(outcome.failure_info or {}).get("code"),
-        )
-        task.dependency_action = actions["dependencyAction"]
-        task.token_hash = None  # a finished job manager can no longer call
+        _set(task, change.task)
         s.add(task)
-        manager = task.spec.get("jobManager") or {}
-        if manager.get("killJobOnCompletion") and job is not None and job.state == JobState.ACTIVE:
-            job.state = JobState.TERMINATING
-            job.state_changed_at = now
-            job.termination_reason = job.termination_reason or "JMComplete"
+        if change.job and job is not None:
+            _set(job, change.job)
             s.add(job)
-        if (
-            outcome.failure_info
-            and job is not None
-            and att.on_exit is None
-            and job_spec.get("onTaskFailure") == "performexitoptionsjobaction"
-        ):
-            change = job_action_state(actions["jobAction"])
-            if change is not None and job.state == JobState.ACTIVE:
-                job.state, reason = change
-                job.state_changed_at = now
-                job.termination_reason = job.termination_reason or reason
-                job.disable_tasks = "requeue" if job.state == JobState.DISABLING else None
-                s.add(job)
 
     def update_node_busy(
         self,
@@ -263,14 +183,7 @@ class TaskEvents:
                 node.state_changed_at = now
                 s.add(node)
 
-    # -- scheduling and dispatch -------------------------------------------------------
 
-
-def epoch(iso_time: Any) -> float | None:
-    """Return an ISO 8601 time from an exit record as epoch seconds, or None."""
-    if not isinstance(iso_time, str):
-        return None
-    try:
-        return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+def _set(row: Any, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(row, name, value)

@@ -1,0 +1,44 @@
+"""Attempts: one dispatch of one task to one node, as the controller tracks it in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fleet import environment
+
+
+@dataclass
+class Attempt:
+    """One dispatch of one task to one node, as the controller tracks it in memory."""
+
+    pk: int
+    job_id: str
+    task_id: str
+    attempt: int
+    node_id: str
+    slots: int
+    collecting: bool = False
+    output_files: list[dict[str, Any]] = field(default_factory=list)
+    kill_sent: bool = False
+    on_exit: str | None = None  # None, or what its exit means: terminate | requeue | delete
+    end_reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id}/{self.task_id}"
+
+    @property
+    def task_dir(self) -> str:
+        return environment.task_dir(self.job_id, self.task_id)
+
+
+def epoch(iso_time: Any) -> float | None:
+    """Return an ISO 8601 time from an exit record as epoch seconds, or None."""
+    if not isinstance(iso_time, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -1,0 +1,163 @@
+"""The controller's pure rules (fleet/rules.py), case by case: facts in, changes out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fleet import rules
+from fleet.domain import JobState, TaskState
+
+NOW = 1_000_000.0
+OK = {"exitCode": 0, "startTime": "1970-01-12T13:46:30Z", "endTime": "1970-01-12T13:46:39Z"}
+FAIL = {"exitCode": 3}
+RETRY_ONCE = {"constraints": {"maxTaskRetryCount": 1}}
+MANAGER = {"jobManager": {"killJobOnCompletion": True, "runExclusive": True}}
+ON_FAILURE = {"onTaskFailure": "performexitoptionsjobaction"}
+EXIT_3 = {"exitConditions": {"exitCodes": [{"code": 3, "exitOptions": {"jobAction": "disable"}}]}}
+TERMINATE_ON_FAIL = {"exitConditions": {"default": {"jobAction": "terminate"}}}
+
+
+def _task(spec: dict[str, Any] | None = None, retries: int = 0) -> rules.TaskFacts:
+    return rules.TaskFacts(spec or {}, retry_count=retries, requeue_count=2, start_time=5.0)
+
+
+def _job(state: str = JobState.ACTIVE, **spec: Any) -> rules.JobFacts:
+    return rules.JobFacts(state, spec, created_at=NOW - 100)
+
+
+# (case, task, job, record, meaning, end reason) -> (task fields expected, job fields expected)
+EXIT_CASES = [
+    ("success", _task(), _job(), OK, None, None,
+     {"state": TaskState.COMPLETED, "result": "success", "exit_code": 0,
+      "retry_count": None, "start_time": 999990.0}, {}),
+    ("failure with a retry left is retried", _task(RETRY_ONCE), _job(), FAIL, None, None,
+     {"state": TaskState.ACTIVE, "retry_count": 1, "last_retry_time": NOW, "node_id": None}, {}),
+    ("failure with retries used up completes failed", _task(RETRY_ONCE, retries=1), _job(),
+     FAIL, None, None, {"state": TaskState.COMPLETED, "result": "failure", "exit_code": 3}, {}),
+    ("the job's retry count applies when the task has none", _task(),
+     _job(constraints={"maxTaskRetryCount": 2}), FAIL, None, None,
+     {"state": TaskState.ACTIVE, "retry_count": 1}, {}),
+    ("flagged requeue counts a requeue, never a retry", _task(RETRY_ONCE), _job(), FAIL,
+     "requeue", None,
+     {"state": TaskState.ACTIVE, "requeue_count": 3, "last_requeue_time": NOW,
+      "retry_count": None}, {}),
+    ("terminated by fleet fails with TaskEnded and is not retried", _task(RETRY_ONCE), _job(),
+     FAIL, "terminate", "the task was terminated by a user",
+     {"state": TaskState.COMPLETED, "result": "failure"}, {}),
+    ("a job manager that completes ends its job", _task(MANAGER), _job(), OK, None, None,
+     {"state": TaskState.COMPLETED, "token_hash": None},
+     {"state": JobState.TERMINATING, "termination_reason": "JMComplete"}),
+    ("a job manager of a job no longer active changes nothing", _task(MANAGER),
+     _job(JobState.TERMINATING), OK, None, None, {"state": TaskState.COMPLETED}, {}),
+    ("a failure's exit condition disables the job", _task(EXIT_3), _job(**ON_FAILURE), FAIL,
+     None, None, {"state": TaskState.COMPLETED},
+     {"state": JobState.DISABLING, "disable_tasks": "requeue", "termination_reason": None}),
+    ("a failure's default exit option terminates the job", _task(TERMINATE_ON_FAIL),
+     _job(**ON_FAILURE), FAIL, None, None, {"state": TaskState.COMPLETED},
+     {"state": JobState.TERMINATING, "termination_reason": "TaskFailed"}),
+    ("exit options are ignored without performexitoptionsjobaction", _task(TERMINATE_ON_FAIL),
+     _job(), FAIL, None, None, {"state": TaskState.COMPLETED}, {}),
+    ("a task fleet terminated takes no job action", _task(TERMINATE_ON_FAIL),
+     _job(**ON_FAILURE), FAIL, "terminate", "ended", {"state": TaskState.COMPLETED}, {}),
+    ("a command that never started is not retried", _task(RETRY_ONCE), _job(),
+     {"exitCode": None, "error": {"code": "CommandProgramNotFound", "message": "no"}}, None,
+     None, {"state": TaskState.COMPLETED, "result": "failure", "exit_code": None}, {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("task", "job", "record", "meaning", "reason", "want_task", "want_job"),
+    [c[1:] for c in EXIT_CASES],
+    ids=[c[0] for c in EXIT_CASES],
+)
+def test_exit(task, job, record, meaning, reason, want_task, want_job) -> None:
+    change = rules.on_exit(task, job, record, NOW, meaning=meaning, end_reason=reason)
+    assert not change.delete_task
+    for name, value in want_task.items():
+        assert change.task.get(name) == value, name
+    for name, value in want_job.items():
+        assert change.job.get(name) == value, name
+    if not want_job:
+        assert change.job == {}
+    if change.task.get("state") == TaskState.COMPLETED:
+        assert change.task["end_time"] == (999999.0 if record.get("endTime") else NOW)
+    if meaning == "terminate":
+        assert change.task["failure_info"]["code"] == "TaskEnded"
+
+
+def test_an_exit_flagged_delete_deletes_the_task() -> None:
+    assert rules.on_exit(_task(), _job(), OK, NOW, meaning="delete").delete_task
+
+
+def test_exit_of_a_task_whose_job_is_gone_still_completes_it() -> None:
+    change = rules.on_exit(_task(MANAGER), None, OK, NOW)
+    assert change.task["state"] == TaskState.COMPLETED and change.job == {}
+
+
+# (case, job, running, releases done, tasks left, disable_tasks) -> step
+STEP_CASES = [
+    ("an active job with work waits", _job(), 2, False, True, None, rules.JobStep()),
+    ("maxWallClockTime expired terminates",
+     _job(constraints={"maxWallClockTime": "PT1M"}), 1, False, True, None,
+     rules.JobStep(state=JobState.TERMINATING, reason="MaxWallClockTimeExpiry")),
+    ("maxWallClockTime applies to a disabled job too",
+     _job(JobState.DISABLED, constraints={"maxWallClockTime": "PT1M"}), 0, False, True, None,
+     rules.JobStep(state=JobState.TERMINATING, reason="MaxWallClockTimeExpiry")),
+    ("all tasks complete with terminatejob terminates",
+     _job(onAllTasksComplete="terminatejob"), 0, False, False, None,
+     rules.JobStep(state=JobState.TERMINATING, reason="AllTasksComplete")),
+    ("all tasks complete with noaction waits", _job(), 0, False, False, None, rules.JobStep()),
+    ("enabling becomes active", _job(JobState.ENABLING), 0, False, True, None,
+     rules.JobStep(state=JobState.ACTIVE)),
+    ("terminating ends its running attempts", _job(JobState.TERMINATING), 3, False, True, None,
+     rules.JobStep(end="terminate", end_reason="the job was terminated (None)")),
+    ("terminating waits for its release tasks", _job(JobState.TERMINATING), 0, False, True,
+     None, rules.JobStep()),
+    ("terminating completes once releases are done", _job(JobState.TERMINATING), 0, True, True,
+     None, rules.JobStep(state=JobState.COMPLETED)),
+    ("disabling with requeue requeues", _job(JobState.DISABLING), 2, False, True, "requeue",
+     rules.JobStep(end="requeue")),
+    ("disabling with terminate terminates", _job(JobState.DISABLING), 2, False, True,
+     "terminate",
+     rules.JobStep(end="terminate",
+                   end_reason="the job was disabled with --disable-tasks terminate")),
+    ("disabling with wait lets tasks finish", _job(JobState.DISABLING), 2, False, True, "wait",
+     rules.JobStep()),
+    ("disabling with nothing running is disabled", _job(JobState.DISABLING), 0, False, True,
+     "wait", rules.JobStep(state=JobState.DISABLED)),
+    ("deleting deletes its running attempts", _job(JobState.DELETING), 1, False, True, None,
+     rules.JobStep(end="delete")),
+    ("deleting waits for release tasks", _job(JobState.DELETING), 0, False, True, None,
+     rules.JobStep()),
+    ("deleting with releases done deletes the job", _job(JobState.DELETING), 0, True, True,
+     None, rules.JobStep(delete_job=True)),
+    ("a completed job does nothing", _job(JobState.COMPLETED), 0, True, False, None,
+     rules.JobStep()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("job", "running", "releases_done", "tasks_left", "disable_tasks", "want"),
+    [c[1:] for c in STEP_CASES],
+    ids=[c[0] for c in STEP_CASES],
+)
+def test_job_step(job, running, releases_done, tasks_left, disable_tasks, want) -> None:
+    got = rules.job_step(
+        job,
+        NOW,
+        running=running,
+        releases_done=releases_done,
+        tasks_left=tasks_left,
+        disable_tasks=disable_tasks,
+    )
+    assert got == want
+
+
+def test_requeue_and_user_terminate_fields() -> None:
+    back = rules.requeued(_task(retries=1), NOW)
+    assert back["requeue_count"] == 3 and "retry_count" not in back
+    assert back["state"] == TaskState.ACTIVE and back["node_id"] is None
+    ended = rules.user_terminated(NOW, "stop")
+    assert ended["failure_info"]["code"] == "TaskEnded" and ended["end_time"] == NOW
