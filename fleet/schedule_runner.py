@@ -63,10 +63,11 @@ class ScheduleRunner:
         self.timers.stop()
 
     def tick(self) -> None:
-        """Advance the schedules with something due: an occurrence, termination, deletion
-        or completion. Every FULL_PASS_SECONDS a tick also arms the timer of every other
-        live schedule (so new and changed ones fire on time) from one query; otherwise a
-        turn costs nothing per idle schedule."""
+        """Advance the schedules with something due (an occurrence, termination, deletion
+        or completion), all in one transaction, so a burst of occurrences costs one commit.
+        Every FULL_PASS_SECONDS a tick also arms the timer of every other live schedule
+        (so new and changed ones fire on time) from one query; otherwise a turn costs
+        nothing per idle schedule."""
         now = time.time()
         full = now - self._full_pass_at >= FULL_PASS_SECONDS
         live = col(JobSchedule.state).not_in(_IDLE)
@@ -75,14 +76,20 @@ class ScheduleRunner:
             col(JobSchedule.next_run) <= now,
             col(JobSchedule.state).in_(("terminating", "deleting")),
         )
+        timers: dict[str, tuple[float, float] | None] = {}  # armed after the commit
         with self.c.store.session() as s:
-            ids = list(s.exec(select(JobSchedule.id).where(live, due)))
+            for row in s.exec(select(JobSchedule).where(live, due)).all():
+                try:
+                    with s.begin_nested():  # one schedule's failure leaves the others be
+                        timers[row.id] = self._advance(s, row, now)
+                except FleetError as exc:
+                    log.error("job schedule %s: %s (%s)", row.id, exc, exc.code)
             waiting = list(s.exec(select(JobSchedule).where(live, ~due))) if full else []
-        for sid in ids:
-            try:
-                self._advance(sid, now)
-            except FleetError as exc:
-                log.error("job schedule %s: %s (%s)", sid, exc, exc.code)
+        for sid, timer in timers.items():
+            if timer is None:
+                self.timers.disarm(sid)
+            else:
+                self.timers.arm(sid, *timer)
         if not full:
             return
         self._full_pass_at = now
@@ -90,36 +97,31 @@ class ScheduleRunner:
             assert row.next_run is not None
             self.timers.arm(row.id, row.next_run, schedules.start_window(row.spec["schedule"]))
         if not self._swept:
-            self.timers.keep_only({*ids, *(row.id for row in waiting)})
+            self.timers.keep_only({*timers, *(row.id for row in waiting)})
             self._swept = True
 
-    def _advance(self, sid: str, now: float) -> None:
-        with self.c.store.session() as s:
-            row = s.get(JobSchedule, sid)
-            if row is None:
-                return
-            recent = s.get(Job, row.recent_job_id) if row.recent_job_id else None
-            active = recent is not None and recent.state in _LIVE_JOB
-            if row.state == "deleting":
-                self._delete(s, row)
-                return
-            if row.state == "terminating":
-                if recent is not None and active and recent.state != JobState.TERMINATING:
-                    _end_job(recent, now, JobState.TERMINATING, "TerminateJobSchedule")
-                    s.add(recent)
-                elif not active:
-                    _set_state(row, "completed", now)
-            else:
-                active = self._occurrences(s, row, now, active)
-                if row.next_run is None and not active and row.state == "active":
-                    _set_state(row, "completed", now)
-            s.add(row)
-            next_run, state = row.next_run, row.state
-        if next_run is not None and state in ("active", "disabled"):
-            window = schedules.start_window(row.spec["schedule"])
-            self.timers.arm(sid, next_run, window)
+    def _advance(self, s: Session, row: JobSchedule, now: float) -> tuple[float, float] | None:
+        """Advance one schedule in session ``s``; return its timer to arm (when, grace),
+        or None when it needs none."""
+        recent = s.get(Job, row.recent_job_id) if row.recent_job_id else None
+        active = recent is not None and recent.state in _LIVE_JOB
+        if row.state == "deleting":
+            self._delete(s, row)  # its timer goes after the commit (the store is locked now)
+            return None
+        if row.state == "terminating":
+            if recent is not None and active and recent.state != JobState.TERMINATING:
+                _end_job(recent, now, JobState.TERMINATING, "TerminateJobSchedule")
+                s.add(recent)
+            elif not active:
+                _set_state(row, "completed", now)
         else:
-            self.timers.disarm(sid)
+            active = self._occurrences(s, row, now, active)
+            if row.next_run is None and not active and row.state == "active":
+                _set_state(row, "completed", now)
+        s.add(row)
+        if row.next_run is not None and row.state in ("active", "disabled"):
+            return row.next_run, schedules.start_window(row.spec["schedule"])
+        return None
 
     def _occurrences(self, s: Session, row: JobSchedule, now: float, active: bool) -> bool:
         """Handle every occurrence due by ``now``, oldest first; return whether the
@@ -155,7 +157,7 @@ class ScheduleRunner:
         spec = row.spec["jobSpecification"] | {"id": jid}
         if "autoPoolSpecification" in spec["poolInfo"]:
             auto_pools.retire_ended(s)  # the last job's pool gives its hosts back first
-        insert_job(s, spec, now, self.c.settings, schedule_id=row.id)
+        insert_job(s, spec, time.time(), self.c.settings, schedule_id=row.id)
         row.job_count = n
         row.recent_job_id = jid
         log.info("job schedule %s: created job %s", row.id, jid)
@@ -169,7 +171,6 @@ class ScheduleRunner:
                 s.add(job)
         if not jobs:
             s.delete(row)
-            self.timers.disarm(row.id)
             log.info("job schedule %s deleted", row.id)
 
 

@@ -109,20 +109,22 @@ def database_error(exc: DBAPIError) -> FleetError:
 
 
 def _add_new_columns(engine: Engine) -> None:
-    """Add the columns (and their indexes) a newer fleet has to the tables of an older
-    database; each new column is nullable, so old rows stay valid. Tables it lacks were
-    made by create_all.
+    """Add the columns and indexes a newer fleet has to the tables of an older database;
+    each new column is nullable, so old rows stay valid. Tables it lacks were made by
+    create_all.
     A column that cannot be added so is left to the DatabaseError that names it."""
     with engine.begin() as conn:
         found = inspect(conn)
         for table in SQLModel.metadata.sorted_tables:
             have = {c["name"] for c in found.get_columns(table.name)}
-            added = [c for c in table.columns if c.name not in have and c.nullable]
-            for column in added:
-                ddl = CreateColumn(column).compile(dialect=engine.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
-            for index in table.indexes if added else ():
-                index.create(conn, checkfirst=True)
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+            indexes = {i["name"] for i in found.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in indexes:
+                    index.create(conn)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -91,7 +91,7 @@ class Job(SQLModel, table=True):
     id: str = Field(primary_key=True)
     pool_id: str = Field(index=True)
     priority: int = 0
-    state: str = "active"
+    state: str = Field(default="active", index=True)  # the controller reads open jobs each turn
     spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     termination_reason: str | None = None
     disable_tasks: str | None = None  # requeue | terminate | wait, while disabling

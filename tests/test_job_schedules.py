@@ -144,8 +144,8 @@ def test_schedule_runs_once_at_do_not_run_until_then_completes_and_delete_remove
 ):
     make_pool(fleet, lab_inventory, "p", 1)
     controller()
-    _create(fleet, tmp_path, _schedule("once", "true", doNotRunUntil=_iso(time.time() + 3)))
-    assert fleet.json("job-schedule", "show", "once")["executionInfo"]["nextRunTime"]
+    made = _create(fleet, tmp_path, _schedule("once", "true", doNotRunUntil=_iso(time.time() + 3)))
+    assert made["executionInfo"]["nextRunTime"]
     wait_for(
         lambda: fleet.json("job-schedule", "show", "once")["state"] == "completed",
         timeout=60,
@@ -294,3 +294,19 @@ def test_schedules_and_their_timers_on_a_postgresql_store(lab_inventory, pg_serv
             pg_fleet("job-schedule", "terminate", "pg")
         finally:
             assert proc.stop() == 0
+
+
+def test_deleting_a_schedule_whose_timer_is_armed_removes_both(
+    fleet, lab_inventory, controller, tmp_path
+):
+    make_pool(fleet, lab_inventory, "p", 1)
+    controller()
+    _create(fleet, tmp_path, _schedule("armed", "true", doNotRunUntil=_iso(time.time() + 3600)))
+    wait_for(lambda: "armed" in _timers(fleet), timeout=30, message="timer armed")
+    fleet("job-schedule", "delete", "armed")
+    wait_for(
+        lambda: fleet("job-schedule", "exists", "armed", check=False).code == 3,
+        timeout=15,
+        message="schedule deleted",
+    )
+    wait_for(lambda: "armed" not in _timers(fleet), timeout=15, message="timer removed")
