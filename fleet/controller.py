@@ -25,6 +25,7 @@ from fleet import (
     environment,
     identity,
     outcomes,
+    rules,
     scheduler,
     specs,
     task_calls,
@@ -248,16 +249,18 @@ class Controller:
                 att = by_key.get(item.get("key"))
                 if att is None:
                     continue
-                if item.get("state") == "exited":
+                state = str(item.get("state"))
+                action = rules.on_return(state, state == "missing" and self._was_started(att))
+                if action == "collect":
                     self.exited(link, att, item.get("exit") or {})
-                elif item.get("state") == "missing":
+                elif action in ("requeue", "resend"):
                     if att.key not in self.multi.runs:  # started by a controller before this one
                         with self.store.session() as s:
                             nodes = self.multi.orphaned(s, att)
                         for other in nodes - {link.node_id}:
                             if (peer := self.links.get(other)) is not None and peer.ready:
                                 await self._kill_stale(peer)
-                    self.ctx.outbox.back_to_queue.append((att, self._was_started(att)))
+                    self.ctx.outbox.back_to_queue.append((att, action == "requeue"))
         await self.job_tasks.reconcile(link)
         await self._kill_stale(link)
         with self.store.session() as s:  # the node came back idle: it is running what it runs
@@ -332,14 +335,15 @@ class Controller:
     def _requeue_lost_nodes(self) -> None:
         now = time.time()
         for node_id, link in self.links.items():
-            if link.ready or link.lost_at is None or now - link.lost_at < self.node_grace:
+            lost_for = None if link.ready or link.lost_at is None else now - link.lost_at
+            if lost_for is None or not rules.node_lost(lost_for, self.node_grace):
                 continue
             attempts = list(self.inflight.get(node_id, {}).values())
             if attempts:
                 log.warning(
                     "node %s lost for %.0f s: requeueing %d tasks",
                     node_id,
-                    now - link.lost_at,
+                    lost_for,
                     len(attempts),
                 )
                 self.ctx.outbox.back_to_queue.extend((a, True) for a in attempts)

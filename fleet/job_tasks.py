@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import Session, select
 
-from fleet import applications, environment, outcomes, specs, views
+from fleet import applications, environment, outcomes, rules, specs, views
 from fleet.attempts import Attempt, epoch
 from fleet.errors import FleetError, failure_of
 from fleet.tables import Job, JobNode, Node, Task
@@ -174,31 +174,24 @@ class JobTasks:
                 return  # a stale report
             retries = self.retries.get((job_id, node_id), 0)
             info["retryCount"] = retries
-            if (
-                failure
-                and outcomes.decide(record, retry_count=retries, task_spec=spec, job_spec={}).retry
-            ):
+            end = rules.on_prep_end(record, retries, spec)
+            if end.retry:
                 self.retries[(job_id, node_id)] = retries + 1
                 row.prep_attempt += 1
                 row.prep_info = {**info, "state": "running"}
                 s.add(row)
                 self.c.spawn(self._spawn(link, job, PREP, row.prep_attempt))
                 return
-            row.prep_state = "failed" if failure else "succeeded"
+            row.prep_state = end.state
             row.prep_boot_id = link.agent.hello.get("bootId") if link.agent else None
             row.prep_info = info
             s.add(row)
-            wait = spec.get("waitForSuccess", True)
         held = self.held.pop((job_id, node_id), [])
         log.info(
-            "job %s: prep task on %s %s (%d tasks waiting)",
-            job_id,
-            node_id,
-            "failed" if failure else "succeeded",
-            len(held),
+            "job %s: prep task on %s %s (%d tasks waiting)", job_id, node_id, end.state, len(held)
         )
         for h in held:
-            if failure and wait:
+            if end.held == "requeue":
                 self.c.outbox.back_to_queue.append((h.att, False))
             else:
                 h.start()

@@ -161,6 +161,52 @@ def _job_state(job: JobFacts, state: JobState, reason: str | None, now: float) -
     }
 
 
+# -- nodes ------------------------------------------------------------------------------
+
+
+def on_return(status: str, was_started: bool) -> str:
+    """Return what happens to an attempt in flight on a node that came back (and did not
+    reboot: then everything it ran is requeued), by the agent's ``status`` of it:
+    ``collect`` its exit, ``keep`` it running, ``requeue`` it (it had started: counts a
+    requeue) or ``resend`` it (it never started: back to the queue uncounted)."""
+    if status == "exited":
+        return "collect"
+    if status == "missing":
+        return "requeue" if was_started else "resend"
+    return "keep"
+
+
+def node_lost(lost_for: float | None, grace: float) -> bool:
+    """Return whether a node out of touch for ``lost_for`` seconds (None: it is not) is
+    lost, so that its attempts are requeued elsewhere."""
+    return lost_for is not None and lost_for >= grace
+
+
+@dataclass(frozen=True)
+class PrepEnd:
+    """What a job preparation task's end means on its node: ``retry`` it, or record it
+    ``succeeded``/``failed`` and ``start`` or ``requeue`` the tasks held for it."""
+
+    retry: bool
+    state: str | None = None
+    held: str | None = None
+
+
+def on_prep_end(record: dict[str, Any], retries: int, spec: dict[str, Any]) -> PrepEnd:
+    """Return what a prep task's exit ``record`` means after ``retries`` retries. A failed
+    one with ``waitForSuccess`` (the default) sends its node's held tasks back to the
+    queue (the node is then avoided for the job); otherwise they start."""
+    failure = outcomes.failure_info(record)
+    if failure and outcomes.decide(record, retry_count=retries, task_spec=spec, job_spec={}).retry:
+        return PrepEnd(retry=True)
+    wait = spec.get("waitForSuccess", True)
+    return PrepEnd(
+        retry=False,
+        state="failed" if failure else "succeeded",
+        held="requeue" if failure and wait else "start",
+    )
+
+
 # -- jobs, each turn ---------------------------------------------------------------------
 
 

@@ -161,3 +161,45 @@ def test_requeue_and_user_terminate_fields() -> None:
     assert back["state"] == TaskState.ACTIVE and back["node_id"] is None
     ended = rules.user_terminated(NOW, "stop")
     assert ended["failure_info"]["code"] == "TaskEnded" and ended["end_time"] == NOW
+
+
+@pytest.mark.parametrize(
+    ("status", "was_started", "want"),
+    [
+        ("exited", True, "collect"),
+        ("running", True, "keep"),
+        ("missing", True, "requeue"),  # it ran: a requeue, never a retry
+        ("missing", False, "resend"),  # it never started: back to the queue uncounted
+    ],
+)
+def test_attempt_on_a_node_that_came_back(status, was_started, want) -> None:
+    assert rules.on_return(status, was_started) == want
+
+
+@pytest.mark.parametrize(
+    ("lost_for", "lost"), [(None, False), (0.0, False), (29.9, False), (30.0, True)]
+)
+def test_node_lost_after_the_grace_period(lost_for, lost) -> None:
+    assert rules.node_lost(lost_for, 30.0) is lost
+
+
+PREP_CASES = [
+    ("success starts the held tasks", {"exitCode": 0}, 0, {},
+     rules.PrepEnd(retry=False, state="succeeded", held="start")),
+    ("failure with a retry left is retried", {"exitCode": 1}, 0,
+     {"constraints": {"maxTaskRetryCount": 2}}, rules.PrepEnd(retry=True)),
+    ("failure with retries used up requeues the held tasks", {"exitCode": 1}, 2,
+     {"constraints": {"maxTaskRetryCount": 2}},
+     rules.PrepEnd(retry=False, state="failed", held="requeue")),
+    ("failure without waitForSuccess starts them anyway", {"exitCode": 1}, 0,
+     {"waitForSuccess": False}, rules.PrepEnd(retry=False, state="failed", held="start")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("record", "retries", "spec", "want"),
+    [c[1:] for c in PREP_CASES],
+    ids=[c[0] for c in PREP_CASES],
+)
+def test_prep_task_end(record, retries, spec, want) -> None:
+    assert rules.on_prep_end(record, retries, spec) == want
