@@ -49,7 +49,7 @@ from fleet.retention import RetentionSweep
 from fleet.schedule_runner import ScheduleRunner
 from fleet.service.auto_pools import AutoPoolSweep
 from fleet.settings import Settings
-from fleet.store import Store
+from fleet.store import Store, WakeListener
 from fleet.tables import Job, Node, Pool, StaleAttempt, Task
 from fleet.task_calls import TaskCalls
 from fleet.task_events import TaskEvents
@@ -58,8 +58,9 @@ log = logging.getLogger(__name__)
 
 #: Longest wait before retrying a turn of the loop or a collection that failed.
 TURN_RETRY_MAX = 5.0
-#: Longest wait between turns of an idle loop (CLI requests are seen within this time).
-IDLE_TICK_MAX = 0.25
+#: Longest wait between turns of an idle loop: CLI writes wake it at once (fleet/wakeups.py);
+#: time-based rules (node grace, wall clock limits) are seen within this time.
+IDLE_TICK_MAX = 1.0
 SPAWN_RETRY_DELAY = 2.0
 #: Spawn refusals that say the task itself can never run: it completes instead of retrying.
 REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
@@ -114,6 +115,7 @@ class Controller:
         """Run until ``stop`` is set, then close every link (tasks keep running on nodes)."""
         self._load_inflight()
         self.schedules.start()
+        listener = self._listen_for_writes()
         log.info(
             "controller started (%d attempts in flight)",
             sum(len(a) for a in self.inflight.values()),
@@ -136,9 +138,33 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         finally:
+            if listener is not None:
+                asyncio.get_running_loop().remove_reader(listener.fileno())
+                listener.close()
             self.schedules.stop()
             await self._shutdown()
             log.info("controller stopped")
+
+    def _listen_for_writes(self) -> WakeListener | None:
+        """Wake the loop whenever another process (the CLI) writes to the store, instead
+        of waiting for the next idle tick; None when the store cannot tell."""
+        self.store.wake_controller = False  # its own writes need no wake-up
+        try:
+            listener = self.store.wake_listener()
+        except (FleetError, OSError) as exc:
+            log.warning("controller: not woken by CLI writes (%s); polling instead", exc)
+            return None
+
+        def readable() -> None:
+            try:
+                listener.drain()
+            except Exception as exc:  # e.g. PostgreSQL restarted: poll from now on
+                log.warning("controller: lost the wake-up channel (%s); polling instead", exc)
+                asyncio.get_running_loop().remove_reader(listener.fileno())
+            self.wake()
+
+        asyncio.get_running_loop().add_reader(listener.fileno(), readable)
+        return listener
 
     async def _turn(self) -> bool:
         """Run one turn of the loop; return whether it found anything to do."""

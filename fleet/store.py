@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.schema import CreateColumn
 from sqlmodel import Session, SQLModel, create_engine
 
-from fleet import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from fleet import tables, wakeups  # noqa: F401  (tables registers them on SQLModel.metadata)
 from fleet.errors import ControllerStorageError, FleetError
 from fleet.settings import private_dir, private_file
 
@@ -33,9 +34,11 @@ class Store:
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {}
+        self._wake_socket: Path | None = None
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 db = Path(parsed.database)
+                self._wake_socket = wakeups.socket_path(db.absolute())
                 private_dir(db.parent)
                 for path in (db, *(db.with_name(db.name + s) for s in ("-wal", "-shm"))):
                     if path == db or path.exists():
@@ -48,6 +51,8 @@ class Store:
             url = str(parsed.set(drivername="postgresql+psycopg"))
         #: Called before every transaction; raises to refuse it (the controller's lease check).
         self.guard: Callable[[], None] | None = None
+        #: Whether a transaction that wrote wakes a running controller (fleet/wakeups.py).
+        self.wake_controller = True
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -68,9 +73,14 @@ class Store:
         whatever ``guard`` raises before anything is read or written."""
         if self.guard is not None:
             self.guard()
-        with Session(self.engine, expire_on_commit=False) as session:
+        with _Session(self.engine, expire_on_commit=False) as session:
             try:
                 yield session
+                wrote = bool(
+                    session.new or session.dirty or session.deleted or session.info.get("wrote")
+                )
+                if wrote and self.wake_controller and not self.is_sqlite:
+                    session.execute(text(f"NOTIFY {wakeups.CHANNEL}"))  # sent on commit
                 session.commit()
             except DBAPIError as exc:
                 session.rollback()
@@ -78,10 +88,61 @@ class Store:
             except BaseException:
                 session.rollback()
                 raise
+        if wrote and self.wake_controller and self._wake_socket is not None:
+            wakeups.send(self._wake_socket)
+
+    def wake_listener(self) -> WakeListener:
+        """Return what a controller watches for other processes' writes (its own store
+        should then have ``wake_controller`` off)."""
+        if self.is_sqlite:
+            if self._wake_socket is None:
+                raise FleetError("an in-memory database has no other writers to listen to")
+            return wakeups.SocketListener(self._wake_socket)
+        return _PostgresListener(self.engine)
 
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+
+
+class _Session(Session):
+    """A session that notes whether it wrote (ORM changes are seen at commit; statements
+    such as bulk inserts and updates are noted as they run)."""
+
+
+@event.listens_for(_Session, "do_orm_execute")
+def _note_write(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        state.session.info["wrote"] = True
+
+
+class WakeListener(Protocol):
+    """What the controller watches: readable when another process wrote."""
+
+    def fileno(self) -> int: ...
+    def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class _PostgresListener:
+    """``LISTEN fleet_wake`` on a connection of its own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._raw = engine.raw_connection()
+        conn: Any = self._raw.driver_connection  # psycopg's, through SQLAlchemy
+        conn.autocommit = True
+        conn.execute(f"LISTEN {wakeups.CHANNEL}")
+        self._conn = conn
+
+    def fileno(self) -> int:
+        return int(self._conn.fileno())
+
+    def drain(self) -> None:
+        for _ in self._conn.notifies(timeout=0):
+            pass
+
+    def close(self) -> None:
+        self._raw.invalidate()  # not back to the pool: it is in autocommit and listening
 
 
 #: What SQLite and PostgreSQL say when the disk or quota is full.

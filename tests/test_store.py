@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from fleet.errors import Conflict, NotFound
 from fleet.inventory import HostSpec
 from fleet.service import hosts, jobs, pools, tasks
 from fleet.store import Store
+from fleet.tables import Host
 from tests.conftest import pg_database
 
 
@@ -170,3 +172,28 @@ def test_a_database_made_before_a_column_existed_gets_it_and_keeps_its_rows(
         assert "ix_jobs_job_schedule_id" in indexes
     finally:
         new.close()
+
+
+def test_a_write_from_another_store_wakes_the_controllers_listener(store_url: str) -> None:
+    controller_side, cli_side = Store(store_url), Store(store_url)
+    controller_side.wake_controller = False
+    listener = controller_side.wake_listener()
+    try:
+
+        def woken(wait: float) -> bool:
+            ready = select.select([listener], [], [], wait)[0]
+            listener.drain()
+            return bool(ready)
+
+        assert not woken(0)
+        hosts.list_hosts(cli_side)  # a read wakes nobody
+        assert not woken(0.5)
+        _seed(cli_side, 2)  # writes: hosts, a pool, a job
+        assert woken(10)
+        with controller_side.session() as s:  # the controller's own writes do not wake it
+            s.add(Host(id="own", address="127.0.0.1", port=22))
+        assert not woken(0.5)
+    finally:
+        listener.close()
+        controller_side.close()
+        cli_side.close()
