@@ -208,7 +208,7 @@ class Controller:
             log.error("controller: a background step failed", exc_info=exc)
 
     def _load_inflight(self) -> None:
-        with self.store.session() as s:
+        with self.store.read() as s:
             rows = s.exec(select(Task).where(col(Task.attempt_state).is_not(None))).all()
         for t in rows:
             if t.node_id is None:
@@ -225,7 +225,7 @@ class Controller:
             self.inflight.setdefault(t.node_id, {})[att.key] = att
 
     def _sync_links(self) -> None:
-        with self.store.session() as s:
+        with self.store.read() as s:
             nodes = s.exec(
                 select(Node.id)
                 .join(Pool, col(Pool.id) == col(Node.pool_id))
@@ -325,7 +325,7 @@ class Controller:
         return str(link.agent.hello.get("root", "")) if link and link.agent else ""
 
     def _was_started(self, att: Attempt) -> bool:
-        with self.store.session() as s:
+        with self.store.read() as s:
             row = s.get(Task, att.pk)
             return row is not None and row.attempt_state == AttemptState.RUNNING
 
@@ -381,7 +381,7 @@ class Controller:
         ready = {nid: link for nid, link in self.links.items() if link.ready}
         if not ready:
             return False
-        with self.store.session() as s:
+        with self.store.read() as s:
             nodes = s.exec(select(Node).where(col(Node.id).in_(list(ready)))).all()
             pools = {p.id: p for p in s.exec(select(Pool).where(Pool.state == PoolState.ACTIVE))}
         snapshot = []
@@ -419,7 +419,7 @@ class Controller:
 
     def _job_room(self, job_ids: set[str]) -> dict[str, int]:
         """Return how many more tasks each capped job may start (maxParallelTasks)."""
-        with self.store.session() as s:
+        with self.store.read() as s:
             caps = {
                 j.id: j.spec.get("maxParallelTasks", -1)
                 for j in s.exec(select(Job).where(col(Job.id).in_(job_ids)))
@@ -431,7 +431,7 @@ class Controller:
         return {jid: cap - running.get(jid, 0) for jid, cap in caps.items() if cap and cap > 0}
 
     def _pending_tasks(self, pool_ids: set[str], limit: int) -> list[scheduler.PendingTask]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             rows = s.execute(
                 sa_select(
                     col(Task.pk),

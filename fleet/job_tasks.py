@@ -95,7 +95,7 @@ class JobTasks:
     def excluded_nodes(self) -> dict[str, set[str]]:
         """Return, per job, the nodes its tasks must avoid: prep failed there with waitForSuccess."""
         out: dict[str, set[str]] = {}
-        with self.c.store.session() as s:
+        with self.c.store.read() as s:
             for row in s.exec(select(JobNode).where(JobNode.prep_state == "failed")):
                 out.setdefault(row.job_id, set()).add(row.node_id)
         return out

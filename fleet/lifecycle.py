@@ -52,7 +52,7 @@ class Lifecycle:
     def tick(self) -> None:
         """Advance every job that is not completed and every task end request."""
         now = time.time()
-        with self.c.store.session() as s:
+        with self.c.store.read() as s:
             jobs = list(s.exec(select(Job).where(col(Job.state) != JobState.COMPLETED)))
             requests = list(s.exec(select(Task).where(col(Task.end_request).is_not(None))))
         for job in jobs:
@@ -97,7 +97,7 @@ class Lifecycle:
     def _tasks_left(self, job: Job) -> bool:
         if job.spec.get("onAllTasksComplete") != "terminatejob" or job.state != JobState.ACTIVE:
             return True  # not asked: no query
-        with self.c.store.session() as s:
+        with self.c.store.read() as s:
             left = s.exec(
                 select(Task.pk).where(Task.job_id == job.id, col(Task.state) != TaskState.COMPLETED)
             ).first()

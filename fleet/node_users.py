@@ -388,7 +388,7 @@ class NodeUserSweep(PeriodicPass):
     """Removes node users whose ``expiryTime`` has passed, on nodes that are connected."""
 
     async def sweep(self) -> None:
-        with self.c.store.session() as s:
+        with self.c.store.read() as s:
             due = list(s.exec(select(NodeUser).where(col(NodeUser.expiry_time) <= time.time())))
         for user in due:
             link = self.c.links.get(user.node_id)

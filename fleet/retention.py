@@ -35,7 +35,7 @@ class RetentionSweep(PeriodicPass):
 
     async def sweep(self) -> None:
         now = time.time()
-        with self.c.store.session() as s:
+        with self.c.store.read() as s:
             candidates = [
                 t
                 for t in s.exec(

@@ -54,6 +54,7 @@ class Store:
         #: Whether a transaction that wrote wakes a running controller (fleet/wakeups.py).
         self.wake_controller = True
         self.engine: Engine = create_engine(url, **kwargs)
+        self._reader = self.engine.execution_options(fleet_read_only=True)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         try:
@@ -90,6 +91,19 @@ class Store:
                 raise
         if wrote and self.wake_controller and self._wake_socket is not None:
             wakeups.send(self._wake_socket)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """Yield a session for reading only: it never commits, and on SQLite it takes no
+        write lock (WAL readers run beside the writer), so reads never queue behind a
+        writer or hold one up. Raises as :meth:`session` does."""
+        if self.guard is not None:
+            self.guard()
+        with Session(self._reader, expire_on_commit=False) as session:
+            try:
+                yield session
+            except DBAPIError as exc:
+                raise database_error(exc) from exc
 
     def wake_listener(self) -> WakeListener:
         """Return what a controller watches for other processes' writes (its own store
@@ -201,4 +215,5 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("fleet_read_only")
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

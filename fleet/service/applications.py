@@ -158,14 +158,14 @@ def _packages(session: Session, app_id: str) -> list[ApplicationPackage]:
 
 def list_applications(store: Store) -> list[tuple[Application, list[ApplicationPackage]]]:
     """Return every application with its packages, sorted by id."""
-    with store.session() as s:
+    with store.read() as s:
         apps = list(s.exec(select(Application).order_by(col(Application.id))))
         return [(a, _packages(s, a.id)) for a in apps]
 
 
 def show_application(store: Store, app_id: str) -> tuple[Application, list[ApplicationPackage]]:
     """Return one application and its packages; raises NotFound ``ApplicationNotFound``."""
-    with store.session() as s:
+    with store.read() as s:
         app = get_application(s, app_id)
         return app, _packages(s, app_id)
 

@@ -103,13 +103,13 @@ def get_certificate(session: Session, thumbprint: str) -> Certificate:
 
 def list_certificates(store: Store) -> list[Certificate]:
     """Return every certificate, by thumbprint."""
-    with store.session() as s:
+    with store.read() as s:
         return list(s.exec(select(Certificate).order_by(Certificate.thumbprint)))
 
 
 def show_certificate(store: Store, thumbprint: str) -> Certificate:
     """Return one certificate; Raises NotFound."""
-    with store.session() as s:
+    with store.read() as s:
         return get_certificate(s, thumbprint)
 
 

@@ -54,7 +54,7 @@ def import_hosts(
 
 def list_hosts(store: Store) -> list[Host]:
     """Return every host, ordered by id."""
-    with store.session() as s:
+    with store.read() as s:
         return list(s.exec(select(Host).order_by(Host.id)))
 
 
@@ -70,7 +70,7 @@ def get_host(session: Session, host_id: str) -> Host:
 
 def show_host(store: Store, host_id: str) -> tuple[Host, HostKey | None, Node | None]:
     """Return the host with its recorded key and its node (if it is in a pool)."""
-    with store.session() as s:
+    with store.read() as s:
         return get_host(s, host_id), s.get(HostKey, host_id), s.get(Node, host_id)
 
 

@@ -57,14 +57,14 @@ def get_schedule(session: Session, schedule_id: str) -> JobSchedule:
 
 def list_schedules(store: Store) -> list[JobSchedule]:
     """Return every schedule, oldest first."""
-    with store.session() as s:
+    with store.read() as s:
         query = select(JobSchedule).order_by(col(JobSchedule.created_at), col(JobSchedule.id))
         return list(s.exec(query))
 
 
 def show_schedule(store: Store, schedule_id: str) -> JobSchedule:
     """Return one schedule; Raises NotFound."""
-    with store.session() as s:
+    with store.read() as s:
         return get_schedule(s, schedule_id)
 
 

@@ -125,19 +125,19 @@ def list_jobs(store: Store, schedule_id: str | None = None) -> list[Job]:
     query = select(Job).order_by(col(Job.created_at), col(Job.id))
     if schedule_id is not None:
         query = query.where(Job.job_schedule_id == schedule_id)
-    with store.session() as s:
+    with store.read() as s:
         return list(s.exec(query))
 
 
 def show_job(store: Store, job_id: str) -> Job:
     """Return one job; Raises NotFound."""
-    with store.session() as s:
+    with store.read() as s:
         return get_job(s, job_id)
 
 
 def task_counts(store: Store, job_id: str) -> dict[str, int]:
     """Return ``active``, ``running``, ``completed``, ``succeeded`` and ``failed`` counts."""
-    with store.session() as s:
+    with store.read() as s:
         get_job(s, job_id)
         rows = s.exec(
             select(Task.state, Task.result, func.count())
@@ -263,7 +263,7 @@ def set_job(store: Store, job_id: str, changes: dict[str, Any]) -> Job:
 
 def prep_release_status(store: Store, job_id: str) -> list[dict[str, Any]]:
     """Return, per node that ran it, the job's prep and release task execution info."""
-    with store.session() as s:
+    with store.read() as s:
         get_job(s, job_id)
         return [
             {

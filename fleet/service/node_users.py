@@ -139,7 +139,7 @@ def delete_user(store: Store, pool_id: str, node_id: str, name: str) -> None:
 def list_users(store: Store, pool_id: str, node_id: str) -> list[dict[str, Any]]:
     """Return the users fleet created on a node and that have not been removed."""
     show_node(store, pool_id, node_id)
-    with store.session() as s:
+    with store.read() as s:
         rows = s.exec(
             select(NodeUser).where(NodeUser.node_id == node_id).order_by(col(NodeUser.name))
         )

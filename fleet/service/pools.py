@@ -107,7 +107,7 @@ def get_pool(session: Session, pool_id: str) -> Pool:
 
 def list_pools(store: Store) -> list[tuple[Pool, list[Node]]]:
     """Return every pool with its nodes."""
-    with store.session() as s:
+    with store.read() as s:
         pools = list(s.exec(select(Pool).order_by(Pool.id)))
         nodes = list(s.exec(select(Node).order_by(Node.id)))
     by_pool: dict[str, list[Node]] = {}
@@ -118,7 +118,7 @@ def list_pools(store: Store) -> list[tuple[Pool, list[Node]]]:
 
 def show_pool(store: Store, pool_id: str) -> tuple[Pool, list[Node]]:
     """Return the pool and its nodes; Raises NotFound."""
-    with store.session() as s:
+    with store.read() as s:
         pool = get_pool(s, pool_id)
         return pool, list(s.exec(select(Node).where(Node.pool_id == pool_id).order_by(Node.id)))
 
@@ -161,7 +161,7 @@ def list_nodes(store: Store, pool_id: str) -> list[Node]:
 
 def show_node(store: Store, pool_id: str, node_id: str) -> tuple[Node, Host]:
     """Return one node and its host; Raises NotFound."""
-    with store.session() as s:
+    with store.read() as s:
         get_pool(s, pool_id)
         node = s.get(Node, node_id)
         if node is None or node.pool_id != pool_id:
