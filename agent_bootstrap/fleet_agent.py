@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import errno
@@ -35,7 +36,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-PROTOCOL = 2
+PROTOCOL = 3
 # The node root's directories and their modes: 0711 lets a task that runs as another
 # user (sudo -n -u) reach its own working dir without listing anything; shared/ is
 # writable by every task, sticky like /tmp.
@@ -61,6 +62,7 @@ WAKE_SIGNALS = [signal.SIGCHLD, KILL_SIGNAL]  # what a wrapper waits for
 NOTIFY_TIMEOUT_SECONDS = 10.0
 MAX_LINE_BYTES = 16 << 20
 MAX_SOCKET_LINE_BYTES = 1 << 20  # an exit notice or a call on agent.sock
+INLINE_BYTES = 64 << 10  # stdout.txt, stderr.txt and exit.json up to this ride the exit event
 MAX_CALLS = 64  # call connections open at once (waiting for or receiving an answer)
 EXIT_ANSWER_SECONDS = 5.0  # how long an exiting agent keeps sending answers
 EXIT_BUSY = 3
@@ -924,7 +926,48 @@ class Agent:
         self.settle_spawn(notice.get("taskDir"), notice.get("attempt"))
         event = {"type": "event", "event": "exited"}
         event.update((name, notice.get(name)) for name in ("key", "taskDir", "attempt", "exit"))
+        event["files"] = self.inline_files(notice)
         self.send(event)
+
+    def inline_files(self, notice: dict) -> dict:
+        """Return the attempt's exit record, stdout and stderr as read from its task dir
+        (never through a symlink), for the exit event: {name: base64 text} for each of at
+        most INLINE_BYTES, {name: None} for a larger one (the controller fetches it), and
+        no entry for one that is absent. {} when the exit record on disk is not this
+        attempt's: the notice may come from anyone, the files are the truth."""
+        try:
+            task_dir = self.task_dir_of(notice)
+        except AgentError:
+            return {}
+        if finished_record(task_dir, notice.get("key"), notice.get("attempt")) is None:
+            return {}
+        files = {}
+        try:
+            dir_fd = os.open(task_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return {}
+        try:
+            for name in (EXIT_FILE, STDOUT_FILE, STDERR_FILE):
+                try:
+                    fd = open_no_follow(dir_fd, name, False, name)
+                except FileCommandError:
+                    continue
+                try:
+                    info = os.fstat(fd)
+                    if not stat.S_ISREG(info.st_mode):
+                        continue
+                    if info.st_size > INLINE_BYTES:
+                        files[name] = None
+                        continue
+                    data = os.read(fd, INLINE_BYTES + 1)
+                    files[name] = (
+                        None if len(data) > INLINE_BYTES else base64.b64encode(data).decode()
+                    )
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(dir_fd)
+        return files
 
     def session_task(self, sid: int) -> tuple | None:
         """Return (key, attempt) of the live attempt whose command leads session sid, or

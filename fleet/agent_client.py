@@ -14,7 +14,7 @@ from fleet.ssh import Connection, Process
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 2
+PROTOCOL = 3
 HELLO_TIMEOUT = 30.0
 
 EventHandler = Callable[[dict[str, Any]], None]

@@ -10,6 +10,7 @@ attempt with ``InternalError``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from collections.abc import Callable
@@ -50,7 +51,13 @@ class Collector:
         self._inflight = inflight
         self._finish = finish
 
-    async def collect(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
+    async def collect(
+        self,
+        link: NodeLink,
+        att: Attempt,
+        record: dict[str, Any],
+        files: dict[str, str | None] | None = None,
+    ) -> None:
         """Collect a finished attempt (see :meth:`_collect_once`), then queue its completion.
 
         When the controller's own disk is full, collection is retried with backoff until
@@ -59,7 +66,7 @@ class Collector:
         delay = 1.0
         while True:
             try:
-                record = await self._collect_once(link, att, record)
+                record = await self._collect_once(link, att, record, files)
                 break
             except (ControllerStorageError, OSError) as exc:
                 if isinstance(exc, OSError):
@@ -84,24 +91,35 @@ class Collector:
         self._finish(att, record)
 
     async def _collect_once(
-        self, link: NodeLink, att: Attempt, record: dict[str, Any]
+        self,
+        link: NodeLink,
+        att: Attempt,
+        record: dict[str, Any],
+        files: dict[str, str | None] | None,
     ) -> dict[str, Any]:
         """Copy the task's stdout, stderr and exit record into the controller's store and its
         outputFiles into the file store; return the exit record to complete it with.
 
         The exit record read back from the node is the truth; the event's copy is only
         used when the file cannot be read (any process of the login user could send an
-        event). A file the task never got to write is skipped."""
+        event). Files the agent read from the task dir and sent inline with the exit event
+        (``files``: small ones as base64; None for one too large) are written as they
+        came; the rest are fetched over SFTP. A file the task never wrote is skipped."""
         conn = link.conn
         root = link.agent.hello.get("root") if link.agent else None
         dest = self.settings.task_files / att.job_id / att.task_id
         if conn is None or root is None:
             raise RemoteError("node disconnected before output was collected")
         dest.mkdir(parents=True, exist_ok=True)
+        inline = files if files and files.get("exit.json") else {}
+        fetch = [name for name in COLLECTED_FILES if not inline or inline.get(name, "") is None]
+        for name, data in inline.items():
+            if name in COLLECTED_FILES and data is not None:
+                (dest / name).write_bytes(base64.b64decode(data))
         await asyncio.gather(
             *(
                 _download_if_present(conn, f"{root}/{att.task_dir}/{name}", str(dest / name))
-                for name in COLLECTED_FILES
+                for name in fetch
             )
         )
         record = _record_on_disk(dest, att) or record

@@ -345,13 +345,20 @@ class Controller:
         att = self.inflight.get(link.node_id, {}).get(str(msg.get("key")))
         if att is None or att.attempt != msg.get("attempt"):
             return  # a stale attempt's late exit
-        self.exited(link, att, msg.get("exit") or {})
+        self.exited(link, att, msg.get("exit") or {}, msg.get("files"))
 
-    def exited(self, link: NodeLink, att: Attempt, record: dict[str, Any]) -> None:
+    def exited(
+        self,
+        link: NodeLink,
+        att: Attempt,
+        record: dict[str, Any],
+        files: dict[str, str | None] | None = None,
+    ) -> None:
+        """Collect an attempt that exited (``files``: what came inline with its event)."""
         if att.collecting:
             return
         att.collecting = True
-        self.spawn_background(self.collector.collect(link, att, record))
+        self.spawn_background(self.collector.collect(link, att, record, files))
         self._wake.set()  # its slots are free: schedule now
 
     def _collected(self, att: Attempt, record: dict[str, Any]) -> None:

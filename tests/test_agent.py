@@ -7,6 +7,7 @@ Python 3.8 to check the oldest supported node Python); the default is this one.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -218,7 +219,7 @@ def test_package_helpers_return_the_client_file():
 def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
     agent = agents(node_root="root", cwd=tmp_path)  # a relative root resolves against cwd
     hello = agent.hello
-    assert hello["type"] == "hello" and hello["protocol"] == 2 and "error" not in hello
+    assert hello["type"] == "hello" and hello["protocol"] == 3 and "error" not in hello
     assert hello["pid"] == agent.proc.pid
     assert hello["bootId"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert hello["root"] == os.path.realpath(root)
@@ -251,7 +252,7 @@ def test_spawn_records_output_exit_code_and_event(agents, root):
     record = event["exit"]
     assert event["key"] == "job/t1" and event["attempt"] == 1
     assert record == json.loads((task / "exit.json").read_text())
-    assert record["protocol"] == 2 and record["key"] == "job/t1" and record["attempt"] == 1
+    assert record["protocol"] == 3 and record["key"] == "job/t1" and record["attempt"] == 1
     assert record["exitCode"] == 3 and record["signal"] is None
     assert record["timedOut"] is False and record["error"] is None
     assert record["pid"] == started["result"]["pid"]
@@ -261,6 +262,13 @@ def test_spawn_records_output_exit_code_and_event(agents, root):
     assert (task / "stdout.txt").read_text() == "out\n"
     assert (task / "stderr.txt").read_text() == "err\n"
     assert (task / "wd").is_dir() and not (task / "exit.json.tmp").exists()
+    # small outputs and the exit record ride the event, as read from the task dir
+    inline = {name: base64.b64decode(data) for name, data in event["files"].items()}
+    assert inline == {
+        "stdout.txt": b"out\n",
+        "stderr.txt": b"err\n",
+        "exit.json": (task / "exit.json").read_bytes(),
+    }
 
     attempt = json.loads((task / "attempt.json").read_text())
     assert attempt["key"] == "job/t1" and attempt["attempt"] == 1
@@ -278,6 +286,21 @@ def test_spawn_records_output_exit_code_and_event(agents, root):
     assert (task / "stdout.txt").read_bytes() == b"" and (task / "stderr.txt").read_bytes() == b""
     states = agent.call("status", {"tasks": [query, {**query, "attempt": 2}]})["tasks"]
     assert [s["state"] for s in states] == ["missing", "exited"]
+
+
+def test_large_or_linked_outputs_do_not_ride_the_exit_event(agents, root, tmp_path):
+    agent = agents()
+    secret = tmp_path / "secret"
+    secret.write_text("not the task's")
+    agent.call("spawn", spawn_args("big", ["sh", "-c", "head -c 70000 /dev/zero"]))
+    files = agent.wait_exited("workitems/job/big")["files"]
+    assert files["stdout.txt"] is None  # too large: the controller fetches it
+    assert set(files) == {"stdout.txt", "stderr.txt", "exit.json"}
+    # a task that swaps its stderr.txt for a link to another file gets nothing inline
+    swap = f"ln -sf {secret} ../stderr.txt"  # the command runs in the task dir's wd/
+    agent.call("spawn", spawn_args("swap", ["sh", "-c", swap]))
+    files = agent.wait_exited("workitems/job/swap")["files"]
+    assert "stderr.txt" not in files and files["exit.json"]
 
 
 def test_argv_runs_without_a_shell(agents, root):
@@ -472,7 +495,7 @@ def test_second_agent_waits_for_the_lock(agents):
     first = agents()
     began = time.monotonic()
     busy = agents(env={"FLEET_AGENT_LOCK_TIMEOUT": "0.5"})
-    assert busy.hello["protocol"] == 2 and busy.hello["error"]["code"] == "AgentBusy"
+    assert busy.hello["protocol"] == 3 and busy.hello["error"]["code"] == "AgentBusy"
     assert busy.proc.wait(5) == 3
     assert time.monotonic() - began >= 0.45
     assert first.call("ping")

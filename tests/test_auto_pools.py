@@ -114,6 +114,16 @@ def test_bad_auto_pool_specifications_are_refused_naming_the_field(fleet, lab_in
         assert json.loads(bad.stdout or bad.stderr)["error"]["field"] == field
     assert fleet.json("job", "list") == []
     assert _pool_ids(fleet) == set()
+    schedule = {
+        "id": "s",
+        "schedule": {"recurrenceInterval": "PT1H"},
+        "jobSpecification": {"poolInfo": _auto(["no-such-host"], "jobschedule")},
+    }
+    bad = _create(fleet, tmp_path, "job-schedule", schedule, check=False)
+    assert bad.code == 3
+    error = json.loads(bad.stdout or bad.stderr)["error"]
+    assert error["field"] == "jobSpecification.poolInfo.autoPoolSpecification.pool.hosts"
+    assert fleet.json("job-schedule", "list") == []
 
 
 def test_a_schedules_pool_is_shared_by_its_jobs_or_made_per_job(

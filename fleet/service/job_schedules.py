@@ -11,7 +11,7 @@ from fleet import schedules
 from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service.pools import get_pool
 from fleet.store import Store
-from fleet.tables import JobSchedule
+from fleet.tables import Host, JobSchedule
 
 ACTIVE, DISABLED, COMPLETED = "active", "disabled", "completed"
 TERMINATING, DELETING = "terminating", "deleting"
@@ -119,11 +119,21 @@ def delete_schedule(store: Store, schedule_id: str) -> JobSchedule:
 
 
 def _check_pool(s: Session, spec: dict[str, Any]) -> None:
-    """Raise NotFound when the schedule's jobs name a pool that does not exist (an auto
-    pool is made with the first job that needs it)."""
-    pool_id = spec["jobSpecification"]["poolInfo"].get("poolId")
-    if pool_id is not None:
-        get_pool(s, pool_id)
+    """Raise NotFound when the schedule's jobs name a pool, or an auto pool names a host,
+    that does not exist (an auto pool itself is made with the first job that needs it,
+    when its hosts must also be free)."""
+    pool_info = spec["jobSpecification"]["poolInfo"]
+    if "poolId" in pool_info:
+        get_pool(s, pool_info["poolId"])
+        return
+    for host_id in pool_info["autoPoolSpecification"]["pool"]["hosts"]:
+        if s.get(Host, host_id) is None:
+            raise NotFound(
+                f"no host with id {host_id!r} in the inventory",
+                code="HostNotFound",
+                target=f"job schedule {spec['id']}",
+                field="jobSpecification.poolInfo.autoPoolSpecification.pool.hosts",
+            )
 
 
 def _in_state(s: Session, schedule_id: str, allowed: set[str], verb: str) -> JobSchedule:
