@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet import views
-from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file, progress_enabled, stderr
+from fleet import reads, views
+from fleet.cli.common import (
+    CURRENT,
+    OutputOpt,
+    emit,
+    lazy_module,
+    load_json_file,
+    progress_enabled,
+    stderr,
+)
 from fleet.domain import JobState
 from fleet.errors import EXIT_FAILED, BadInput, TimedOut
-from fleet.service import job_schedules as schedule_service
-from fleet.service import jobs as service
+
+if TYPE_CHECKING:
+    from fleet.service import job_schedules as schedule_service
+    from fleet.service import jobs as service
+else:
+    service = lazy_module("fleet.service.jobs")
+    schedule_service = lazy_module("fleet.service.job_schedules")
 
 app = typer.Typer(help="Manage jobs.", no_args_is_help=True)
 
@@ -151,23 +164,20 @@ def list_(
     output: OutputOpt = None,
 ) -> None:
     """List jobs."""
-    if job_schedule is not None:
-        schedule_service.show_schedule(CURRENT.store, job_schedule)  # NotFound when unknown
-    jobs = service.list_jobs(CURRENT.store, job_schedule)
+    jobs = reads.list_jobs(CURRENT.reader, job_schedule)  # NotFound: unknown schedule
     emit([views.job(j) for j in jobs], output, COLUMNS)
 
 
 @app.command("show")
 def show(job_id: str, output: OutputOpt = None) -> None:
     """Show one job with its task counts."""
-    store = CURRENT.store
-    emit(views.job(service.show_job(store, job_id), service.task_counts(store, job_id)), output)
+    emit(views.job(*reads.show_job_with_counts(CURRENT.reader, job_id)), output)
 
 
 @app.command("task-counts")
 def task_counts(job_id: str, output: OutputOpt = None) -> None:
     """Count the job's tasks: active, running, completed, succeeded, failed."""
-    emit(service.task_counts(CURRENT.store, job_id), output)
+    emit(reads.task_counts(CURRENT.reader, job_id), output)
 
 
 @app.command("wait")
