@@ -128,7 +128,7 @@ class Reader:
             raise _error(exc) from exc
         try:
             conn.execute("BEGIN")  # deferred: a read snapshot, never the write lock
-            return read(Transaction(conn.cursor(), "?"))
+            return read(Transaction(conn.cursor(), "?", "[%s]"))
         except sqlite3.Error as exc:
             raise _error(exc) from exc
         finally:
@@ -146,7 +146,7 @@ class Reader:
         try:
             conn.read_only = True
             with conn.transaction():
-                return read(Transaction(conn.cursor(), "%s"))
+                return read(Transaction(conn.cursor(), "%s", '"%s"'))
         except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
             raise _Missing(str(exc)) from exc
         except psycopg.Error as exc:
@@ -158,9 +158,12 @@ class Reader:
 class Transaction:
     """Queries inside one read-only transaction."""
 
-    def __init__(self, cursor: Any, mark: str) -> None:
+    def __init__(self, cursor: Any, mark: str, quote: str) -> None:
         self.cursor = cursor
         self.mark = mark
+        #: how a column name is quoted ("user" is reserved in PostgreSQL); never SQLite's
+        #: "name", which turns into a string when there is no such column
+        self.quote = quote
 
     def rows(
         self, table: str, where: str = "", params: Sequence[Any] = (), tail: str = ""
@@ -168,7 +171,7 @@ class Transaction:
         """Return the rows of ``table`` matching ``where`` (``?`` for parameters), with
         ``tail`` (ORDER BY, LIMIT) appended."""
         names = COLUMNS[table]
-        quoted = ", ".join(f'"{c}"' for c in names)
+        quoted = ", ".join(self.quote % c for c in names)
         sql = f"SELECT {quoted} FROM {table}"  # noqa: S608 (names are constants; values bound)
         if where:
             sql += f" WHERE {where}"
@@ -177,7 +180,7 @@ class Transaction:
 
     def one(self, table: str, key: str, value: Any) -> Row | None:
         """Return the row of ``table`` whose column ``key`` is ``value``, or None."""
-        found = self.rows(table, f'"{key}" = ?', (value,))
+        found = self.rows(table, f"{key} = ?", (value,))
         return found[0] if found else None
 
     def values(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -402,24 +405,26 @@ def show_schedule(db: Reader, schedule_id: str) -> Row:
 HostInfo = tuple[Row, Row | None, Row | None]
 
 
-def _host_infos(tx: Transaction, where: str = "", params: Sequence[Any] = ()) -> list[HostInfo]:
-    hosts = tx.rows("hosts", where, params, "ORDER BY id")
-    key_where = where.replace('"id"', '"host_id"')
-    keys = {k.host_id: k for k in tx.rows("host_keys", key_where, params)}
-    nodes = {n.id: n for n in tx.rows("nodes", where, params)}
+def _host_infos(tx: Transaction, host_id: str | None = None) -> list[HostInfo]:
+    """Return every host (or host ``host_id``) with its recorded key and its node."""
+    one = host_id is not None
+    params = (host_id,) if one else ()
+    hosts = tx.rows("hosts", "id = ?" if one else "", params, "ORDER BY id")
+    keys = {k.host_id: k for k in tx.rows("host_keys", "host_id = ?" if one else "", params)}
+    nodes = {n.id: n for n in tx.rows("nodes", "id = ?" if one else "", params)}
     return [(h, keys.get(h.id), nodes.get(h.id)) for h in hosts]
 
 
 def list_hosts(db: Reader) -> list[HostInfo]:
     """Return every host, ordered by id, with its recorded key and its node (or None)."""
-    return db.run(_host_infos)
+    return db.run(lambda tx: _host_infos(tx))
 
 
 def show_host(db: Reader, host_id: str) -> HostInfo:
     """Return the host with its recorded key and its node; Raises NotFound (HostNotFound)."""
 
     def read(tx: Transaction) -> HostInfo:
-        found = _host_infos(tx, '"id" = ?', (host_id,))
+        found = _host_infos(tx, host_id)
         if not found:
             raise NotFound(
                 f"no host with id {host_id!r}", code="HostNotFound", target=f"host {host_id}"
