@@ -3,6 +3,7 @@ PostgreSQL, for a store populated through the service layer."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,8 @@ from sqlalchemy import JSON, Boolean
 from sqlmodel import select
 
 from fleet import reads, tables, views
-from fleet.errors import FleetError
+from fleet.cli.common import OutputFormat, emit, emit_stream
+from fleet.errors import FleetError, NotFound
 from fleet.execute import select_targets
 from fleet.inventory import HostSpec
 from fleet.reads import Reader
@@ -300,3 +302,44 @@ def test_an_unknown_database_scheme_is_refused() -> None:
     with pytest.raises(FleetError) as info:
         Reader("mysql://u:secret@h/db")
     assert info.value.code == "DatabaseError" and "secret" not in str(info.value)
+
+
+ROWS = [
+    {"id": f"t{i}", "state": "active", "executionInfo": {"retryCount": i, "exitCode": None}}
+    for i in range(5)
+]
+ROWS[3]["id"] = "a-much-longer-task-id"
+COLUMNS = [("ID", "id"), ("STATE", "state"), ("RETRIES", "executionInfo.retryCount")]
+
+
+@pytest.mark.parametrize("count", [0, 1, 5])
+@pytest.mark.parametrize("output", [OutputFormat.JSON, OutputFormat.TABLE])
+def test_a_streamed_list_prints_as_the_whole_list_did(
+    capsys: pytest.CaptureFixture[str], count: int, output: OutputFormat
+) -> None:
+    emit(ROWS[:count], output, COLUMNS)
+    whole = capsys.readouterr().out
+    emit_stream(iter(ROWS[:count]), output, COLUMNS)
+    assert capsys.readouterr().out == whole
+    if output == OutputFormat.JSON:
+        assert json.loads(whole) == ROWS[:count]
+
+
+def test_a_table_streamed_in_pages_has_one_header_and_every_row(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    emit_stream(iter(ROWS), OutputFormat.TABLE, COLUMNS, page=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["ID", *(r["id"] for r in ROWS)]
+    # later pages are as wide as the first, wider only where their text is wider
+    assert lines[5].index("active") == lines[1].index("active")
+    assert lines[3].index("active") > lines[1].index("active")
+
+
+def test_nothing_is_printed_when_the_list_fails_before_its_first_row(
+    capsys: pytest.CaptureFixture[str], sqlite_store: Store
+) -> None:
+    for output in OutputFormat:
+        with pytest.raises(NotFound):
+            emit_stream(reads.iter_tasks(Reader(sqlite_store.url), "nope"), output, COLUMNS)
+        assert capsys.readouterr().out == ""
