@@ -79,6 +79,7 @@ READS = [
     ("host", "list"),
     ("host", "show", "h1"),
     ("job", "show", "nope"),
+    ("job", "wait", "j", "--timeout", "0"),
 ]
 
 

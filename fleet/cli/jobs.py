@@ -21,11 +21,9 @@ from fleet.domain import JobState
 from fleet.errors import EXIT_FAILED, BadInput, TimedOut
 
 if TYPE_CHECKING:
-    from fleet.service import job_schedules as schedule_service
     from fleet.service import jobs as service
 else:
     service = lazy_module("fleet.service.jobs")
-    schedule_service = lazy_module("fleet.service.job_schedules")
 
 app = typer.Typer(help="Manage jobs.", no_args_is_help=True)
 
@@ -192,15 +190,14 @@ def wait(
 
     Exit 0 when every task succeeded, 1 when any failed or the job ended with tasks
     left undone, 5 on timeout."""
-    store = CURRENT.store
+    db = CURRENT.reader  # polls without the ORM and without taking the write lock
     deadline = None if timeout is None else time.monotonic() + timeout
     status = stderr.status("", spinner="dots") if progress_enabled(output) else None
     if status is not None:
         status.start()
     try:
         while True:
-            job = service.show_job(store, job_id)
-            counts = service.task_counts(store, job_id)
+            job, counts = reads.show_job_with_counts(db, job_id)
             total = counts["active"] + counts["running"] + counts["completed"]
             if status is not None:
                 status.update(
