@@ -16,11 +16,13 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 from fleet.errors import FleetError, NotFound
+from fleet.settings import private_dir, private_file
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -97,6 +99,17 @@ class Reader:
         #: Brings a missing or older database up to date (default: open a Store on it).
         self.upgrade = upgrade or self._open_store
         self._upgraded = False
+
+    def keep_private(self) -> None:
+        """Take group and other permissions off an SQLite database, its directory and its
+        -wal and -shm files, as opening a Store does (nothing is created here)."""
+        db = Path(self.target)
+        if self.backend != "sqlite" or self.target == ":memory:" or not db.exists():
+            return
+        private_dir(db.parent)
+        for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            if path.exists():
+                private_file(path)
 
     def run(self, read: Callable[[Transaction], T]) -> T:
         """Return ``read`` of one read-only transaction. A database that lacks a table or

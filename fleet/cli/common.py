@@ -65,7 +65,11 @@ class Context:
     def reader(self) -> Reader:
         """Read-only access without the ORM; a missing or older database is first
         created or upgraded by opening ``store``."""
-        return Reader(self.settings.db_url, upgrade=lambda: self.store)
+        settings = self.settings
+        private_dir(settings.home)
+        reader = Reader(settings.db_url, upgrade=lambda: self.store)
+        reader.keep_private()
+        return reader
 
 
 CURRENT = Context()
