@@ -28,7 +28,7 @@ COMMANDS = {
     "fleet pool list": ["pool", "list"],
     "fleet exec (1 node)": ["exec", "--hosts", "node01", "--", "true"],
 }
-TOP_LEVEL = re.compile(r"import time:\s+\d+ \|\s+(\d+) \| {1,2}(\S+)$")
+TOP_LEVEL = re.compile(r"import time:\s+\d+ \|\s+(\d+) \| (\S+)$")  # not nested
 
 
 def import_ms(py: Path, argv: list[str | Path], env: dict[str, str]) -> tuple[float, list[str]]:
@@ -40,11 +40,12 @@ def import_ms(py: Path, argv: list[str | Path], env: dict[str, str]) -> tuple[fl
         capture_output=True,
         text=True,
         check=False,
+        cwd="/",  # so that -m fleet imports the fleet of ``py``, not the one in the cwd
     )
     top = [
         (int(m.group(1)), m.group(2))
         for line in proc.stderr.splitlines()
-        if (m := TOP_LEVEL.match(line)) and not line.split("|")[2].startswith("   ")
+        if (m := TOP_LEVEL.match(line))
     ]
     top.sort(reverse=True)
     return sum(us for us, _ in top) / 1000, [f"{name} {us / 1000:.0f} ms" for us, name in top[:5]]
