@@ -25,6 +25,7 @@ from common import (
 )
 
 from fleet import execute
+from fleet.reads import Reader
 from fleet.settings import Settings
 from fleet.ssh import Connection
 from fleet.store import Store
@@ -48,7 +49,7 @@ G2_NOTE = (
 async def fleet_warm(home: Path, runs: int) -> list[float]:
     """Open fleet's own SSH connections once, then time `true` on all of them ``runs`` times."""
     store = Store(Settings.resolve(home).db_url)
-    targets = execute.select_targets(store, pattern="node*")
+    targets = execute.select_targets(Reader(store.url), pattern="node*")
     conns = await asyncio.gather(*(Connection.open(t) for t in targets))
     try:
         samples = []

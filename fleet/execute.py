@@ -14,15 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlmodel import col, select
-
-from fleet import hostsets, targets
+from fleet import hostsets, reads, targets
 from fleet.errors import FleetError, NotFound, TimedOut
-from fleet.service.hosts import record_host_key
-from fleet.service.pools import get_pool
 from fleet.ssh import Connection, Target
-from fleet.store import Store
-from fleet.tables import Host, Node
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +55,40 @@ class Group:
 
 
 def select_targets(
-    store: Store, *, pool: str | None = None, pattern: str | None = None
+    db: reads.Reader, *, pool: str | None = None, pattern: str | None = None
 ) -> list[Target]:
-    """Return the SSH targets of a pool's nodes or of the hosts matching ``pattern``.
+    """Return the SSH targets of a pool's nodes or of the hosts matching ``pattern``
+    (read without the ORM).
 
     Raises NotFound for an unknown pool or a pattern item that matches no host."""
-    with store.session() as s:
-        if pool is not None:
-            get_pool(s, pool)
-            ids = list(s.exec(select(Node.id).where(Node.pool_id == pool).order_by(col(Node.id))))
-            if not ids:
-                raise NotFound("the pool has no nodes", code="NodeNotFound", target=f"pool {pool}")
-        else:
-            ids = hostsets.select(
-                pattern or "", list(s.exec(select(Host.id).order_by(col(Host.id))))
-            )
-        return targets.for_hosts(s, ids)
+    if pool is not None:
+        ids = reads.node_ids(db, pool)
+        if not ids:
+            raise NotFound("the pool has no nodes", code="NodeNotFound", target=f"pool {pool}")
+    else:
+        ids = hostsets.select(pattern or "", reads.host_ids(db))
+    found = reads.hosts_with_keys(db, ids)
+    targets.check_found(ids, {host.id for host, _ in found})
+    return [targets.target(host, key) for host, key in found]
 
 
 async def run_everywhere(
-    store: Store, targets: Sequence[Target], argv: Sequence[str], timeout: float | None = None
+    db_url: str, targets: Sequence[Target], argv: Sequence[str], timeout: float | None = None
 ) -> list[HostResult]:
-    """Run ``argv`` on every target at once; return one result per target, in order."""
+    """Run ``argv`` on every target at once; return one result per target, in order.
+    A host key seen for the first time is recorded in the database of ``db_url``."""
+    stores: list[Any] = []
+
+    def record(host_id: str, line: str, fingerprint: str) -> None:
+        from fleet.service.hosts import record_host_key  # the ORM, only for a new key
+        from fleet.store import Store
+
+        if not stores:
+            stores.append(Store(db_url))
+        record_host_key(stores[0], host_id, line, fingerprint)
 
     def remember(host_id: str) -> Any:
-        return lambda line, fp: record_host_key(store, host_id, line, fp)
+        return lambda line, fp: record(host_id, line, fp)
 
     async def one(target: Target) -> HostResult:
         try:
@@ -100,7 +103,11 @@ async def run_everywhere(
             message = f"internal error: {type(exc).__name__}: {exc}"
             return HostResult(target.host_id, error={"code": "InternalError", "message": message})
 
-    return list(await asyncio.gather(*(one(t) for t in targets)))
+    try:
+        return list(await asyncio.gather(*(one(t) for t in targets)))
+    finally:
+        for store in stores:
+            store.close()
 
 
 async def _run_one(target: Target, argv: Sequence[str], on_new_key: Any) -> HostResult:

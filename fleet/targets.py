@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from sqlmodel import Session, col, select
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 from fleet.errors import NotFound
-from fleet.inventory import login_user
 from fleet.ssh import Target
-from fleet.store import Store
-from fleet.tables import Host, HostKey
+
+if TYPE_CHECKING:  # the ORM loads only where a session is used (not in fleet exec)
+    from sqlmodel import Session
+
+    from fleet.reads import Row
+    from fleet.store import Store
+    from fleet.tables import Host, HostKey
 
 
-def target(host: Host, key: HostKey | None) -> Target:
+def target(host: Host | Row, key: HostKey | Row | None) -> Target:
     """Return how to reach ``host``, expecting ``key`` if one was recorded."""
     return Target(
         host_id=host.id,
@@ -28,17 +31,34 @@ def target(host: Host, key: HostKey | None) -> Target:
 
 def for_hosts(session: Session, host_ids: Sequence[str]) -> list[Target]:
     """Return the targets of ``host_ids`` in that order. Raises NotFound for an unknown id."""
+    from sqlmodel import col, select
+
+    from fleet.tables import Host, HostKey
+
     hosts = {h.id: h for h in session.exec(select(Host).where(col(Host.id).in_(host_ids)))}
     keys = {
         k.host_id: k
         for k in session.exec(select(HostKey).where(col(HostKey.host_id).in_(host_ids)))
     }
-    missing = [i for i in host_ids if i not in hosts]
+    check_found(host_ids, hosts)
+    return [target(hosts[i], keys.get(i)) for i in host_ids]
+
+
+def check_found(host_ids: Sequence[str], found: Collection[str]) -> None:
+    """Raise NotFound (HostNotFound) for the first of ``host_ids`` not in ``found``."""
+    missing = [i for i in host_ids if i not in found]
     if missing:
         raise NotFound(
             f"no host with id {missing[0]!r}", code="HostNotFound", target=f"host {missing[0]}"
         )
-    return [target(hosts[i], keys.get(i)) for i in host_ids]
+
+
+def login_user() -> str:
+    """Return the user to log in as when an inventory names none (fleet.inventory's rule,
+    imported here only when needed: it loads YAML)."""
+    from fleet.inventory import login_user as user
+
+    return user()
 
 
 def for_host(store: Store, host_id: str) -> Target:

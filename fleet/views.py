@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleet import specs
 from fleet.domain import NodeState
-from fleet.tables import Host, HostKey, Job, JobSchedule, Node, Pool, Subtask, Task
+
+if TYPE_CHECKING:  # rows come from the ORM or, for reads, from fleet/reads.py
+    from fleet.reads import Row
+    from fleet.tables import Host, HostKey, Job, JobSchedule, Node, Pool, Subtask, Task
 
 
 def iso(ts: float | None) -> str | None:
@@ -21,7 +25,9 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def host(row: Host, key: HostKey | None = None, node: Node | None = None) -> dict[str, Any]:
+def host(
+    row: Host | Row, key: HostKey | Row | None = None, node: Node | Row | None = None
+) -> dict[str, Any]:
     return _drop_none(
         {
             "id": row.id,
@@ -40,7 +46,7 @@ def host(row: Host, key: HostKey | None = None, node: Node | None = None) -> dic
     )
 
 
-def node(row: Node, address: str | None = None) -> dict[str, Any]:
+def node(row: Node | Row, address: str | None = None) -> dict[str, Any]:
     return _drop_none(
         {
             "id": row.id,
@@ -56,7 +62,7 @@ def node(row: Node, address: str | None = None) -> dict[str, Any]:
     )
 
 
-def pool(row: Pool, nodes: list[Node]) -> dict[str, Any]:
+def pool(row: Pool | Row, nodes: Sequence[Node | Row]) -> dict[str, Any]:
     """The pool as Azure's CloudPool: its spec (valid ``pool create`` input) and state."""
     counts: dict[str, int] = {}
     for n in nodes:
@@ -79,7 +85,7 @@ def pool(row: Pool, nodes: list[Node]) -> dict[str, Any]:
     return out | spec
 
 
-def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
+def job(row: Job | Row, counts: dict[str, int] | None = None) -> dict[str, Any]:
     """The job as Azure's CloudJob: its spec (valid ``job create`` input) and state."""
     spec = specs.request_fields("job", row.spec)
     out = _drop_none(
@@ -104,7 +110,7 @@ def job(row: Job, counts: dict[str, int] | None = None) -> dict[str, Any]:
     return out | spec
 
 
-def task(row: Task) -> dict[str, Any]:
+def task(row: Task | Row) -> dict[str, Any]:
     """The task as Azure's CloudTask: its spec (valid ``task create`` input) and state."""
     execution = _drop_none(
         {
@@ -150,7 +156,7 @@ def task(row: Task) -> dict[str, Any]:
     return out | spec | {"requiredSlots": row.required_slots}
 
 
-def subtask(row: Subtask) -> dict[str, Any]:
+def subtask(row: Subtask | Row) -> dict[str, Any]:
     """Azure's SubtaskInformation: one instance of a multi-instance task."""
     return _drop_none(
         {
@@ -168,7 +174,7 @@ def subtask(row: Subtask) -> dict[str, Any]:
     )
 
 
-def job_schedule(row: JobSchedule) -> dict[str, Any]:
+def job_schedule(row: JobSchedule | Row) -> dict[str, Any]:
     """The schedule as Azure's CloudJobSchedule (valid ``job-schedule create`` input) with
     fleet's ``executionInfo.skippedRuns``."""
     spec = row.spec

@@ -171,10 +171,10 @@ def _leaf_commands():
     from fleet.cli import app
 
     def walk(cmd, path):
-        subs = getattr(cmd, "commands", None)
-        if subs:
-            for name, sub in subs.items():
-                yield from walk(sub, [*path, name])
+        names = cmd.list_commands(None) if hasattr(cmd, "list_commands") else []
+        if names:  # get_command, not .commands: the top group loads its commands lazily
+            for name in names:
+                yield from walk(cmd.get_command(None, name), [*path, name])
         else:
             yield " ".join(path), cmd
 

@@ -9,9 +9,9 @@ import pytest
 from fleet import lab as lab_mod
 from fleet.execute import fold, run_everywhere, select_targets
 from fleet.inventory import login_user
+from fleet.reads import Reader
 from fleet.settings import Settings
 from fleet.ssh import Target
-from fleet.store import Store
 
 pytestmark = pytest.mark.lab
 
@@ -111,11 +111,11 @@ def test_a_host_without_a_user_gets_a_result_like_every_other(fleet, lab_invento
 
 def test_one_hosts_unexpected_error_never_hides_the_others_results(fleet, lab_inventory, lab):
     fleet("host", "import", str(lab_inventory))
-    store = Store(Settings.resolve(fleet.home).db_url)
-    good = select_targets(store, pattern="node01")
+    url = Settings.resolve(fleet.home).db_url
+    good = select_targets(Reader(url), pattern="node01")
     # a target asyncssh itself chokes on (TypeError): no user at all
     bad = Target(host_id="broken", address="127.0.0.1", port=lab.nodes[1].port, user=None)
-    results = asyncio.run(run_everywhere(store, [*good, bad], ["true"], timeout=30))
+    results = asyncio.run(run_everywhere(url, [*good, bad], ["true"], timeout=30))
     assert [r.host for r in results] == ["node01", "broken"]
     assert results[0].ok
     assert results[1].error is not None and results[1].error["code"] == "InternalError"

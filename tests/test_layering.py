@@ -35,6 +35,9 @@ OWNERS = {
         "task_files.py",
         "schedule_runner.py",
     },
+    # DB-API drivers used directly (the store reaches them through SQLAlchemy)
+    "sqlite3": {"reads.py"},
+    "psycopg": {"reads.py"},
 }
 #: module -> fleet modules it must never import
 FORBIDDEN = {

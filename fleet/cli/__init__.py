@@ -1,55 +1,107 @@
-"""The ``fleet`` command line: global options, command groups and error reporting."""
+"""The ``fleet`` command line: global options, command groups and error reporting.
+
+Each command's module is imported only when that command runs (``LazyGroup``), so
+``fleet --help`` and the read commands start without the ORM."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from fleet import __version__
-from fleet.cli import (
-    applications,
-    certificates,
-    common,
-    controller_cmd,
-    exec_cmd,
-    files,
-    hosts,
-    job_schedules,
-    jobs,
-    lab,
-    node_users,
-    pools,
-    secrets,
-    tasks,
-)
+from fleet.cli import common
 from fleet.cli.common import OutputFormat
 from fleet.errors import FleetError
 
+#: name -> (module in fleet.cli, its Typer or register function, help in ``fleet --help``);
+#: in the order ``fleet --help`` lists them. tests/test_cli_imports.py checks the help.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "exec": (
+        "exec_cmd",
+        "register",
+        "Run COMMAND on every selected host at once; identical outputs are grouped.",
+    ),
+    "lab": ("lab", "app", "Run a local lab of real sshd nodes on 127.0.0.1."),
+    "host": ("hosts", "app", "Manage the inventory of hosts."),
+    "pool": ("pools", "app", "Manage pools of nodes."),
+    "node": ("pools", "node_app", "Inspect the nodes of a pool."),
+    "job": ("jobs", "app", "Manage jobs."),
+    "task": ("tasks", "app", "Manage the tasks of a job."),
+    "controller": ("controller_cmd", "app", "Run the controller."),
+    "file": (
+        "files",
+        "app",
+        "The controller's file store (like a storage container): "
+        "resource files come from it, output files go to it.",
+    ),
+    "certificate": ("certificates", "app", "Certificates that pools install on their nodes."),
+    "secrets": ("secrets", "app", "The key that encrypts secrets at rest."),
+    "application": (
+        "applications",
+        "app",
+        "Applications: versioned zip or tar.gz packages unpacked on nodes.",
+    ),
+    "job-schedule": ("job_schedules", "app", "Manage job schedules (recurring jobs)."),
+    "schedule": ("job_schedules", "app", "Alias of job-schedule."),
+}
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: lists every command from ``COMMANDS`` and imports a command's
+    module only when it is resolved to run (or its own help is asked for)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._listing = False
+        self._loaded: set[str] = set()
+        for name, (_, attr, help_) in COMMANDS.items():
+            # stand-ins that carry the name and help the command list shows
+            stub = TyperCommand if attr == "register" else TyperGroup
+            self.commands[name] = stub(name=name, help=help_)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in COMMANDS and cmd_name not in self._loaded and not self._listing:
+            self.commands[cmd_name] = load_command(cmd_name)
+            self._loaded.add(cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def load_command(name: str) -> Any:
+    """Import the module of command ``name`` and return its click command."""
+    module_name, attr, help_ = COMMANDS[name]
+    module = importlib.import_module(f"fleet.cli.{module_name}")
+    holder = typer.Typer()
+    if attr == "register":
+        module.register(holder)
+    else:
+        sub: typer.Typer = getattr(module, attr)
+        if name == "schedule":
+            holder.add_typer(sub, name=name, help=help_)
+        else:
+            holder.add_typer(sub, name=name)
+    return typer.main.get_group(holder).commands[name]
+
+
 app = typer.Typer(
+    cls=LazyGroup,
     name="fleet",
     help="Run batch work on hosts you own, over SSH, on the Azure Batch model.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(lab.app, name="lab")
-app.add_typer(hosts.app, name="host")
-app.add_typer(pools.app, name="pool")
-app.add_typer(pools.node_app, name="node")
-node_users.register(pools.node_app)
-app.add_typer(jobs.app, name="job")
-app.add_typer(tasks.app, name="task")
-app.add_typer(controller_cmd.app, name="controller")
-app.add_typer(files.app, name="file")
-app.add_typer(certificates.app, name="certificate")
-app.add_typer(secrets.app, name="secrets")
-app.add_typer(applications.app, name="application")
-app.add_typer(job_schedules.app, name="job-schedule")
-app.add_typer(job_schedules.app, name="schedule", help="Alias of job-schedule.")
-exec_cmd.register(app)
 
 
 def _print_version(value: bool) -> None:

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from fleet.errors import BadInput
+from fleet.reads import Reader
 from fleet.settings import Settings, private_dir
-from fleet.store import Store
+
+if TYPE_CHECKING:
+    from fleet.store import Store
 
 
 class OutputFormat(StrEnum):
@@ -50,12 +55,38 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from fleet.store import Store  # the ORM loads only for commands that write
+
             private_dir(self.settings.home)
             self._store = Store(self.settings.db_url)
         return self._store
 
+    @property
+    def reader(self) -> Reader:
+        """Read-only access without the ORM; a missing or older database is first
+        created or upgraded by opening ``store``."""
+        settings = self.settings
+        private_dir(settings.home)
+        reader = Reader(settings.db_url, upgrade=lambda: self.store)
+        reader.keep_private()
+        return reader
+
 
 CURRENT = Context()
+
+
+def lazy_module(name: str) -> ModuleType:
+    """Return module ``name``, imported on first attribute access (importlib's LazyLoader),
+    so that a command group's read commands do not pay for what its writes import."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.loader is not None, name
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def fmt(output: OutputFormat | None) -> OutputFormat:
@@ -79,12 +110,67 @@ def emit(
         for row in rows:
             _print_mapping(row)
         return
-    table = Table(title=title, show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for heading, _ in columns:
-        table.add_column(heading, overflow="fold", no_wrap=not stdout.is_terminal)
+    _print_table(rows, columns, title)
+
+
+def emit_stream(
+    rows: Iterable[dict[str, Any]],
+    output: OutputFormat | None,
+    columns: Sequence[tuple[str, str]],
+    page: int = 1000,
+) -> None:
+    """Print ``rows`` as ``emit`` prints a list of them, but as they come: JSON array items
+    one by one, table rows ``page`` at a time (later pages' columns at least as wide as
+    the first's). Nothing is printed before the first row arrives."""
+    if fmt(output) == OutputFormat.JSON:
+        opening = "[\n"
+        for row in rows:
+            text = json.dumps(row, indent=2, sort_keys=False)
+            sys.stdout.write(opening + "\n".join("  " + line for line in text.split("\n")))
+            opening = ",\n"
+        sys.stdout.write("[]\n" if opening == "[\n" else "\n]\n")
+        return
+    batch: list[dict[str, Any]] = []
+    widths: list[int] | None = None
     for row in rows:
-        table.add_row(*(_cell(_get(row, path)) for _, path in columns))
+        batch.append(row)
+        if len(batch) == page:
+            widths = _print_table(batch, columns, widths=widths)
+            batch = []
+    if batch or widths is None:
+        _print_table(batch, columns, widths=widths)
+
+
+def _print_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    title: str | None = None,
+    widths: list[int] | None = None,
+) -> list[int]:
+    """Print a table of ``rows``; with ``widths`` (a later page), no header and columns at
+    least that wide. Returns the width of each column's widest text."""
+    cells = [[_cell(_get(row, path)) for _, path in columns] for row in rows]
+    table = Table(
+        title=title,
+        show_edge=False,
+        pad_edge=False,
+        box=None,
+        header_style="bold",
+        show_header=widths is None,
+    )
+    for i, (heading, _) in enumerate(columns):
+        table.add_column(
+            heading,
+            overflow="fold",
+            no_wrap=not stdout.is_terminal,
+            min_width=widths[i] if widths else None,
+        )
+    for row_cells in cells:
+        table.add_row(*row_cells)
     stdout.print(table)
+    return widths or [
+        max([len(heading), *(len(c[i]) for c in cells)]) for i, (heading, _) in enumerate(columns)
+    ]
 
 
 def _print_mapping(row: dict[str, Any], indent: int = 0) -> None:

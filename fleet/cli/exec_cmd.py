@@ -34,9 +34,9 @@ def exec_(
     """Exit 0 when the command exited 0 everywhere, 1 when any host failed or was unreachable."""
     if (pool is None) == (hosts is None):
         raise BadInput("give exactly one of --pool or --hosts", code="MissingRequiredProperty")
-    store = CURRENT.store
-    targets = execute.select_targets(store, pool=pool, pattern=hosts)
-    results = asyncio.run(execute.run_everywhere(store, targets, command, timeout))
+    targets = execute.select_targets(CURRENT.reader, pool=pool, pattern=hosts)
+    db_url = CURRENT.settings.db_url
+    results = asyncio.run(execute.run_everywhere(db_url, targets, command, timeout))
     data = [r.to_dict() for r in results]
     if fmt(output) == OutputFormat.JSON:
         emit(data, output)

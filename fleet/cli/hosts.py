@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from fleet import inventory, views
-from fleet.cli.common import CURRENT, OutputOpt, emit, read_text
+from fleet import reads, views
+from fleet.cli.common import CURRENT, OutputOpt, emit, lazy_module, read_text
 from fleet.errors import BadInput
-from fleet.service import hosts as service
+
+if TYPE_CHECKING:
+    from fleet import inventory
+    from fleet.service import hosts as service
+else:
+    inventory = lazy_module("fleet.inventory")
+    service = lazy_module("fleet.service.hosts")
 
 app = typer.Typer(help="Manage the inventory of hosts.", no_args_is_help=True)
 
@@ -55,15 +61,14 @@ def import_(
 @app.command("list")
 def list_(output: OutputOpt = None) -> None:
     """List the hosts in the inventory."""
-    store = CURRENT.store
-    rows = [views.host(*service.show_host(store, h.id)) for h in service.list_hosts(store)]
+    rows = [views.host(*info) for info in reads.list_hosts(CURRENT.reader)]
     emit(rows, output, COLUMNS)
 
 
 @app.command("show")
 def show(host_id: str, output: OutputOpt = None) -> None:
     """Show one host."""
-    emit(views.host(*service.show_host(CURRENT.store, host_id)), output)
+    emit(views.host(*reads.show_host(CURRENT.reader, host_id)), output)
 
 
 @app.command("remove")

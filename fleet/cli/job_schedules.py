@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet import views
-from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file
+from fleet import reads, views
+from fleet.cli.common import CURRENT, OutputOpt, emit, lazy_module, load_json_file
 from fleet.errors import EXIT_NOT_FOUND, BadInput, NotFound
-from fleet.service import job_schedules as service
+
+if TYPE_CHECKING:
+    from fleet.service import job_schedules as service
+else:
+    service = lazy_module("fleet.service.job_schedules")
 
 app = typer.Typer(help="Manage job schedules (recurring jobs).", no_args_is_help=True)
 
@@ -81,21 +85,21 @@ def create(
 @app.command("list")
 def list_(output: OutputOpt = None) -> None:
     """List job schedules."""
-    rows = service.list_schedules(CURRENT.store)
+    rows = reads.list_schedules(CURRENT.reader)
     emit([views.job_schedule(r) for r in rows], output, COLUMNS)
 
 
 @app.command("show")
 def show(schedule_id: str, output: OutputOpt = None) -> None:
     """Show a job schedule (its JSON is valid ``create --json-file`` input)."""
-    emit(views.job_schedule(service.show_schedule(CURRENT.store, schedule_id)), output)
+    emit(views.job_schedule(reads.show_schedule(CURRENT.reader, schedule_id)), output)
 
 
 @app.command("exists")
 def exists(schedule_id: str, output: OutputOpt = None) -> None:
     """Exit 0 if the job schedule exists, 3 if not."""
     try:
-        service.show_schedule(CURRENT.store, schedule_id)
+        reads.show_schedule(CURRENT.reader, schedule_id)
         found = True
     except NotFound:
         found = False

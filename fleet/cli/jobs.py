@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet import views
-from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file, progress_enabled, stderr
+from fleet import reads, views
+from fleet.cli.common import (
+    CURRENT,
+    OutputOpt,
+    emit,
+    lazy_module,
+    load_json_file,
+    progress_enabled,
+    stderr,
+)
 from fleet.domain import JobState
 from fleet.errors import EXIT_FAILED, BadInput, TimedOut
-from fleet.service import job_schedules as schedule_service
-from fleet.service import jobs as service
+
+if TYPE_CHECKING:
+    from fleet.service import jobs as service
+else:
+    service = lazy_module("fleet.service.jobs")
 
 app = typer.Typer(help="Manage jobs.", no_args_is_help=True)
 
@@ -151,23 +162,20 @@ def list_(
     output: OutputOpt = None,
 ) -> None:
     """List jobs."""
-    if job_schedule is not None:
-        schedule_service.show_schedule(CURRENT.store, job_schedule)  # NotFound when unknown
-    jobs = service.list_jobs(CURRENT.store, job_schedule)
+    jobs = reads.list_jobs(CURRENT.reader, job_schedule)  # NotFound: unknown schedule
     emit([views.job(j) for j in jobs], output, COLUMNS)
 
 
 @app.command("show")
 def show(job_id: str, output: OutputOpt = None) -> None:
     """Show one job with its task counts."""
-    store = CURRENT.store
-    emit(views.job(service.show_job(store, job_id), service.task_counts(store, job_id)), output)
+    emit(views.job(*reads.show_job_with_counts(CURRENT.reader, job_id)), output)
 
 
 @app.command("task-counts")
 def task_counts(job_id: str, output: OutputOpt = None) -> None:
     """Count the job's tasks: active, running, completed, succeeded, failed."""
-    emit(service.task_counts(CURRENT.store, job_id), output)
+    emit(reads.task_counts(CURRENT.reader, job_id), output)
 
 
 @app.command("wait")
@@ -182,15 +190,14 @@ def wait(
 
     Exit 0 when every task succeeded, 1 when any failed or the job ended with tasks
     left undone, 5 on timeout."""
-    store = CURRENT.store
+    db = CURRENT.reader  # polls without the ORM and without taking the write lock
     deadline = None if timeout is None else time.monotonic() + timeout
     status = stderr.status("", spinner="dots") if progress_enabled(output) else None
     if status is not None:
         status.start()
     try:
         while True:
-            job = service.show_job(store, job_id)
-            counts = service.task_counts(store, job_id)
+            job, counts = reads.show_job_with_counts(db, job_id)
             total = counts["active"] + counts["running"] + counts["completed"]
             if status is not None:
                 status.update(

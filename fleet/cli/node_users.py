@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file, read_text
+from fleet.cli.common import CURRENT, OutputOpt, emit, lazy_module, load_json_file, read_text
 from fleet.errors import BadInput
-from fleet.service import node_users as service
+
+if TYPE_CHECKING:
+    from fleet.service import node_users as service
+else:
+    service = lazy_module("fleet.service.node_users")
 
 user_app = typer.Typer(help="Manage users on a node, for remote login.", no_args_is_help=True)
 

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet import views
-from fleet.cli.common import CURRENT, OutputOpt, emit, load_json_file, progress_enabled, stderr
+from fleet import reads, views
+from fleet.cli import node_users
+from fleet.cli.common import (
+    CURRENT,
+    OutputOpt,
+    emit,
+    lazy_module,
+    load_json_file,
+    progress_enabled,
+    stderr,
+)
 from fleet.domain import NodeState
 from fleet.errors import EXIT_FAILED, BadInput, TimedOut
-from fleet.service import pools as service
+
+if TYPE_CHECKING:
+    from fleet.service import pools as service
+else:
+    service = lazy_module("fleet.service.pools")
 
 app = typer.Typer(help="Manage pools of nodes.", no_args_is_help=True)
 node_app = typer.Typer(help="Inspect the nodes of a pool.", no_args_is_help=True)
@@ -110,7 +123,7 @@ def _wait_for_nodes(pool_id: str, timeout: float | None, output: Any) -> None:
 def list_(output: OutputOpt = None) -> None:
     """List pools."""
     emit(
-        [views.pool(p, nodes) for p, nodes in service.list_pools(CURRENT.store)],
+        [views.pool(p, nodes) for p, nodes in reads.list_pools(CURRENT.reader)],
         output,
         POOL_COLUMNS,
     )
@@ -119,7 +132,7 @@ def list_(output: OutputOpt = None) -> None:
 @app.command("show")
 def show(pool_id: str, output: OutputOpt = None) -> None:
     """Show one pool."""
-    emit(views.pool(*service.show_pool(CURRENT.store, pool_id)), output)
+    emit(views.pool(*reads.show_pool(CURRENT.reader, pool_id)), output)
 
 
 @app.command("delete")
@@ -135,11 +148,7 @@ def node_list(
     output: OutputOpt = None,
 ) -> None:
     """List the nodes of a pool."""
-    store = CURRENT.store
-    rows = []
-    for node in service.list_nodes(store, pool):
-        _, host = service.show_node(store, pool, node.id)
-        rows.append(views.node(node, host.address))
+    rows = [views.node(n, address) for n, address in reads.list_nodes(CURRENT.reader, pool)]
     emit(rows, output, NODE_COLUMNS)
 
 
@@ -150,5 +159,8 @@ def node_show(
     output: OutputOpt = None,
 ) -> None:
     """Show one node, with its errors and start task information."""
-    row, host = service.show_node(CURRENT.store, pool, node)
+    row, host = reads.show_node(CURRENT.reader, pool, node)
     emit(views.node(row, host.address), output)
+
+
+node_users.register(node_app)  # after list and show: the order --help lists them in

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from fleet import specs, task_files, views
+from fleet import reads, specs, views
 from fleet.cli.common import (
     CURRENT,
     OutputFormat,
     OutputOpt,
     emit,
+    emit_stream,
     fmt,
+    lazy_module,
     load_json_file,
     write_whole,
 )
 from fleet.errors import BadInput
-from fleet.service import tasks as service
+
+if TYPE_CHECKING:
+    from fleet import task_files
+    from fleet.service import tasks as service
+else:
+    service = lazy_module("fleet.service.tasks")
+    task_files = lazy_module("fleet.task_files")
 
 app = typer.Typer(help="Manage the tasks of a job.", no_args_is_help=True)
 file_app = typer.Typer(help="Files of a task.", no_args_is_help=True)
@@ -82,7 +90,7 @@ def list_(
     job: Annotated[str, typer.Option("--job", help="Job id.")], output: OutputOpt = None
 ) -> None:
     """List a job's tasks."""
-    emit([views.task(t) for t in service.list_tasks(CURRENT.store, job)], output, COLUMNS)
+    emit_stream((views.task(t) for t in reads.iter_tasks(CURRENT.reader, job)), output, COLUMNS)
 
 
 @app.command("show")
@@ -92,7 +100,7 @@ def show(
     output: OutputOpt = None,
 ) -> None:
     """Show one task with its execution information."""
-    emit(views.task(service.show_task(CURRENT.store, job, task_id)), output)
+    emit(views.task(reads.show_task(CURRENT.reader, job, task_id)), output)
 
 
 TaskOpt = Annotated[str, typer.Option("--id", help="Task id.")]
