@@ -94,7 +94,7 @@ def _as_tasks(rows: list[dict[str, Any]]) -> list[Task]:
     loads (no per-attribute events or validation, which cost ~0.3 ms a task): outside
     any session, with every column but ``pk``."""
     manager = class_mapper(Task).class_manager
-    defaults = {
+    defaults = {  # shared by the tasks: each is immutable (spec, the one dict, is in rows)
         name: field.get_default(call_default_factory=True)
         for name, field in Task.model_fields.items()
         if name not in rows[0]
@@ -136,7 +136,7 @@ def _check_ids_free(s: Session, job_id: str, items: list[dict[str, Any]]) -> Non
 def _name_position(exc: BadInput, job_id: str, items: list[dict[str, Any]]) -> None:
     """Say where in the collection the task that ``exc`` names is (``details["index"]``)."""
     prefix = f"task {job_id}/"
-    if len(items) > 1 and exc.target and exc.target.startswith(prefix):
+    if exc.target and exc.target.startswith(prefix):
         tid = exc.target.removeprefix(prefix)
         index = next((i for i, t in enumerate(items) if t["id"] == tid), None)
         if index is not None:
