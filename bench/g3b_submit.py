@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--json-lines", action="store_true", help="one task per line")
     ap.add_argument("--db-url", help="e.g. postgresql://postgres@127.0.0.1:5432/bench")
     ap.add_argument("--profile", action="store_true", help="also run once under cProfile")
+    ap.add_argument("--fleet", default=str(FLEET), help="the fleet executable to time")
     args = ap.parse_args()
     with temp_dir("fleet-bench-g3b-") as tmp:
         home = tmp / "home"
@@ -80,10 +81,11 @@ def main() -> None:
                 [*prefix, *task_argv, "-o", args.output], env, stdin=subprocess.DEVNULL
             )
 
-        submit("warmup", [FLEET])  # fills the bytecode cache
-        samples = [submit(f"j{i}", [FLEET]) for i in range(args.runs)]
+        submit("warmup", [args.fleet])  # fills the bytecode cache
+        samples = [submit(f"j{i}", [args.fleet]) for i in range(args.runs)]
         result = {
             "tasks": args.tasks,
+            "fleet": args.fleet,
             "output": args.output,
             "deps": args.deps,
             "json_lines": args.json_lines,

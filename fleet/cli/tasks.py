@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -84,12 +85,18 @@ def create(
             "commandLine": command_line,
             "environmentSettings": specs.env_pairs(env or [], f"task {job}/{task_id}"),
         }
-    rows = service.add_tasks(CURRENT.store, job, data, limit=None)
-    if fmt(output) == OutputFormat.TABLE and len(rows) > CREATE_TABLE_ROWS:
-        emit({"jobId": job, "tasksAdded": len(rows)}, output)
-        return
-    out = [views.task(r) for r in rows]
-    emit(out[0] if len(out) == 1 and not json_file else out, output, COLUMNS)
+    # Thousands of tasks make hundreds of thousands of small objects and no cyclic
+    # garbage: the collector's passes over them cost about a fifth of the time.
+    gc.disable()
+    try:
+        rows = service.add_tasks(CURRENT.store, job, data, limit=None)
+        if fmt(output) == OutputFormat.TABLE and len(rows) > CREATE_TABLE_ROWS:
+            emit({"jobId": job, "tasksAdded": len(rows)}, output)
+            return
+        out = [views.task(r) for r in rows]
+        emit(out[0] if len(out) == 1 and not json_file else out, output, COLUMNS)
+    finally:
+        gc.enable()
 
 
 def _load_tasks(path: str) -> Any:
