@@ -150,14 +150,15 @@ def test_tasks_may_depend_on_tasks_later_in_the_same_file(store):
 
 
 def test_a_held_task_waits_for_a_smaller_id_added_into_its_range(store):
+    waits = {"taskIdRanges": [{"start": 1, "end": 9}]}
     tasks.add_tasks(
         store,
         "j",
         [
             {"id": "5", "commandLine": "true"},
-            {"id": "m", "commandLine": "true", "dependsOn": {"taskIdRanges": [{"start": 1, "end": 9}]}},
+            {"id": "m", "commandLine": "true", "dependsOn": waits},
         ],
-    )  # fmt: skip
+    )
     assert tasks.show_task(store, "j", "m").deps_parent == "5"
     tasks.add_tasks(store, "j", {"id": "2", "commandLine": "true"})
     assert tasks.show_task(store, "j", "m").deps_parent == "2"
