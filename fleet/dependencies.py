@@ -179,13 +179,13 @@ def validate_additions(
 
     ``existing`` is assumed valid already, so only cycles through a new task are
     looked for; ranges of every task are expanded over existing and new ids together.
+    New tasks are checked in the order of ``new``, so the error names the first bad one.
     Returns None. Raises :class:`BadInput` with code ``TaskDependenciesNotSpecifiedOnJob``,
     ``TaskDependencyUnknownParent``, ``TaskDependsOnItself`` or ``TaskDependencyCycle``
     (its ``details["cycle"]`` lists the path, first id repeated at the end).
     """
     index = TaskIdIndex([*existing, *new])
-    for tid in sorted(new):
-        dep = new[tid]
+    for tid, dep in new.items():
         if not dep:
             continue
         target = f"task {job_id}/{tid}"
@@ -221,7 +221,7 @@ def validate_additions(
                     f"task {tid} depends on itself: it is inside range {r['start']}-{r['end']}",
                     "TaskDependsOnItself",
                 )
-    cycle = _find_cycle(sorted(new), {**existing, **new}, index)
+    cycle = _find_cycle(list(new), {**existing, **new}, index)
     if cycle:
         first_new = next(t for t in cycle if t in new)
         shown = (

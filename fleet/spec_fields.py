@@ -176,6 +176,8 @@ def parse_command_line(value: Any, target: str, field: str = "commandLine") -> s
         )
     if "\0" in value:
         raise fail(target, field, f"{field} cannot contain NUL")
+    if "'" not in value and '"' not in value and "\\" not in value:
+        return value  # no quotes or escapes: it splits on whitespace, and is not blank
     try:
         argv = shlex.split(value)
     except ValueError as exc:

@@ -454,9 +454,16 @@ def parse_task(data: Any, job_id: str) -> dict[str, Any]:
     }
 
 
-def parse_task_collection(data: Any, job_id: str) -> list[dict[str, Any]]:
+def parse_task_collection(
+    data: Any, job_id: str, limit: int | None = MAX_TASKS_PER_ADD
+) -> list[dict[str, Any]]:
     """Return normalized task specs from one task object, a list of them, or
-    ``{"value": [...]}`` (Azure's addcollection body); at most 100 at a time."""
+    ``{"value": [...]}`` (Azure's addcollection body); at most ``limit`` (None: any number).
+
+    Raises BadInput for the first bad task in order: the error's ``details["index"]``
+    is its position, and a task without a valid id is named by that position.
+    ``DuplicateTaskId`` names the second task that uses an id; ``TooManyTasks``.
+    """
     items: Any = data
     if isinstance(data, dict):
         items = data["value"] if set(data) == {"value"} else [data]
@@ -466,24 +473,47 @@ def parse_task_collection(data: Any, job_id: str) -> list[dict[str, Any]]:
             code="InvalidPropertyValue",
             target=f"job {job_id}",
         )
-    if len(items) > MAX_TASKS_PER_ADD:
+    if limit is not None and len(items) > limit:
         raise BadInput(
-            f"at most {MAX_TASKS_PER_ADD} tasks can be added at once, got {len(items)}",
+            f"at most {limit} tasks can be added at once, got {len(items)}",
             code="TooManyTasks",
             target=f"job {job_id}",
         )
-    tasks = [parse_task(item, job_id) for item in items]
+    tasks = []
     seen: set[str] = set()
-    for task in tasks:
+    for i, item in enumerate(items):
+        try:
+            task = parse_task(item, job_id)
+        except BadInput as exc:
+            raise at_index(exc, i, len(items), job_id) from None
         if task["id"] in seen:
-            raise BadInput(
-                f"task id {task['id']!r} appears twice in the collection",
-                code="DuplicateTaskId",
-                target=f"task {job_id}/{task['id']}",
-                field="id",
+            raise at_index(
+                BadInput(
+                    f"task id {task['id']!r} appears twice in the collection",
+                    code="DuplicateTaskId",
+                    target=f"task {job_id}/{task['id']}",
+                    field="id",
+                ),
+                i,
+                len(items),
+                job_id,
             )
         seen.add(task["id"])
+        tasks.append(task)
     return tasks
+
+
+def at_index(exc: BadInput, index: int, count: int, job_id: str) -> BadInput:
+    """Return ``exc`` about the task at ``index`` of a collection of ``count``: its
+    ``details["index"]`` set, its message saying where, and a target naming the position
+    when the task had no valid id to name it by."""
+    exc.details = {**exc.details, "index": index}
+    if count > 1:
+        exc.message = f"{exc.message} (the task at index {index} of {count})"
+        exc.args = (exc.message,)
+    if exc.target == "task":  # validate_id could not name it
+        exc.target = f"task {job_id}/[{index}]"
+    return exc
 
 
 def request_fields(kind: str, spec: dict[str, Any]) -> dict[str, Any]:

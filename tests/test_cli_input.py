@@ -116,16 +116,6 @@ def test_duplicate_task_ids_are_rejected(with_pool, tmp_path):
     assert [t["id"] for t in with_pool.json("task", "list", "--job", "j")] == ["a"]
 
 
-def test_more_than_100_tasks_at_once_are_refused(with_pool, tmp_path):
-    with_pool("job", "create", "--id", "j", "--pool", "p")
-    spec = tmp_path / "tasks.json"
-    spec.write_text(json.dumps([{"id": f"t{i}", "commandLine": "true"} for i in range(101)]))
-    result = with_pool(
-        "task", "create", "--job", "j", "--json-file", str(spec), "-o", "json", check=False
-    )
-    assert result.code == 2 and _error(result)["code"] == "TooManyTasks"
-
-
 def test_host_in_a_pool_cannot_be_removed(with_pool):
     result = with_pool("host", "remove", "web1", "-o", "json", check=False)
     assert result.code == 4 and _error(result)["code"] == "HostInUse"

@@ -30,7 +30,7 @@ app = typer.Typer(help="Manage jobs.", no_args_is_help=True)
 COLUMNS = [
     ("ID", "id"),
     ("STATE", "state"),
-    ("POOL", "poolInfo.poolId"),
+    ("POOL", "executionInfo.poolId"),
     ("PRIORITY", "priority"),
     ("CREATED", "creationTime"),
 ]
