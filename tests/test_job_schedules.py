@@ -130,6 +130,7 @@ def test_controller_killed_across_occurrences_runs_each_once_or_records_it_skipp
     assert {s["reason"] for s in info["skippedRuns"]} <= {
         "controller down",
         "the schedule was disabled",
+        "the previous job was still active after startWindow",  # a slow run, under load
     }
     assert "controller down" in {s["reason"] for s in info["skippedRuns"]}
     jobs = _jobs(fleet, "k")
