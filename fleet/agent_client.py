@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -51,6 +52,7 @@ class AgentClient:
         self._on_event = on_event
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
+        self._out: list[bytes] = []  # request lines written together at the next flush
         self._reader: asyncio.Task[None] | None = None
         self.hello: dict[str, Any] = {}
         self.closed = asyncio.Event()
@@ -133,7 +135,7 @@ class AgentClient:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         payload = {"type": "request", "id": rid, "op": op, "args": args}
-        self._process.write(json.dumps(payload, separators=(",", ":")).encode() + b"\n")
+        self._send(json.dumps(payload, separators=(",", ":")).encode() + b"\n")
         try:
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
@@ -151,6 +153,18 @@ class AgentClient:
                 target=f"node {self.node_id}",
             )
         return dict(reply.get("result") or {})
+
+    def _send(self, line: bytes) -> None:
+        """Queue a request line; every line queued during one turn of the event loop goes
+        out in one write (one SSH packet for a whole batch of spawns, not one each)."""
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(line)
+
+    def _flush(self) -> None:
+        data, self._out = b"".join(self._out), []
+        with contextlib.suppress(BrokenPipeError):  # closed: the reader fails the futures
+            self._process.write(data)
 
     def close(self) -> None:
         """Close the channel; the agent exits and its tasks keep running."""

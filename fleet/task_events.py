@@ -127,11 +127,14 @@ class TaskEvents:
         sweep = now - self._deps_swept_at > DEPENDENCY_SWEEP_SECONDS
         if not (self._dirty_jobs or sweep):
             return
-        job_ids, self._dirty_jobs = self._dirty_jobs, set()
+        dirty, self._dirty_jobs = self._dirty_jobs, set()
+        if sweep:
+            self._deps_swept_at = now
+        with self.c.store.read() as s:  # only jobs with held tasks are worth reading whole
+            job_ids = set(dependency_state.jobs_with_held_tasks(s, None if sweep else dirty))
+        if not job_ids:
+            return
         with self.c.store.session() as s:
-            if sweep:
-                self._deps_swept_at = now
-                job_ids |= set(dependency_state.jobs_with_held_tasks(s))
             released = sum(dependency_state.refresh(s, job_id) for job_id in sorted(job_ids))
         if released:
             self.c.wake()

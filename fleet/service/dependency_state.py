@@ -132,8 +132,10 @@ def verdicts_for_new_tasks(
     return {tid: _verdict(tid, dep, job.states, index) for tid, dep in new.items() if dep}
 
 
-def jobs_with_held_tasks(session: Session) -> list[str]:
-    """Return the ids of jobs that have tasks held back by their dependencies."""
-    return list(
-        session.exec(select(Task.job_id).where(col(Task.deps_state).is_not(None)).distinct()).all()
-    )
+def jobs_with_held_tasks(session: Session, among: set[str] | None = None) -> list[str]:
+    """Return the ids of jobs (``among`` these, when given) that have tasks held back by
+    their dependencies."""
+    query = select(Task.job_id).where(col(Task.deps_state).is_not(None))
+    if among is not None:
+        query = query.where(col(Task.job_id).in_(among))
+    return list(session.exec(query.distinct()).all())
