@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Container, Iterable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import col, select
 
 from fleet import rules
@@ -26,6 +26,23 @@ if TYPE_CHECKING:
     from fleet.attempts import Attempt
 
 DEPENDENCY_SWEEP_SECONDS = 2.0
+
+_TASKS = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
+#: An attempt's start, conditional on (task, attempt) still dispatching.
+_STARTED = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.pk == bindparam("b_pk"),
+        _TASKS.c.attempt == bindparam("b_attempt"),
+        _TASKS.c.attempt_state == AttemptState.DISPATCHING,
+    )
+    .values(
+        state=TaskState.RUNNING,
+        attempt_state=AttemptState.RUNNING,
+        start_time=bindparam("b_start"),
+        state_changed_at=bindparam("b_now"),
+    )
+)
 
 
 class TaskEvents:
@@ -60,20 +77,18 @@ class TaskEvents:
     def _write(self, ev: Outbox, now: float) -> None:
         touched_nodes: set[str] = set()
         with self.c.store.session() as s:
-            for att, started_at in ev.started:
-                s.exec(
-                    update(Task)
-                    .where(
-                        col(Task.pk) == att.pk,
-                        col(Task.attempt) == att.attempt,
-                        col(Task.attempt_state) == AttemptState.DISPATCHING,
-                    )
-                    .values(
-                        state=TaskState.RUNNING,
-                        attempt_state=AttemptState.RUNNING,
-                        start_time=started_at,
-                        state_changed_at=now,
-                    )
+            if ev.started:  # one statement, executed for every start at once
+                s.execute(
+                    _STARTED,
+                    [
+                        {
+                            "b_pk": att.pk,
+                            "b_attempt": att.attempt,
+                            "b_start": started_at,
+                            "b_now": now,
+                        }
+                        for att, started_at in ev.started
+                    ],
                 )
             rows = (
                 {
