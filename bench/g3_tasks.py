@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common import (
     FLEET,
+    PY,
     bench_env,
     cpu_seconds,
     ensure_parallel,
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=8)
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--skip-parallel", action="store_true")
+    ap.add_argument("--profile", type=Path, help="write the controller's cProfile stats here")
     args = ap.parse_args()
     stop_on_sigterm()
     before = other_activity()
@@ -135,8 +137,15 @@ def main() -> None:
         run([FLEET, "pool", "create", "--id", POOL, "--hosts", hosts, *slots], env)
         store = Store(Settings.resolve(home).db_url)
         with (home / "controller.log").open("wb") as log:
+            profile = [PY, "-m", "cProfile", "-o", str(args.profile), "-m", "fleet"]
             ctl = subprocess.Popen(
-                [FLEET, "controller", "run", "--log-level", "warning"],
+                [
+                    *(profile if args.profile else [FLEET]),
+                    "controller",
+                    "run",
+                    "--log-level",
+                    "warning",
+                ],
                 env=env,
                 stdout=log,
                 stderr=log,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Container, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, update
-from sqlmodel import col, select
+from sqlalchemy import bindparam, delete, select, update
 
 from fleet import rules
 from fleet.context import Context, Outbox
@@ -27,7 +27,31 @@ if TYPE_CHECKING:
 
 DEPENDENCY_SWEEP_SECONDS = 2.0
 
-_TASKS = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
+# SQLModel sets __table__ on table models; completions are written with Core statements.
+_TASKS = Task.__table__  # type: ignore[attr-defined]
+_JOBS = Job.__table__  # type: ignore[attr-defined]
+_NODES = Node.__table__  # type: ignore[attr-defined]
+#: What :func:`rules.on_exit` reads of a task.
+_FACT_COLUMNS = [
+    _TASKS.c[name]
+    for name in (
+        "pk",
+        "job_id",
+        "id",
+        "attempt",
+        "state",
+        "spec",
+        "retry_count",
+        "requeue_count",
+        "start_time",
+    )
+]
+#: A ready node's move between ``idle`` and ``running``, conditional on its state.
+_NODE_BUSY = (
+    update(_NODES)
+    .where(_NODES.c.id == bindparam("b_id"), _NODES.c.state == bindparam("b_old"))
+    .values(state=bindparam("b_state"), state_changed_at=bindparam("b_now"))
+)
 #: An attempt's start, conditional on (task, attempt) still dispatching.
 _STARTED = (
     update(_TASKS)
@@ -75,34 +99,18 @@ class TaskEvents:
         return True
 
     def _write(self, ev: Outbox, now: float) -> None:
-        touched_nodes: set[str] = set()
+        touched_nodes = {att.node_id for att, _ in [*ev.started, *ev.finished, *ev.back_to_queue]}
         with self.c.store.session() as s:
             if ev.started:  # one statement, executed for every start at once
                 s.execute(
                     _STARTED,
                     [
-                        {
-                            "b_pk": att.pk,
-                            "b_attempt": att.attempt,
-                            "b_start": started_at,
-                            "b_now": now,
-                        }
-                        for att, started_at in ev.started
+                        {"b_pk": att.pk, "b_attempt": att.attempt, "b_start": at, "b_now": now}
+                        for att, at in ev.started
                     ],
                 )
-            rows = (
-                {
-                    t.pk: t
-                    for t in s.exec(
-                        select(Task).where(col(Task.pk).in_([att.pk for att, _ in ev.finished]))
-                    )
-                }
-                if ev.finished
-                else {}
-            )
-            for att, record in ev.finished:
-                self._complete(s, rows.get(att.pk), att, record, now)
-                touched_nodes.add(att.node_id)
+            if ev.finished:
+                self._complete(s, ev.finished, now)
             for att, requeue in ev.back_to_queue:
                 values: dict[str, Any] = dict(
                     state=TaskState.ACTIVE,
@@ -113,7 +121,7 @@ class TaskEvents:
                     state_changed_at=now,
                 )
                 if requeue:
-                    values.update(requeue_count=col(Task.requeue_count) + 1, last_requeue_time=now)
+                    values.update(requeue_count=_TASKS.c.requeue_count + 1, last_requeue_time=now)
                     link = self.c.links.get(att.node_id)
                     if link is None or not link.ready:  # it may still run there: kill on return
                         s.merge(
@@ -124,15 +132,78 @@ class TaskEvents:
                                 task_dir=att.task_dir,
                             )
                         )
-                s.exec(
-                    update(Task)
-                    .where(col(Task.pk) == att.pk, col(Task.attempt) == att.attempt)
+                s.execute(
+                    update(_TASKS)
+                    .where(_TASKS.c.pk == att.pk, _TASKS.c.attempt == att.attempt)
                     .values(**values)
                 )
-                touched_nodes.add(att.node_id)
             done = {(a.node_id, a.key) for a, _ in [*ev.finished, *ev.back_to_queue]}
-            self.update_node_busy(
-                s, touched_nodes | {a.node_id for a, _ in ev.started}, now, leaving=done
+            self.update_node_busy(s, touched_nodes, now, leaving=done)
+
+    def _complete(self, s: Any, finished: list[tuple[Attempt, dict[str, Any]]], now: float) -> None:
+        """Write the exits of ``finished`` attempts: each task's fields decided by
+        :func:`rules.on_exit`, as one executemany per shape of change."""
+        tasks = {
+            row.pk: row
+            for row in s.execute(
+                select(*_FACT_COLUMNS).where(_TASKS.c.pk.in_([att.pk for att, _ in finished]))
+            )
+        }
+        jobs = {
+            row.id: rules.JobFacts(row.state, row.spec, row.created_at, row.termination_reason)
+            for row in s.execute(
+                select(
+                    _JOBS.c.id,
+                    _JOBS.c.state,
+                    _JOBS.c.spec,
+                    _JOBS.c.created_at,
+                    _JOBS.c.termination_reason,
+                ).where(_JOBS.c.id.in_({row.job_id for row in tasks.values()}))
+            )
+        }
+        updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        deleted: list[dict[str, Any]] = []
+        for att, record in finished:
+            task = tasks.get(att.pk)
+            if task is None or task.attempt != att.attempt or task.state == TaskState.COMPLETED:
+                continue
+            job = jobs.get(task.job_id)
+            change = rules.on_exit(
+                rules.TaskFacts(task.spec, task.retry_count, task.requeue_count, task.start_time),
+                job,
+                record,
+                now,
+                meaning=att.on_exit,
+                end_reason=att.end_reason,
+            )
+            key = {"b_pk": att.pk, "b_attempt": att.attempt}
+            if change.delete_task:
+                deleted.append(key)
+                shutil.rmtree(
+                    self.c.settings.task_files / task.job_id / task.id, ignore_errors=True
+                )
+                continue
+            updates.setdefault(tuple(sorted(change.task)), []).append(key | change.task)
+            if change.job and job is not None:  # rare: a job manager's end, an exit's jobAction
+                s.execute(update(_JOBS).where(_JOBS.c.id == task.job_id).values(**change.job))
+                jobs[task.job_id] = replace(
+                    job,
+                    state=change.job.get("state", job.state),
+                    termination_reason=change.job.get("termination_reason", job.termination_reason),
+                )
+        for names, params in updates.items():
+            s.execute(
+                update(_TASKS)
+                .where(_TASKS.c.pk == bindparam("b_pk"), _TASKS.c.attempt == bindparam("b_attempt"))
+                .values({name: bindparam(name) for name in names}),
+                params,
+            )
+        if deleted:
+            s.execute(
+                delete(_TASKS).where(
+                    _TASKS.c.pk == bindparam("b_pk"), _TASKS.c.attempt == bindparam("b_attempt")
+                ),
+                deleted,
             )
 
     def release_dependents(self) -> None:
@@ -154,32 +225,6 @@ class TaskEvents:
         if released:
             self.c.wake()
 
-    def _complete(
-        self, s: Any, task: Task | None, att: Attempt, record: dict[str, Any], now: float
-    ) -> None:
-        if task is None or task.attempt != att.attempt or task.state == TaskState.COMPLETED:
-            return
-        job = s.get(Job, task.job_id)
-        change = rules.on_exit(
-            rules.TaskFacts(task.spec, task.retry_count, task.requeue_count, task.start_time),
-            None
-            if job is None
-            else rules.JobFacts(job.state, job.spec, job.created_at, job.termination_reason),
-            record,
-            now,
-            meaning=att.on_exit,
-            end_reason=att.end_reason,
-        )
-        if change.delete_task:
-            s.delete(task)
-            shutil.rmtree(self.c.settings.task_files / task.job_id / task.id, ignore_errors=True)
-            return
-        _set(task, change.task)
-        s.add(task)
-        if change.job and job is not None:
-            _set(job, change.job)
-            s.add(job)
-
     def update_node_busy(
         self,
         s: Any,
@@ -189,19 +234,16 @@ class TaskEvents:
     ) -> None:
         """Set each ready node ``running`` or ``idle`` by whether it has attempts in flight,
         not counting the (node, key) pairs in ``leaving``."""
-        for node_id in node_ids:
-            node = s.get(Node, node_id)
-            link = self.c.links.get(node_id)
-            if node is None or link is None or not link.ready:
-                continue
+        ready = [n for n in node_ids if (link := self.c.links.get(n)) is not None and link.ready]
+        if not ready:
+            return
+        changed = []
+        for node_id, state in s.execute(
+            select(_NODES.c.id, _NODES.c.state).where(_NODES.c.id.in_(ready))
+        ):
             busy = any((node_id, key) not in leaving for key in self.c.inflight.get(node_id, {}))
             want = NodeState.RUNNING if busy else NodeState.IDLE
-            if node.state in (NodeState.IDLE, NodeState.RUNNING) and node.state != want:
-                node.state = want
-                node.state_changed_at = now
-                s.add(node)
-
-
-def _set(row: Any, values: dict[str, Any]) -> None:
-    for name, value in values.items():
-        setattr(row, name, value)
+            if state in (NodeState.IDLE, NodeState.RUNNING) and state != want:
+                changed.append({"b_id": node_id, "b_old": state, "b_state": want})
+        if changed:
+            s.execute(_NODE_BUSY, [c | {"b_now": now} for c in changed])
