@@ -51,6 +51,27 @@ class Collector:
         self._inflight = inflight
         self._finish = finish
 
+    def collect_inline(self, att: Attempt, files: dict[str, str | None] | None) -> bool:
+        """Collect at once, without I/O to the node, an attempt whose stdout, stderr and
+        exit record all came inline with its exit event and that has no outputFiles; queue
+        its completion and return True. Return False when that does not apply or the
+        controller's disk refused (then :meth:`collect` does it, retrying)."""
+        if att.output_files or not files or any(files.get(n) is None for n in COLLECTED_FILES):
+            return False
+        dest = self.settings.task_files / att.job_id / att.task_id
+        contents = {name: base64.b64decode(files[name] or "") for name in COLLECTED_FILES}
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for name, data in contents.items():
+                (dest / name).write_bytes(data)
+        except OSError:
+            return False
+        record = _own_record(contents["exit.json"], att)
+        if record is None:  # not this attempt's: read it back from the node
+            return False
+        self._finish(att, record)
+        return True
+
     async def collect(
         self,
         link: NodeLink,
@@ -152,9 +173,21 @@ def internal_error(att: Attempt, exc: BaseException, record: dict[str, Any]) -> 
 
 def _record_on_disk(dest: Any, att: Attempt) -> dict[str, Any] | None:
     try:
-        on_disk = json.loads((dest / "exit.json").read_bytes())
-    except (OSError, ValueError):
+        return _own_record((dest / "exit.json").read_bytes(), att)
+    except OSError:
         return None
-    if on_disk.get("attempt") == att.attempt and on_disk.get("key") == att.key:
-        return dict(on_disk)
+
+
+def _own_record(data: bytes, att: Attempt) -> dict[str, Any] | None:
+    """Return the exit record in ``data`` if it is the record of ``att``, else None."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    if (
+        isinstance(record, dict)
+        and record.get("attempt") == att.attempt
+        and record.get("key") == att.key
+    ):
+        return record
     return None

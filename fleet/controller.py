@@ -17,6 +17,7 @@ import shlex
 import time
 from typing import Any
 
+from sqlalchemy import bindparam, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
@@ -25,6 +26,7 @@ from fleet import (
     environment,
     identity,
     outcomes,
+    queue,
     rules,
     scheduler,
     specs,
@@ -34,7 +36,7 @@ from fleet import (
 from fleet.attempts import Attempt, epoch
 from fleet.collection import Collector, internal_error
 from fleet.context import Context, Outbox
-from fleet.domain import AttemptState, JobState, NodeState, PoolState, TaskState
+from fleet.domain import AttemptState, NodeState, PoolState, TaskState
 from fleet.errors import (
     AgentError,
     FleetError,
@@ -61,7 +63,46 @@ TURN_RETRY_MAX = 5.0
 #: Longest wait between turns of an idle loop: CLI writes wake it at once (fleet/wakeups.py);
 #: time-based rules (node grace, wall clock limits) are seen within this time.
 IDLE_TICK_MAX = 1.0
+#: Longest time between two reads of the store's jobs, nodes and queue when nothing woke
+#: the loop: a safety net, since every write of the CLI and every node event wakes it.
+LOOK_INTERVAL = 1.0
 SPAWN_RETRY_DELAY = 2.0
+_TASKS = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
+#: What a dispatch reads of each task placed.
+_DISPATCH_COLUMNS = [
+    _TASKS.c[name]
+    for name in (
+        "pk",
+        "job_id",
+        "id",
+        "attempt",
+        "attempt_state",
+        "state",
+        "spec",
+        "command_line",
+        "required_slots",
+        "job_manager",
+        "token_hash",
+    )
+]
+#: An attempt written ahead as ``dispatching``, conditional on the task being unchanged.
+_DISPATCHED = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.pk == bindparam("b_pk"),
+        _TASKS.c.attempt == bindparam("b_attempt"),
+        _TASKS.c.attempt_state.is_(None),
+    )
+    .values(
+        attempt=bindparam("attempt"),
+        attempt_state=AttemptState.DISPATCHING,
+        node_id=bindparam("node_id"),
+        pool_id=bindparam("pool_id"),
+        task_root=bindparam("task_root"),
+        token_hash=bindparam("token_hash"),
+        state=bindparam("state"),
+    )
+)
 #: Spawn refusals that say the task itself can never run: it completes instead of retrying.
 REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
 
@@ -89,6 +130,7 @@ class Controller:
         self.inflight: dict[str, dict[str, Attempt]] = {}  # node -> key -> attempt
         self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
         self._wake = asyncio.Event()
+        self._looked_at = 0.0  # monotonic time the loop last read jobs, nodes and queue
         self._background: set[asyncio.Task[Any]] = set()
         self.ctx = Context(
             store, settings, self.links, self.inflight, Outbox(), self.spawn_background, self.wake
@@ -126,7 +168,7 @@ class Controller:
                 woken = self._wake.is_set()
                 self._wake.clear()  # a wake during the turn runs the next one at once
                 try:
-                    busy = await self._turn() or woken
+                    busy = await self._turn(woken) or woken
                     failures = 0
                     # Idle turns come less and less often; any work, or a wake, resets that.
                     idle = self.tick if busy else min(idle * 1.5, IDLE_TICK_MAX)
@@ -166,18 +208,24 @@ class Controller:
         asyncio.get_running_loop().add_reader(listener.fileno(), readable)
         return listener
 
-    async def _turn(self) -> bool:
-        """Run one turn of the loop; return whether it found anything to do."""
-        self._sync_links()
+    async def _turn(self, woken: bool) -> bool:
+        """Run one turn of the loop; return whether it found anything to do. The store's
+        jobs, nodes and queue are read only when something woke the loop (a CLI write, a
+        node event) or LOOK_INTERVAL has passed: an idle loop does not poll."""
+        now = time.monotonic()
+        look = woken or now - self._looked_at >= LOOK_INTERVAL
+        if look:
+            self._looked_at = now
+            self._sync_links()
+            self.lifecycle.tick()
         self._requeue_lost_nodes()
-        self.lifecycle.tick()
         self.retention.tick()
         self.node_users.tick()
         retired = self.auto_pools.tick()
         self.schedules.tick()
         applied = self.events.apply()
         self.events.release_dependents()
-        placed = await self._schedule()
+        placed = await self._schedule() if look or applied else False
         return retired or applied or placed
 
     async def _shutdown(self) -> None:
@@ -358,7 +406,8 @@ class Controller:
         if att.collecting:
             return
         att.collecting = True
-        self.spawn_background(self.collector.collect(link, att, record, files))
+        if not self.collector.collect_inline(att, files):
+            self.spawn_background(self.collector.collect(link, att, record, files))
         self._wake.set()  # its slots are free: schedule now
 
     def _collected(self, att: Attempt, record: dict[str, Any]) -> None:
@@ -413,7 +462,8 @@ class Controller:
         free = sum(n.capacity - n.used for n in snapshot)
         if free <= 0:
             return False
-        pending = self._pending_tasks({n.pool_id for n in snapshot}, limit=free * 2)
+        with self.store.read() as s:
+            pending = queue.pending(s, {n.pool_id for n in snapshot}, limit=free * 2)
         if not pending:
             return False
         fill_types = {p.id: p.node_fill_type for p in pools.values()}
@@ -437,54 +487,6 @@ class Controller:
                 running[att.job_id] = running.get(att.job_id, 0) + 1
         return {jid: cap - running.get(jid, 0) for jid, cap in caps.items() if cap and cap > 0}
 
-    def _pending_tasks(self, pool_ids: set[str], limit: int) -> list[scheduler.PendingTask]:
-        with self.store.read() as s:
-            rows = s.execute(
-                sa_select(
-                    col(Task.pk),
-                    col(Task.job_id),
-                    col(Task.id),
-                    col(Task.required_slots),
-                    col(Job.pool_id),
-                    col(Job.priority),
-                    col(Job.created_at),
-                    col(Task.job_manager),
-                    col(Task.instances),
-                )
-                .join(Job, col(Job.id) == col(Task.job_id))
-                .where(
-                    col(Task.state) == TaskState.ACTIVE,
-                    col(Task.attempt_state).is_(None),
-                    col(Task.end_request).is_(None),
-                    col(Task.deps_state).is_(None),
-                    col(Job.state) == JobState.ACTIVE,
-                    col(Job.pool_id).in_(pool_ids),
-                )
-                .order_by(col(Job.priority).desc(), col(Job.created_at), col(Task.pk))
-                .limit(limit)
-            ).all()
-            # A job manager starts before all other tasks of its job.
-            managed = (
-                set(
-                    s.exec(
-                        select(Task.job_id).where(
-                            col(Task.job_manager).is_(True),
-                            col(Task.state) == TaskState.ACTIVE,
-                            col(Task.job_id).in_({r[1] for r in rows}),
-                        )
-                    ).all()
-                )
-                if rows
-                else set()
-            )
-        return [
-            scheduler.PendingTask(
-                job_id, task_id, pool_id, priority, created, pk or 0, slots, instances
-            )
-            for pk, job_id, task_id, slots, pool_id, priority, created, manager, instances in rows
-            if manager or job_id not in managed
-        ]
-
     async def _dispatch(
         self,
         plan: list[scheduler.Assignment],
@@ -499,14 +501,21 @@ class Controller:
         placed: list[Attempt] = []
         try:
             with self.store.session() as s:
-                rows = s.exec(
-                    select(Task).where(col(Task.pk).in_([pks[a.job_id, a.task_id] for a in plan]))
-                ).all()
-                tasks = {t.pk: t for t in rows}
+                tasks = {
+                    row.pk: row
+                    for row in s.execute(
+                        sa_select(*_DISPATCH_COLUMNS).where(
+                            _TASKS.c.pk.in_([pks[a.job_id, a.task_id] for a in plan])
+                        )
+                    )
+                }
                 jobs = {
                     j.id: j
-                    for j in s.exec(select(Job).where(col(Job.id).in_({t.job_id for t in rows})))
+                    for j in s.exec(
+                        select(Job).where(col(Job.id).in_({t.job_id for t in tasks.values()}))
+                    )
                 }
+                writes = []
                 for a in plan:
                     task = tasks.get(pks[a.job_id, a.task_id])
                     link = self.links[a.node_id]
@@ -516,17 +525,22 @@ class Controller:
                     if task.state != TaskState.ACTIVE or task.attempt_state is not None:
                         continue  # deleted or changed since the snapshot
                     tdir = environment.task_dir(a.job_id, a.task_id)
-                    task.attempt += 1
-                    task.attempt_state = AttemptState.DISPATCHING
-                    task.node_id = a.node_id
-                    task.pool_id = node_pools[a.node_id]
-                    task.task_root = f"{root}/{tdir}"
-                    s.add(task)
+                    write = {
+                        "b_pk": task.pk,
+                        "b_attempt": task.attempt,
+                        "attempt": task.attempt + 1,
+                        "node_id": a.node_id,
+                        "pool_id": node_pools[a.node_id],
+                        "task_root": f"{root}/{tdir}",
+                        "token_hash": task.token_hash,
+                        "state": TaskState.ACTIVE,
+                    }
+                    writes.append(write)
                     att = Attempt(
-                        task.pk or 0,
+                        task.pk,
                         a.job_id,
                         a.task_id,
-                        task.attempt,
+                        write["attempt"],
                         a.node_id,
                         task.required_slots,
                         output_files=task.spec.get("outputFiles") or [],
@@ -535,10 +549,10 @@ class Controller:
                     placed.append(att)
                     env = environment.build(
                         root=root,
-                        pool_id=task.pool_id,
+                        pool_id=write["pool_id"],
                         node_id=a.node_id,
                         task_dir_rel=tdir,
-                        attempt=task.attempt,
+                        attempt=att.attempt,
                         job_id=a.job_id,
                         task_id=a.task_id,
                         user_env=[
@@ -547,24 +561,30 @@ class Controller:
                         ],
                     )
                     if task.job_manager:
-                        token, task.token_hash = task_calls.new_token()
+                        token, write["token_hash"] = task_calls.new_token()
                         env.update(task_calls.client_env(root, token))
                     limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
                     if task.spec.get("multiInstanceSettings"):
                         nodes = [a.node_id, *a.others]
                         roots = {n: self._root(n) for n in nodes}
-                        env = self.multi.prepare(s, task, att, nodes, roots, env)
+                        env = self.multi.prepare(
+                            s, task.spec, task.required_slots, att, nodes, roots, env
+                        )
                         for n in a.others:
                             placed.append(self.inflight[n][f"{att.key}@{nodes.index(n)}"])
                         gate = "multi"
                     else:
-                        gate = self.job_tasks.gate(s, jobs[task.job_id], task, link)
+                        gate = self.job_tasks.gate(s, jobs[task.job_id], link)
+                        if gate == "wait":
+                            write["state"] = TaskState.PREPARING
                     io = (
                         task.spec.get("resourceFiles") or [],
                         task.spec.get("userIdentity"),
                         task.spec.get("applicationPackageReferences") or [],
                     )
                     sends.append((gate, link, att, shlex.split(task.command_line), env, limit, io))
+                if writes:
+                    s.execute(_DISPATCHED, writes)
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
             for att in placed:  # nothing was written: forget the plan

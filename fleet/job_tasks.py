@@ -23,7 +23,7 @@ from sqlmodel import Session, select
 from fleet import applications, environment, outcomes, rules, specs, views
 from fleet.attempts import Attempt, epoch
 from fleet.errors import FleetError, failure_of
-from fleet.tables import Job, JobNode, Node, Task
+from fleet.tables import Job, JobNode, Node
 
 if TYPE_CHECKING:
     from fleet.context import Context
@@ -58,9 +58,10 @@ class JobTasks:
 
     # -- preparation ------------------------------------------------------------------
 
-    def gate(self, s: Session, job: Job, task: Task, link: NodeLink) -> str:
-        """Return ``go`` when ``task`` may start on ``link``'s node now, ``wait`` when it
-        must wait for the job's prep task there (which this starts if needed)."""
+    def gate(self, s: Session, job: Job, link: NodeLink) -> str:
+        """Return ``go`` when a task of ``job`` may start on ``link``'s node now, ``wait``
+        when it must wait (``preparing``) for the job's prep task there, which this starts
+        if needed."""
         prep = job.spec.get("jobPreparationTask")
         if not prep:
             return "go"
@@ -83,10 +84,7 @@ class JobTasks:
             s.add(row)
             attempt = row.prep_attempt
             self.c.spawn(self._spawn(link, job, PREP, attempt))
-        if not prep.get("waitForSuccess", True):
-            return "go"
-        task.state = "preparing"
-        return "wait"
+        return "wait" if prep.get("waitForSuccess", True) else "go"
 
     def hold(self, att: Attempt, start: Callable[[], None]) -> None:
         """Keep ``att`` until the prep task of its job on its node has finished."""

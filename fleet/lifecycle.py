@@ -54,7 +54,10 @@ class Lifecycle:
         now = time.time()
         with self.c.store.read() as s:
             jobs = list(s.exec(select(Job).where(col(Job.state) != JobState.COMPLETED)))
-            requests = list(s.exec(select(Task).where(col(Task.end_request).is_not(None))))
+            # IN, not IS NOT NULL: SQLite's planner scans the whole table for the latter.
+            requests = list(
+                s.exec(select(Task).where(col(Task.end_request).in_(("terminate", "delete"))))
+            )
         for job in jobs:
             self._job(job, now)
         for task in requests:

@@ -28,7 +28,7 @@ from sqlmodel import Session, select
 from fleet import environment, outcomes, task_io
 from fleet.attempts import Attempt, epoch
 from fleet.errors import AgentError, FleetError, failure_of
-from fleet.tables import Host, StaleAttempt, Subtask, Task
+from fleet.tables import Host, StaleAttempt, Subtask
 
 if TYPE_CHECKING:
     from fleet.context import Context
@@ -69,7 +69,8 @@ class MultiInstance:
     def prepare(
         self,
         s: Session,
-        task: Task,
+        spec: dict[str, Any],
+        required_slots: int,
         att: Attempt,
         nodes: list[str],
         roots: dict[str, str],
@@ -77,7 +78,7 @@ class MultiInstance:
     ) -> dict[str, str]:
         """Register the task's instances (inside the dispatch transaction) and return the
         variables the primary gets on top of ``env``."""
-        settings = task.spec["multiInstanceSettings"]
+        settings = spec["multiInstanceSettings"]
         addresses = [h.address if (h := s.get(Host, n)) else n for n in nodes]
         shared = {
             "HOST_LIST": ",".join(addresses),
@@ -108,7 +109,7 @@ class MultiInstance:
             )
             run.env[node] = per_node
             sub = Attempt(
-                att.pk, att.job_id, att.task_id, att.attempt, node, task.required_slots if i else 0
+                att.pk, att.job_id, att.task_id, att.attempt, node, required_slots if i else 0
             )
             run.subs[i] = sub
             if i:

@@ -116,6 +116,7 @@ class Task(SQLModel, table=True):
         Index("ix_tasks_node", "node_id"),
         Index("ix_tasks_end_request", "end_request"),
         Index("ix_tasks_deps_state", "job_id", "deps_state"),
+        Index("ix_tasks_queue", "job_id", "state", "pk"),  # fleet/queue.py reads it in order
     )
 
     pk: int | None = Field(default=None, primary_key=True)

@@ -103,7 +103,7 @@ def test_delete_kills_running_tasks_and_removes_the_job(pool):
 
 
 def test_job_wall_clock_limit_terminates_the_job(pool, tmp_path):
-    _job(pool, tmp_path, id="j", constraints={"maxWallClockTime": "PT3S"})
+    _job(pool, tmp_path, id="j", constraints={"maxWallClockTime": "PT8S"})  # room for a slow CLI
     pool("task", "create", "--job", "j", "--id", "t", "--command-line", "sleep 120")
     result = pool("job", "wait", "j", "--timeout", "60", "-o", "json", check=False)
     assert result.code == 1
