@@ -345,30 +345,32 @@ def supervise(spec: TaskSpec, result_fd: int) -> None:
         message = "cannot prepare %s: %s" % (spec.task_dir_arg, exc)
         report_start(result_fd, {"error": {"code": "TaskDirError", "message": message}})
         return
-    proc, error = start_command(spec, stdout_fd, stderr_fd)
-    if proc is None:
+    command, error = start_command(spec, stdout_fd, stderr_fd)
+    if command is None:
         write_json_atomic(exit_path, exit_record(spec, None, None, False, None, error))
         report_start(result_fd, {"error": error})
         return
-    started, start_time = time.monotonic(), utc_now()
+    start_time = utc_now()
     attempt = {
         "key": spec.key,
         "attempt": spec.attempt,
         "wrapperPid": os.getpid(),
         "wrapperStartTicks": process_start_ticks(os.getpid()),
-        "pid": proc.pid,
+        "pid": command.pid,
         "startTime": start_time,
     }
     try:
         write_json_atomic(os.path.join(spec.task_dir, ATTEMPT_FILE), attempt)
     except OSError as exc:  # without attempt.json nobody could find or stop the task
-        signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
+        signal_group(command.pid, signal.SIGKILL)
+        command.poll(block=True)
         report_start(result_fd, {"error": {"code": "TaskDirError", "message": str(exc)}})
         return
-    report_start(result_fd, {"pid": proc.pid, "startTime": start_time})
-    timed_out = run_to_exit(proc, started, spec.max_wall_clock)
-    record = exit_record(spec, proc.pid, proc.returncode, timed_out, start_time, None)
+    report_start(result_fd, {"pid": command.pid, "startTime": start_time})
+    timed_out = run_to_exit(command, spec.max_wall_clock)
+    record = exit_record(
+        spec, command.pid, command.returncode, timed_out, start_time, None, command.stats
+    )
     write_json_atomic(exit_path, record)
     notice = {"event": "exited", "key": spec.key, "taskDir": spec.task_dir_arg}
     notice.update(attempt=spec.attempt, exit=record)
@@ -414,7 +416,7 @@ def prepare_task_dir(spec: TaskSpec) -> tuple:
 
 def start_command(spec: TaskSpec, stdout_fd: int, stderr_fd: int) -> tuple:
     """Popen the argv in a new session (closing the output fds given); return
-    (proc, None) or (None, error dict) if it cannot start."""
+    (Command, None) or (None, error dict) if it cannot start."""
     env = dict(os.environ)
     env.update(spec.env)
     # The agent ignores SIGCHLD (to auto-reap wrappers) and the wrapper SIGHUP; ignored
@@ -422,6 +424,7 @@ def start_command(spec: TaskSpec, stdout_fd: int, stderr_fd: int) -> tuple:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     os.umask(TASK_UMASK[0])  # the wrapper is single-threaded: the command inherits it
+    started = time.monotonic()  # before the fork: its wall-clock time is never short
     try:
         proc = subprocess.Popen(
             spec.argv,
@@ -444,13 +447,52 @@ def start_command(spec: TaskSpec, stdout_fd: int, stderr_fd: int) -> tuple:
     # From here on the wrapper sleeps in sigwaitinfo/sigtimedwait (no polling). The
     # command already runs with the mask it inherited, so this does not leak to it.
     signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
-    return proc, None
+    return Command(proc, started), None
 
 
-def wait_for_exit(proc: subprocess.Popen, deadline: float | None) -> str:
-    """Wait until proc exits (and reap it), time.monotonic() reaches deadline (None:
-    never) or KILL_SIGNAL arrives; return "exited", "timeout" or "kill"."""
-    while proc.poll() is None:
+class Command:
+    """The task's command, reaped with os.wait4 instead of Popen's waitpid, so that the
+    kernel's account of its resources (rusage) is kept: its own and that of the children
+    it waited for; processes it left behind are not counted."""
+
+    def __init__(self, proc: subprocess.Popen, started: float) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.started = started  # time.monotonic() when it was started
+        self.returncode = None  # as Popen's: the exit status, or -N when signal N killed it
+        self.stats = None  # the exit record's "stats", once reaped
+
+    def poll(self, block: bool = False):
+        """Reap the command if it has exited (block: wait until it has); return its
+        returncode, or None while it runs."""
+        if self.returncode is None:
+            pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
+            if pid:
+                self.reaped(status, usage, time.monotonic() - self.started)
+        return self.returncode
+
+    def reaped(self, status: int, usage, wall_clock: float) -> None:
+        """Record what os.wait4 returned for the command: its status and rusage."""
+        if os.WIFSIGNALED(status):
+            self.returncode = -os.WTERMSIG(status)
+        else:
+            self.returncode = os.WEXITSTATUS(status)
+        # Popen must not wait for a pid that is no longer ours (it could be reused).
+        self.proc.returncode = self.returncode
+        self.stats = {
+            "userCPUSeconds": usage.ru_utime,
+            "kernelCPUSeconds": usage.ru_stime,
+            "wallClockSeconds": round(wall_clock, 6),
+            "maxRSSBytes": usage.ru_maxrss * 1024,  # Linux counts KiB
+            "readBlocks": usage.ru_inblock,  # 512-byte units read from storage
+            "writeBlocks": usage.ru_oublock,
+        }
+
+
+def wait_for_exit(command: Command, deadline: float | None) -> str:
+    """Wait until the command exits (and reap it), time.monotonic() reaches deadline
+    (None: never) or KILL_SIGNAL arrives; return "exited", "timeout" or "kill"."""
+    while command.poll() is None:
         if deadline is None:
             info = signal.sigwaitinfo(WAKE_SIGNALS)
         else:
@@ -463,22 +505,22 @@ def wait_for_exit(proc: subprocess.Popen, deadline: float | None) -> str:
     return "exited"
 
 
-def run_to_exit(proc: subprocess.Popen, started: float, limit: float | None) -> bool:
-    """Wait for proc, stopping its process group at the wall-clock limit or on the kill
-    op; return True if the limit was hit."""
-    outcome = wait_for_exit(proc, None if limit is None else started + limit)
+def run_to_exit(command: Command, limit: float | None) -> bool:
+    """Wait for the command, stopping its process group at the wall-clock limit (seconds
+    from its start) or on the kill op; return True if the limit was hit."""
+    outcome = wait_for_exit(command, None if limit is None else command.started + limit)
     if outcome != "exited":
-        terminate_group(proc)
+        terminate_group(command)
     return outcome == "timeout"
 
 
-def terminate_group(proc: subprocess.Popen) -> None:
+def terminate_group(command: Command) -> None:
     """SIGTERM the command's process group, SIGKILL it KILL_GRACE_SECONDS later if a
     member is still alive; return once the command itself is reaped."""
-    pgid = proc.pid  # start_new_session made the command its group leader
+    pgid = command.pid  # start_new_session made the command its group leader
     signal_group(pgid, signal.SIGTERM)
     grace_end = time.monotonic() + KILL_GRACE_SECONDS
-    while wait_for_exit(proc, grace_end) == "kill":
+    while wait_for_exit(command, grace_end) == "kill":
         pass  # a repeated kill op does not shorten the grace
     # The other members are not our children, so no signal tells when they are gone:
     # poll (only here, on the way out of a stopped task) until the grace ends.
@@ -487,10 +529,10 @@ def terminate_group(proc: subprocess.Popen) -> None:
             signal_group(pgid, signal.SIGKILL)
             break
         time.sleep(0.05)
-    proc.wait()
+    command.poll(block=True)
 
 
-def exit_record(spec, pid, returncode, timed_out, start_time, error) -> dict:
+def exit_record(spec, pid, returncode, timed_out, start_time, error, stats=None) -> dict:
     """Return the exit record of an attempt (see "Exit record" in the protocol)."""
     signum = -returncode if returncode is not None and returncode < 0 else None
     return {
@@ -504,6 +546,7 @@ def exit_record(spec, pid, returncode, timed_out, start_time, error) -> dict:
         "startTime": start_time,
         "endTime": utc_now(),
         "error": error,
+        "stats": stats,
     }
 
 

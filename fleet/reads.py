@@ -21,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
+from fleet import task_stats
 from fleet.errors import FleetError, NotFound
 from fleet.settings import private_dir, private_file
 
@@ -52,7 +53,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "pool_id retry_count requeue_count exit_code result failure_info start_time end_time "
         "last_retry_time last_requeue_time task_root end_request dependency_action deps_state "
         "deps_parent files_deleted token_hash job_manager instances created_at "
-        "state_changed_at"
+        "state_changed_at user_cpu_seconds kernel_cpu_seconds wall_clock_seconds read_blocks "
+        "write_blocks max_rss_bytes stats_time"
     ),
     "job_schedules": _names(
         "id state spec next_run job_count recent_job_id skipped_runs created_at "
@@ -352,6 +354,30 @@ def task_counts(db: Reader, job_id: str) -> dict[str, int]:
 def show_job_with_counts(db: Reader, job_id: str) -> tuple[Row, dict[str, int]]:
     """Return one job and its task counts from one snapshot; Raises NotFound."""
     return db.run(lambda tx: (_job_or_raise(tx, job_id), _counts(tx, job_id)))
+
+
+#: The aggregates over a job's tasks that task_stats.JobTotals.of reads, in its order.
+_TOTALS = (
+    *(f"max({c})" if c == "max_rss_bytes" else f"sum({c})" for c in task_stats.COLUMNS),
+    "max(stats_time)",
+    "sum(retry_count)",
+    "sum(start_time - created_at)",
+)
+
+
+def show_job_with_stats(
+    db: Reader, job_id: str
+) -> tuple[Row, dict[str, int], task_stats.JobTotals]:
+    """Return one job, its task counts and what its tasks add up to, from one snapshot;
+    Raises NotFound."""
+
+    def read(tx: Transaction) -> tuple[Row, dict[str, int], task_stats.JobTotals]:
+        job = _job_or_raise(tx, job_id)
+        sql = f"SELECT {', '.join(_TOTALS)} FROM tasks WHERE job_id = ?"  # noqa: S608 (constants)
+        (values,) = tx.values(sql, (job_id,))
+        return job, _counts(tx, job_id), task_stats.JobTotals.of(values)
+
+    return db.run(read)
 
 
 def iter_tasks(db: Reader, job_id: str, page: int = PAGE) -> Iterator[Row]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet import exit_conditions, outcomes
+from fleet import exit_conditions, outcomes, task_stats
 from fleet.attempts import epoch
 from fleet.domain import JobState, TaskResult, TaskState
 from fleet.spec_fields import constraint_seconds
@@ -18,12 +18,14 @@ from fleet.spec_fields import constraint_seconds
 
 @dataclass(frozen=True)
 class TaskFacts:
-    """What the rules read of a task."""
+    """What the rules read of a task. ``usage``: its earlier attempts' resource totals
+    (``task_stats.of_row`` of its row), None if none reported any."""
 
     spec: dict[str, Any]
     retry_count: int = 0
     requeue_count: int = 0
     start_time: float | None = None
+    usage: task_stats.Usage | None = None
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,13 @@ def on_exit(
 ) -> Change:
     """Return what an attempt's exit ``record`` changes. ``meaning`` is what the controller
     flagged the attempt with before it exited: None (it ended by itself), ``terminate``
-    (``end_reason`` says why), ``requeue`` or ``delete``."""
+    (``end_reason`` says why), ``requeue`` or ``delete``. The resources the attempt used
+    add to the task's totals, whatever its exit means (unless the task is deleted)."""
     if meaning == "delete":
         return Change(delete_task=True)
+    usage = _usage_after(task, record, now)
     if meaning == "requeue":
-        return Change(task=requeued(task, now))
+        return Change(task=requeued(task, now) | usage)
     job_spec = job.spec if job is not None else {}
     outcome = outcomes.decide(
         record,
@@ -91,7 +95,7 @@ def on_exit(
         "exit_code": outcome.exit_code,
         "failure_info": outcome.failure_info,
         "start_time": epoch(record.get("startTime")) or task.start_time,
-    }
+    } | usage
     if outcome.retry:
         values |= {
             "state": TaskState.ACTIVE,
@@ -113,6 +117,16 @@ def on_exit(
         "token_hash": None,  # a finished job manager can no longer call
     }
     return Change(task=values, job=_job_after_exit(task, job, outcome, actions, meaning, now))
+
+
+def _usage_after(task: TaskFacts, record: dict[str, Any], now: float) -> dict[str, Any]:
+    """Return the task's resource columns with the attempt's usage added (none if the
+    record reports no usage)."""
+    used = task_stats.from_record(record)
+    if used is None:
+        return {}
+    total = used if task.usage is None else task.usage + used
+    return total.columns() | {"stats_time": now}
 
 
 def _job_after_exit(

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 def _json(default: Any = None) -> Any:
     return Field(default=default, sa_column=Column(JSON, nullable=default is None))
+
+
+def _big() -> Any:
+    """A nullable 64-bit integer column (byte and block counts outgrow 32 bits)."""
+    return Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class Host(SQLModel, table=True):
@@ -150,6 +155,15 @@ class Task(SQLModel, table=True):
     instances: int = 1  # multiInstanceSettings.numberOfInstances
     created_at: float = 0.0
     state_changed_at: float = 0.0
+    # Resources its attempts used, summed over its life (fleet/task_stats.py); all NULL
+    # until an attempt reports some, and stats_time is when they last changed.
+    user_cpu_seconds: float | None = None
+    kernel_cpu_seconds: float | None = None
+    wall_clock_seconds: float | None = None
+    read_blocks: int | None = _big()  # 512-byte units read from storage
+    write_blocks: int | None = _big()
+    max_rss_bytes: int | None = _big()  # the largest peak of any attempt
+    stats_time: float | None = None
 
 
 class JobNode(SQLModel, table=True):

@@ -140,7 +140,8 @@ class TaskCalls:
             return {"tasks": [views.task(t) for t in task_service.list_tasks(store, job_id)]}
         if op == "showJob":
             job = job_service.show_job(store, job_id)
-            return {"job": views.job(job, job_service.task_counts(store, job_id))}
+            counts = job_service.task_counts(store, job_id)
+            return {"job": views.job(job, counts, job_service.task_totals(store, job_id))}
         raise BadInput(
             f"unknown call {op!r}; calls are addTasks, listTasks, showJob", code="UnknownCall"
         )

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from fleet import specs
+from fleet import specs, task_stats
 from fleet.domain import NodeState
+from fleet.durations import format_seconds
 
 if TYPE_CHECKING:  # rows come from the ORM or, for reads, from fleet/reads.py
     from fleet.reads import Row
@@ -85,8 +86,13 @@ def pool(row: Pool | Row, nodes: Sequence[Node | Row]) -> dict[str, Any]:
     return out | spec
 
 
-def job(row: Job | Row, counts: dict[str, int] | None = None) -> dict[str, Any]:
-    """The job as Azure's CloudJob: its spec (valid ``job create`` input) and state."""
+def job(
+    row: Job | Row,
+    counts: dict[str, int] | None = None,
+    totals: task_stats.JobTotals | None = None,
+) -> dict[str, Any]:
+    """The job as Azure's CloudJob: its spec (valid ``job create`` input) and state, with
+    ``stats`` when its tasks' ``totals`` and ``counts`` are given."""
     spec = specs.request_fields("job", row.spec)
     out = _drop_none(
         {
@@ -105,6 +111,9 @@ def job(row: Job | Row, counts: dict[str, int] | None = None) -> dict[str, Any]:
             ),
             "taskCounts": counts,
             "jobScheduleId": row.job_schedule_id,
+            "stats": None
+            if totals is None or counts is None
+            else _job_stats(totals, counts, row.created_at),
         }
     )
     return out | spec
@@ -150,10 +159,57 @@ def task(row: Task | Row) -> dict[str, Any]:
             else None,
             "executionInfo": execution,
             "nodeInfo": node_info,
+            "stats": _task_stats(row),
         }
     )
     # the slots a job manager that runs exclusive really takes
     return out | spec | {"requiredSlots": row.required_slots}
+
+
+def _task_stats(row: Task | Row) -> dict[str, Any] | None:
+    """Azure's TaskStatistics of the task's whole life (``startTime`` is its creation), plus
+    ``maxRSSBytes``; None until an attempt reported its usage. ``waitTime`` runs from its
+    creation to its latest attempt's start."""
+    usage = task_stats.of_row(row)
+    if usage is None:
+        return None
+    wait = None if row.start_time is None else max(0.0, row.start_time - row.created_at)
+    return _statistics(usage, row.created_at, row.stats_time, wait)
+
+
+def _job_stats(
+    totals: task_stats.JobTotals, counts: dict[str, int], created_at: float
+) -> dict[str, Any]:
+    """Azure's JobStatistics: its tasks' statistics summed, their largest ``maxRSSBytes``."""
+    out = _statistics(totals.usage, created_at, totals.updated_at, totals.wait_seconds)
+    if totals.updated_at is None:  # no task has reported: no peak to tell
+        del out["maxRSSBytes"]
+    return out | {
+        "numSucceededTasks": counts["succeeded"],
+        "numFailedTasks": counts["failed"],
+        "numTaskRetries": totals.retries,
+    }
+
+
+def _statistics(
+    usage: task_stats.Usage, start: float, updated: float | None, wait: float | None
+) -> dict[str, Any]:
+    gib = task_stats.BLOCK_BYTES / (1 << 30)
+    return _drop_none(
+        {
+            "startTime": iso(start),
+            "lastUpdateTime": iso(updated),
+            "userCPUTime": format_seconds(usage.user_cpu_seconds),
+            "kernelCPUTime": format_seconds(usage.kernel_cpu_seconds),
+            "wallClockTime": format_seconds(usage.wall_clock_seconds),
+            "readIOps": usage.read_blocks,
+            "writeIOps": usage.write_blocks,
+            "readIOGiB": usage.read_blocks * gib,
+            "writeIOGiB": usage.write_blocks * gib,
+            "waitTime": None if wait is None else format_seconds(wait),
+            "maxRSSBytes": usage.max_rss_bytes,
+        }
+    )
 
 
 def subtask(row: Subtask | Row) -> dict[str, Any]:

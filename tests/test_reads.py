@@ -102,6 +102,12 @@ def _populate(store: Store, settings: Settings) -> None:
             if row.id == "t1":
                 row.result, row.exit_code = "failure", 3
                 row.failure_info = {"category": "UserError", "code": "X"}
+                row.retry_count = 1
+            if row.id in ("t0", "t1"):  # resource totals; t1 peaked past 32 bits
+                row.user_cpu_seconds, row.kernel_cpu_seconds = 1.25, 0.5
+                row.wall_clock_seconds, row.stats_time = 2.0, 1001.5
+                row.read_blocks, row.write_blocks = 8, 3 << 31
+                row.max_rss_bytes = 5 << 31 if row.id == "t1" else 1 << 20
             if row.id == "t2":
                 row.state, row.retry_count, row.job_manager = "running", 2, True
             s.add(row)
@@ -163,6 +169,16 @@ def _check_reads(store: Store) -> None:
         assert jobs.task_counts(store, job_id) == reads.task_counts(db, job_id)
         orm_view = views.job(jobs.show_job(store, job_id), jobs.task_counts(store, job_id))
         assert orm_view == views.job(*reads.show_job_with_counts(db, job_id))
+        orm_view = views.job(
+            jobs.show_job(store, job_id),
+            jobs.task_counts(store, job_id),
+            jobs.task_totals(store, job_id),
+        )
+        assert orm_view == views.job(*reads.show_job_with_stats(db, job_id))
+    job_stats = views.job(*reads.show_job_with_stats(db, "j"))["stats"]
+    assert job_stats["userCPUTime"] == "PT2.5S" and job_stats["writeIOps"] == 3 << 32
+    assert job_stats["maxRSSBytes"] == 5 << 31 and job_stats["numTaskRetries"] == 3
+    assert "maxRSSBytes" not in views.job(*reads.show_job_with_stats(db, "j0"))["stats"]
     assert reads.task_counts(db, "j") == {
         "active": 4,
         "running": 1,
@@ -209,6 +225,7 @@ def _check_reads(store: Store) -> None:
         (lambda: jobs.show_job(store, "x"), lambda: reads.show_job(db, "x")),
         (lambda: jobs.task_counts(store, "x"), lambda: reads.task_counts(db, "x")),
         (lambda: jobs.show_job(store, "x"), lambda: reads.show_job_with_counts(db, "x")),
+        (lambda: jobs.task_totals(store, "x"), lambda: reads.show_job_with_stats(db, "x")),
         (lambda: tasks.list_tasks(store, "x"), lambda: list(reads.iter_tasks(db, "x"))),
         (lambda: tasks.show_task(store, "x", "t"), lambda: reads.show_task(db, "x", "t")),
         (lambda: tasks.show_task(store, "j", "x"), lambda: reads.show_task(db, "j", "x")),

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fleet import rules
+from fleet import rules, task_stats
 from fleet.domain import JobState, TaskState
 
 NOW = 1_000_000.0
@@ -94,6 +94,87 @@ def test_an_exit_flagged_delete_deletes_the_task() -> None:
 def test_exit_of_a_task_whose_job_is_gone_still_completes_it() -> None:
     change = rules.on_exit(_task(MANAGER), None, OK, NOW)
     assert change.task["state"] == TaskState.COMPLETED and change.job == {}
+
+
+USED = {
+    "userCPUSeconds": 1.5,
+    "kernelCPUSeconds": 0.25,
+    "wallClockSeconds": 3.0,
+    "readBlocks": 8,
+    "writeBlocks": 2056,
+    "maxRSSBytes": 5 << 20,
+}
+EARLIER = task_stats.Usage(2.0, 1.0, 10.0, 100, 4, 9 << 20)
+
+
+def _used(**changed: Any) -> dict[str, Any]:
+    return {"stats": USED | changed}
+
+
+FIRST = {
+    "user_cpu_seconds": 1.5,
+    "kernel_cpu_seconds": 0.25,
+    "wall_clock_seconds": 3.0,
+    "read_blocks": 8,
+    "write_blocks": 2056,
+    "max_rss_bytes": 5 << 20,
+}
+SUMMED = {
+    "user_cpu_seconds": 3.5,
+    "kernel_cpu_seconds": 1.25,
+    "wall_clock_seconds": 13.0,
+    "read_blocks": 108,
+    "write_blocks": 2060,
+    "max_rss_bytes": 9 << 20,
+}
+
+# (case, earlier totals, task spec, record, meaning) -> resource columns set (None: none)
+STATS_CASES = [
+    ("the first attempt's usage becomes the task's totals", None, {}, OK | _used(), None,
+     FIRST),
+    ("a retried attempt's usage adds to the totals; the peak is the larger", EARLIER,
+     RETRY_ONCE, FAIL | _used(), None, SUMMED),
+    ("a larger peak replaces the earlier one", EARLIER, {}, OK | _used(maxRSSBytes=10 << 20),
+     None, SUMMED | {"max_rss_bytes": 10 << 20}),
+    ("a requeued attempt's usage counts too", EARLIER, {}, FAIL | _used(), "requeue", SUMMED),
+    ("a terminated attempt's usage counts", None, {}, FAIL | _used(), "terminate", FIRST),
+    ("whole seconds are seconds", None, {}, OK | _used(userCPUSeconds=2), None,
+     FIRST | {"user_cpu_seconds": 2.0}),
+    ("a record without stats (an older agent) leaves the totals alone", EARLIER, {}, OK, None,
+     None),
+    ("a command that never started reports none", None, {},
+     {"exitCode": None, "error": {"code": "CommandProgramNotFound", "message": "no"},
+      "stats": None}, None, None),
+    ("a negative value is not usage", None, {}, OK | _used(kernelCPUSeconds=-1.0), None, None),
+    ("a count that is not whole is not usage", None, {}, OK | _used(readBlocks=1.5), None,
+     None),
+    ("a boolean is not a number", None, {}, OK | _used(maxRSSBytes=True), None, None),
+    ("NaN is not a number", None, {}, OK | _used(wallClockSeconds=float("nan")), None, None),
+    ("infinity is not usage", None, {}, OK | _used(userCPUSeconds=float("inf")), None, None),
+    ("a count past 64 bits is not usage", None, {}, OK | _used(writeBlocks=1 << 63), None,
+     None),
+    ("a missing value is not usage", None, {}, {"exitCode": 0, "stats": {"readBlocks": 1}},
+     None, None),
+    ("stats that are not an object are ignored", None, {}, OK | {"stats": [1, 2]}, None,
+     None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("earlier", "spec", "record", "meaning", "want"),
+    [c[1:] for c in STATS_CASES],
+    ids=[c[0] for c in STATS_CASES],
+)
+def test_exit_adds_the_attempts_usage_to_the_task(earlier, spec, record, meaning, want) -> None:
+    task = rules.TaskFacts(spec, usage=earlier)
+    change = rules.on_exit(task, _job(), record, NOW, meaning=meaning, end_reason="stop")
+    got = {name: change.task[name] for name in task_stats.COLUMNS if name in change.task}
+    if want is None:
+        assert got == {} and "stats_time" not in change.task
+        return
+    assert got == want and change.task["stats_time"] == NOW
+    for name in ("user_cpu_seconds", "kernel_cpu_seconds", "wall_clock_seconds"):
+        assert type(got[name]) is float, name
 
 
 # (case, job, running, releases done, tasks left, disable_tasks) -> step

@@ -168,8 +168,8 @@ def list_(
 
 @app.command("show")
 def show(job_id: str, output: OutputOpt = None) -> None:
-    """Show one job with its task counts."""
-    emit(views.job(*reads.show_job_with_counts(CURRENT.reader, job_id)), output)
+    """Show one job with its task counts and its tasks' resource statistics."""
+    emit(views.job(*reads.show_job_with_stats(CURRENT.reader, job_id)), output)
 
 
 @app.command("task-counts")

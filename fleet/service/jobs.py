@@ -6,9 +6,10 @@ import time
 from typing import Any
 
 from sqlalchemy import func
+from sqlalchemy import select as select_columns
 from sqlmodel import Session, col, select
 
-from fleet import specs
+from fleet import specs, task_stats
 from fleet.domain import JobState, TaskResult, TaskState
 from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service import auto_pools
@@ -154,6 +155,27 @@ def task_counts(store: Store, job_id: str) -> dict[str, int]:
         else:
             counts["active"] += n
     return counts
+
+
+def task_totals(store: Store, job_id: str) -> task_stats.JobTotals:
+    """Return what the job's tasks add up to: resources used, retries, wait times."""
+    usage = [
+        func.max(col(Task.max_rss_bytes))
+        if name == "max_rss_bytes"
+        else func.sum(col(getattr(Task, name)))
+        for name in task_stats.COLUMNS
+    ]
+    with store.read() as s:
+        get_job(s, job_id)
+        values = s.execute(
+            select_columns(
+                *usage,
+                func.max(col(Task.stats_time)),
+                func.sum(col(Task.retry_count)),
+                func.sum(col(Task.start_time) - col(Task.created_at)),
+            ).where(col(Task.job_id) == job_id)
+        ).one()
+    return task_stats.JobTotals.of(tuple(values))
 
 
 #: Job states from which each request may start.
