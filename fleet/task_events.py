@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, select, update
 
-from fleet import rules
+from fleet import rules, task_stats
 from fleet.context import Context, Outbox
 from fleet.domain import AttemptState, NodeState, TaskState
 from fleet.service import dependency_state
@@ -44,6 +44,8 @@ _FACT_COLUMNS = [
         "retry_count",
         "requeue_count",
         "start_time",
+        "stats_time",
+        *task_stats.COLUMNS,
     )
 ]
 #: A ready node's move between ``idle`` and ``running``, conditional on its state.
@@ -169,7 +171,13 @@ class TaskEvents:
                 continue
             job = jobs.get(task.job_id)
             change = rules.on_exit(
-                rules.TaskFacts(task.spec, task.retry_count, task.requeue_count, task.start_time),
+                rules.TaskFacts(
+                    task.spec,
+                    task.retry_count,
+                    task.requeue_count,
+                    task.start_time,
+                    task_stats.of_row(task),
+                ),
                 job,
                 record,
                 now,

@@ -84,14 +84,21 @@ def test_task_and_job_show_report_resource_statistics(fleet, lab_inventory, cont
             {"id": "burn", "commandLine": f"python3 -c {shlex.quote(BURN)}"},
             {"id": "write", "commandLine": f"python3 -c {shlex.quote(FSYNC_MIB)}"},
             {"id": "sleep", "commandLine": "sleep 0.5"},
+            {  # two attempts of 0.3 s: a task's statistics cover its whole life
+                "id": "retried",
+                "commandLine": "/bin/sh -c 'sleep 0.3; exit 3'",
+                "constraints": {"maxTaskRetryCount": 1},
+            },
         ],
     )
     controller()
-    fleet("job", "wait", "j", "--timeout", "60")
+    assert fleet("job", "wait", "j", "--timeout", "60", check=False).code == 1  # one failed
     tasks = {t["id"]: t for t in fleet.json("task", "list", "--job", "j")}
     stats = {task_id: task["stats"] for task_id, task in tasks.items()}
     assert _seconds(stats["burn"]["userCPUTime"]) > 0.05
     assert _seconds(stats["sleep"]["wallClockTime"]) >= 0.5
+    assert tasks["retried"]["executionInfo"]["retryCount"] == 1
+    assert _seconds(stats["retried"]["wallClockTime"]) >= 0.6
     for task_id, s in stats.items():
         assert s["maxRSSBytes"] > 1 << 20, task_id
         assert s["startTime"] == tasks[task_id]["creationTime"]
@@ -111,4 +118,4 @@ def test_task_and_job_show_report_resource_statistics(fleet, lab_inventory, cont
     for key in ("readIOps", "writeIOps"):
         assert job[key] == sum(s[key] for s in stats.values()), key
     assert job["maxRSSBytes"] == max(s["maxRSSBytes"] for s in stats.values())
-    assert (job["numSucceededTasks"], job["numFailedTasks"], job["numTaskRetries"]) == (3, 0, 0)
+    assert (job["numSucceededTasks"], job["numFailedTasks"], job["numTaskRetries"]) == (3, 1, 1)
