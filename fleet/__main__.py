@@ -3,16 +3,16 @@ CLI framework loads (fleet/exec_command.py says why); everything else goes to fl
 
 import sys
 
+from fleet import exec_command
+from fleet.errors import FleetError
+
 
 def main() -> None:
     """Run ``fleet`` with ``sys.argv``; exit with its status."""
-    from fleet import exec_command
-    from fleet.errors import FleetError
-
     try:
         status = exec_command.main(sys.argv[1:])
     except FleetError as exc:
-        from fleet.cli import report_error
+        from fleet.cli import report_error  # the CLI framework, for an error only
 
         report_error(exc)
     except KeyboardInterrupt:
