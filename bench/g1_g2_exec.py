@@ -1,9 +1,15 @@
-"""G1/G2: `true` on 50 lab nodes: fleet exec vs Ansible vs bare asyncssh, cold and warm."""
+"""G1/G2: `true` on 50 lab nodes: fleet exec vs Ansible vs bare asyncssh, cold and warm.
+
+G2 is the whole `fleet exec` process with a controller running (its open connections);
+the same run through the Python API on connections opened once is reported beside it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +30,7 @@ from common import (
     write_results,
 )
 
-from fleet import execute
+from fleet import control_socket, execute
 from fleet.reads import Reader
 from fleet.settings import Settings
 from fleet.ssh import Connection
@@ -41,9 +47,39 @@ ssh_args = -o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile={kn
 control_path = {dir}/%%C
 """
 G2_NOTE = (
-    "G2 for fleet is measured through the Python API (fleet.ssh.Connection, 50 connections "
-    "opened once), because `fleet exec` does not yet reuse the controller's connections."
+    "G2 (fleet) is the whole `fleet exec` process with a controller running: the command "
+    "runs on connections the controller keeps; the Python API line is the same run on 50 "
+    "fleet.ssh.Connection objects opened once in the timing process (the SSH layer's floor)."
 )
+
+
+def fleet_through_controller(home: Path, env: dict[str, str], cmd: list, runs: int) -> list[float]:
+    """Start a controller on ``home``, then time ``cmd`` (fleet exec) ``runs`` times after
+    3 warm-up runs (the first opens the connections the controller then keeps)."""
+    socket_path = control_socket.socket_path(Settings.resolve(home))
+    ctl = subprocess.Popen(
+        [FLEET, "controller", "run", "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not socket_path.exists():
+            if ctl.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the controller did not open its control socket")
+            time.sleep(0.1)
+        samples = []
+        for i in range(runs + 3):
+            elapsed = time_once(cmd, env)
+            if i >= 3:
+                samples.append(elapsed)
+        return samples
+    finally:
+        ctl.send_signal(signal.SIGTERM)
+        ctl.wait(30)
+        if socket_path.exists():
+            raise RuntimeError("the control socket outlived the controller: G1 would run warm")
 
 
 async def fleet_warm(home: Path, runs: int) -> list[float]:
@@ -93,6 +129,7 @@ def main() -> None:
                 run(fleet_cmd, env)  # records host keys, fills the bytecode cache
                 run(bare_cmd, env)
                 # G2 before any Ansible run: its 50 forks leave the machine busy for a while
+                warm_cli = fleet_through_controller(home, env, fleet_cmd, args.warm_runs)
                 warm = asyncio.run(fleet_warm(home, args.warm_runs))
                 ansible_cold = time_once(ans_cmd, aenv, cwd=cp) if ansible else None
                 cmds = {"fleet": (fleet_cmd, env), "bare": (bare_cmd, env)}
@@ -105,18 +142,19 @@ def main() -> None:
                         samples[name].append(time_once(*cmds[name], cwd=cp))
         finally:
             stop_control_masters(cp)
-    report(samples, ansible_cold, warm, before, args)
+    report(samples, ansible_cold, warm_cli, warm, before, args)
 
 
 def report(
     samples: dict[str, list[float]],
     ansible_cold: float | None,
+    warm_cli: list[float],
     warm: list[float],
     before: dict,
     args: argparse.Namespace,
 ) -> None:
     s = {k: stats(v) for k, v in samples.items() if v}
-    w = stats(warm)
+    c, w = stats(warm_cli), stats(warm)
     fl, bare = s["fleet"]["median"], s["bare"]["median"]
     print(f"\nG1 cold, {args.nodes} nodes, median of {args.runs} (whole process; min, p90):")
     for name, label in (("fleet", "fleet exec"), ("bare", "bare asyncssh"), ("ansible", "ansible")):
@@ -129,11 +167,16 @@ def report(
         print(f"  ansible / fleet       = {ans / fl:.1f}    target >= 8 (ControlPersist warm)")
         print(f"  ansible first run {ansible_cold:.3f} s (ControlPersist sockets not yet open)")
     print(
-        f"\nG2 warm, {w['n']} runs: fleet p50 {w['median'] * 1000:.1f} ms, p90 {w['p90'] * 1000:.1f}"
+        f"\nG2 warm, whole `fleet exec` process with a controller running, {c['n']} runs: "
+        f"p50 {c['median'] * 1000:.1f} ms, p90 {c['p90'] * 1000:.1f} ms (min {c['min'] * 1000:.1f})"
     )
     print("  target: p50 <= 150 ms")
     if ans:
-        print(f"  warm ansible / fleet  = {ans / w['median']:.0f}    target >= 10")
+        print(f"  warm ansible / fleet  = {ans / c['median']:.0f}    target >= 30")
+    print(
+        f"  Python API (50 connections open in this process), {w['n']} runs: "
+        f"p50 {w['median'] * 1000:.1f} ms, p90 {w['p90'] * 1000:.1f} ms"
+    )
     print(f"  NOTE: {G2_NOTE}")
     path = write_results(
         "g1_g2",
@@ -142,6 +185,7 @@ def report(
             "nodes": args.nodes,
             "g1": s,
             "ansible_first_run_s": ansible_cold,
+            "g2_fleet_cli_with_controller": c,
             "g2_fleet_python_api": w,
             "g2_note": G2_NOTE,
         },

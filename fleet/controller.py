@@ -36,6 +36,7 @@ from fleet import (
 from fleet.attempts import Attempt, epoch
 from fleet.collection import Collector, internal_error
 from fleet.context import Context, Outbox
+from fleet.control_server import ControlServer
 from fleet.domain import AttemptState, NodeState, PoolState, TaskState
 from fleet.errors import (
     AgentError,
@@ -158,6 +159,8 @@ class Controller:
         self._load_inflight()
         self.schedules.start()
         listener = self._listen_for_writes()
+        control = ControlServer.of(self.settings, self.store, self.links)  # warm fleet exec
+        await control.start()
         log.info(
             "controller started (%d attempts in flight)",
             sum(len(a) for a in self.inflight.values()),
@@ -180,6 +183,7 @@ class Controller:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         finally:
+            await control.close()
             if listener is not None:
                 asyncio.get_running_loop().remove_reader(listener.fileno())
                 listener.close()

@@ -1,57 +1,72 @@
 """``fleet exec``: one command on many hosts at once, one result per host, none hidden.
 
 Like Fabric's ``GroupResult``: every host gets a result or an error, and a partial
-failure is never hidden. Connections open concurrently, with handshakes capped per
-sshd by the SSH layer.
+failure is never hidden. Where each host's connection comes from is the caller's
+choice: a new one per host (cold: :class:`FreshConnections`), or the controller's open
+ones (warm: fleet/control_server.py). Handshakes are capped per sshd by the SSH layer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Protocol
 
 from fleet import hostsets, reads, targets
 from fleet.errors import FleetError, NotFound, TimedOut
+from fleet.exec_results import HostResult
+from fleet.settings import Settings, private_dir
 from fleet.ssh import Connection, Target
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from fleet.store import Store
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class HostResult:
-    """What one host did with the command."""
+class Connections(Protocol):
+    """Where ``run_everywhere`` gets the connection of each target."""
 
-    host: str
-    exit_code: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    error: dict[str, str] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.exit_code == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "exitCode": self.exit_code,
-            "stdout": self.stdout,
-            "stderr": self.stderr,
-            "error": self.error,
-        }
+    def connect(self, target: Target) -> AbstractAsyncContextManager[Connection]:
+        """Return a context that yields a connection to ``target`` for one run.
+        Raises what Connection.open raises."""
+        ...
 
 
-@dataclass(frozen=True)
-class Group:
-    """Hosts that produced the same outcome, and that outcome as text."""
+class FreshConnections:
+    """A new connection per target, closed after its run. A host key seen for the first
+    time is recorded in the database of ``db_url`` (the ORM loads only then)."""
 
-    hosts: list[str]
-    label: str
-    text: str
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self._store: Store | None = None
+
+    @asynccontextmanager
+    async def connect(self, target: Target) -> AsyncIterator[Connection]:
+        conn = await Connection.open(
+            target, on_new_key=lambda line, fp: self._record(target.host_id, line, fp)
+        )
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    def _record(self, host_id: str, line: str, fingerprint: str) -> None:
+        from fleet.service.hosts import record_host_key  # the ORM, only for a new key
+        from fleet.store import Store
+
+        if self._store is None:
+            self._store = Store(self.db_url)
+        record_host_key(self._store, host_id, line, fingerprint)
+
+    def close(self) -> None:
+        """Close the store opened to record keys, if any."""
+        if self._store is not None:
+            self._store.close()
 
 
 def select_targets(
@@ -72,27 +87,40 @@ def select_targets(
     return [targets.target(host, key) for host, key in found]
 
 
-async def run_everywhere(
-    db_url: str, targets: Sequence[Target], argv: Sequence[str], timeout: float | None = None
+def run_cold(
+    settings: Settings,
+    *,
+    pool: str | None,
+    pattern: str | None,
+    argv: Sequence[str],
+    timeout: float | None,
 ) -> list[HostResult]:
-    """Run ``argv`` on every target at once; return one result per target, in order.
-    A host key seen for the first time is recorded in the database of ``db_url``."""
-    stores: list[Any] = []
+    """Run ``argv`` on the targets selected in the database of ``settings``, over a new
+    connection to each. Raises what ``select_targets`` raises."""
+    private_dir(settings.home)
+    db = reads.Reader(settings.db_url)
+    db.keep_private()
+    chosen = select_targets(db, pool=pool, pattern=pattern)
+    fresh = FreshConnections(settings.db_url)
+    try:
+        return asyncio.run(run_everywhere(chosen, argv, fresh, timeout))
+    finally:
+        fresh.close()
 
-    def record(host_id: str, line: str, fingerprint: str) -> None:
-        from fleet.service.hosts import record_host_key  # the ORM, only for a new key
-        from fleet.store import Store
 
-        if not stores:
-            stores.append(Store(db_url))
-        record_host_key(stores[0], host_id, line, fingerprint)
-
-    def remember(host_id: str) -> Any:
-        return lambda line, fp: record(host_id, line, fp)
+async def run_everywhere(
+    targets: Sequence[Target],
+    argv: Sequence[str],
+    connections: Connections,
+    timeout: float | None = None,
+) -> list[HostResult]:
+    """Run ``argv`` on every target at once, each on a connection from ``connections``;
+    return one result per target, in order. ``timeout`` bounds each target's connect
+    and run."""
 
     async def one(target: Target) -> HostResult:
         try:
-            return await asyncio.wait_for(_run_one(target, argv, remember(target.host_id)), timeout)
+            return await asyncio.wait_for(_run_one(target, argv, connections), timeout)
         except TimeoutError:
             err = TimedOut(f"no result within {timeout} s", target=f"host {target.host_id}")
             return HostResult(target.host_id, error={"code": err.code, "message": str(err)})
@@ -103,19 +131,12 @@ async def run_everywhere(
             message = f"internal error: {type(exc).__name__}: {exc}"
             return HostResult(target.host_id, error={"code": "InternalError", "message": message})
 
-    try:
-        return list(await asyncio.gather(*(one(t) for t in targets)))
-    finally:
-        for store in stores:
-            store.close()
+    return list(await asyncio.gather(*(one(t) for t in targets)))
 
 
-async def _run_one(target: Target, argv: Sequence[str], on_new_key: Any) -> HostResult:
-    conn = await Connection.open(target, on_new_key=on_new_key)
-    try:
+async def _run_one(target: Target, argv: Sequence[str], connections: Connections) -> HostResult:
+    async with connections.connect(target) as conn:
         result = await conn.run(argv)
-    finally:
-        await conn.close()
     return HostResult(
         target.host_id,
         result.exit_code,
@@ -125,47 +146,3 @@ async def _run_one(target: Target, argv: Sequence[str], on_new_key: Any) -> Host
         if result.exit_code is not None
         else {"code": "KilledBySignal", "message": f"killed by signal {result.signal}"},
     )
-
-
-def group_identical(results: Sequence[HostResult]) -> list[Group]:
-    """Return results grouped by identical outcome (exit code, output, error), largest first."""
-    groups: dict[tuple[Any, ...], list[str]] = {}
-    for r in results:
-        err = r.error["message"] if r.error else None
-        groups.setdefault((r.exit_code, r.stdout, r.stderr, err), []).append(r.host)
-    out = []
-    for (code, out_text, err_text, err), hosts in groups.items():
-        status = f"error: {err}" if err else f"exit {code}"
-        text = out_text + (f"[stderr]\n{err_text}" if err_text else "")
-        out.append(Group(hosts, f"{fold(hosts)} ({len(hosts)}) {status}", text))
-    return sorted(out, key=lambda g: -len(g.hosts))
-
-
-_NUMBERED = re.compile(r"(.*?)(\d+)")
-
-
-def fold(names: Sequence[str]) -> str:
-    """Return host names folded into ranges: node01,node02,node03,web -> node[01-03],web."""
-    by_prefix: dict[tuple[str, int], list[int]] = {}
-    plain: list[str] = []
-    for name in names:
-        m = _NUMBERED.fullmatch(name)
-        if m:
-            by_prefix.setdefault((m.group(1), len(m.group(2))), []).append(int(m.group(2)))
-        else:
-            plain.append(name)
-    parts = []
-    for (prefix, width), nums in by_prefix.items():
-        nums.sort()
-        spans, start, prev = [], nums[0], nums[0]
-        for n in nums[1:] + [None]:
-            if n is not None and n == prev + 1:
-                prev = n
-                continue
-            spans.append(
-                f"{start:0{width}d}" if start == prev else f"{start:0{width}d}-{prev:0{width}d}"
-            )
-            if n is not None:
-                start = prev = n
-        parts.append(f"{prefix}{spans[0]}" if len(nums) == 1 else f"{prefix}[{','.join(spans)}]")
-    return ",".join(parts + plain)

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from fleet import lab as lab_mod
-from fleet.execute import fold, run_everywhere, select_targets
+from fleet.exec_results import fold
+from fleet.execute import FreshConnections, run_everywhere, select_targets
 from fleet.inventory import login_user
 from fleet.reads import Reader
 from fleet.settings import Settings
@@ -115,7 +116,7 @@ def test_one_hosts_unexpected_error_never_hides_the_others_results(fleet, lab_in
     good = select_targets(Reader(url), pattern="node01")
     # a target asyncssh itself chokes on (TypeError): no user at all
     bad = Target(host_id="broken", address="127.0.0.1", port=lab.nodes[1].port, user=None)
-    results = asyncio.run(run_everywhere(url, [*good, bad], ["true"], timeout=30))
+    results = asyncio.run(run_everywhere([*good, bad], ["true"], FreshConnections(url), 30))
     assert [r.host for r in results] == ["node01", "broken"]
     assert results[0].ok
     assert results[1].error is not None and results[1].error["code"] == "InternalError"

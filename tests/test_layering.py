@@ -53,6 +53,20 @@ FORBIDDEN = {
     "ssh.py": {"fleet.cli", "fleet.service", "fleet.store", "fleet.controller"},
     "rules.py": {"fleet.store", "fleet.tables", "fleet.ssh", "fleet.controller", "fleet.service"},
 }
+#: What a warm ``fleet exec`` loads: stdlib only, no SSH, ORM or CLI framework.
+_WARM_EXEC_BANS = {
+    "fleet.ssh",
+    "fleet.store",
+    "fleet.tables",
+    "fleet.service",
+    "fleet.controller",
+    "fleet.cli",
+}
+FORBIDDEN |= {
+    "control_socket.py": _WARM_EXEC_BANS | {"fleet.execute", "asyncio"},
+    "exec_results.py": _WARM_EXEC_BANS | {"fleet.execute", "asyncio"},
+    "exec_command.py": _WARM_EXEC_BANS,  # fleet.execute loads only for a cold run
+}
 
 #: The controller's pieces: each gets a narrow context (fleet/context.py), never the
 #: controller, and none imports another (what one needs of another is passed in; the
@@ -67,6 +81,7 @@ PIECES = {
     "node_users.py",
     "schedule_runner.py",
     "collection.py",
+    "control_server.py",
 }
 
 

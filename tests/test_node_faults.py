@@ -37,7 +37,8 @@ def test_a_node_whose_agent_was_killed_shows_running_while_its_task_runs(
     controller()
     wait_for_idle_nodes(fleet, "p")
     fleet("job", "create", "--id", "j", "--pool", "p")
-    fleet("task", "create", "--job", "j", "--id", "t", "--command-line", "sleep 20")  # outlasts a slow reconnect
+    # long enough to outlast the agent's restart and reconnect on a busy machine
+    fleet("task", "create", "--job", "j", "--id", "t", "--command-line", "sleep 20")
     node = wait_for(
         lambda: (n := fleet.json("node", "list", "--pool", "p")[0])["state"] == "running" and n,
         30,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -142,14 +142,19 @@ def main() -> None:
     try:
         app()
     except FleetError as exc:
-        wants_json = common.CURRENT.output == OutputFormat.JSON or _argv_wants_json()
-        if wants_json:
-            sys.stderr.write(json.dumps({"error": exc.to_dict()}) + "\n")
-        else:
-            common.stderr.print(f"error [{exc.code}]: {exc}", markup=False, highlight=False)
-        sys.exit(exc.exit_status)
+        report_error(exc)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def report_error(exc: FleetError) -> NoReturn:
+    """Print ``exc`` to stderr with its code (as JSON with ``-o json``); exit with its status."""
+    wants_json = common.CURRENT.output == OutputFormat.JSON or _argv_wants_json()
+    if wants_json:
+        sys.stderr.write(json.dumps({"error": exc.to_dict()}) + "\n")
+    else:
+        common.stderr.print(f"error [{exc.code}]: {exc}", markup=False, highlight=False)
+    sys.exit(exc.exit_status)
 
 
 def _argv_wants_json() -> bool:

@@ -1,15 +1,14 @@
-"""``fleet exec``: run one command on many hosts at once, without the controller."""
+"""``fleet exec``: run one command on many hosts at once, through the controller's open
+connections when one runs (fleet/exec_command.py does the work)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
 
-from fleet import execute
-from fleet.cli.common import CURRENT, OutputFormat, OutputOpt, emit, fmt, stdout
-from fleet.errors import EXIT_FAILED, BadInput
+from fleet import exec_command
+from fleet.cli.common import CURRENT, OutputFormat, OutputOpt, fmt
 
 
 def register(app: typer.Typer) -> None:
@@ -29,24 +28,25 @@ def exec_(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds per host (connect and run).")
     ] = None,
+    no_controller: Annotated[
+        bool,
+        typer.Option(
+            "--no-controller", help="Connect to the hosts directly even if a controller runs."
+        ),
+    ] = False,
     output: OutputOpt = None,
 ) -> None:
-    """Exit 0 when the command exited 0 everywhere, 1 when any host failed or was unreachable."""
-    if (pool is None) == (hosts is None):
-        raise BadInput("give exactly one of --pool or --hosts", code="MissingRequiredProperty")
-    targets = execute.select_targets(CURRENT.reader, pool=pool, pattern=hosts)
-    db_url = CURRENT.settings.db_url
-    results = asyncio.run(execute.run_everywhere(db_url, targets, command, timeout))
-    data = [r.to_dict() for r in results]
-    if fmt(output) == OutputFormat.JSON:
-        emit(data, output)
-    else:
-        for group in execute.group_identical(results):
-            stdout.print(f"[bold]---- {group.label} ----[/bold]", highlight=False)
-            stdout.out(
-                group.text,
-                end="" if group.text.endswith("\n") or not group.text else "\n",
-                highlight=False,
-            )
-    if any(not r.ok for r in results):
-        raise typer.Exit(EXIT_FAILED)
+    """Exit 0 when the command exited 0 everywhere, 1 when any host failed or was unreachable.
+    With a controller running on the same database, the command runs on its open
+    connections; the output is the same either way."""
+    status = exec_command.run(
+        CURRENT.settings,
+        command,
+        pool=pool,
+        hosts=hosts,
+        timeout=timeout,
+        as_json=fmt(output) == OutputFormat.JSON,
+        use_controller=not no_controller,
+    )
+    if status:
+        raise typer.Exit(status)
