@@ -39,37 +39,35 @@ COLLECT_RETRY_MAX = 30.0
 
 
 class Collector:
-    """Collects finished attempts; ``finish(att, record)`` queues each completion."""
+    """Collects finished attempts; ``finish(att, record, files)`` queues each completion
+    (``files``: small output files to store with it, or None when they were written to
+    the task's directory under ``task_files/``)."""
 
     def __init__(
         self,
         settings: Settings,
         inflight: dict[str, dict[str, Attempt]],
-        finish: Callable[[Attempt, dict[str, Any]], None],
+        finish: Callable[[Attempt, dict[str, Any], dict[str, bytes] | None], None],
     ) -> None:
         self.settings = settings
         self._inflight = inflight
         self._finish = finish
 
     def collect_inline(self, att: Attempt, files: dict[str, str | None] | None) -> bool:
-        """Collect at once, without I/O to the node, an attempt whose stdout, stderr and
-        exit record all came inline with its exit event and that has no outputFiles; queue
-        its completion and return True. Return False when that does not apply or the
-        controller's disk refused (then :meth:`collect` does it, retrying)."""
+        """Queue at once, without I/O, the completion of an attempt whose stdout, stderr and
+        exit record all came inline with its exit event and that has no outputFiles: the
+        files go to the database with the completion. Return False when that does not
+        apply (then :meth:`collect` fetches what is missing)."""
         if att.output_files or not files or any(files.get(n) is None for n in COLLECTED_FILES):
             return False
-        dest = self.settings.task_files / att.job_id / att.task_id
-        contents = {name: base64.b64decode(files[name] or "") for name in COLLECTED_FILES}
         try:
-            dest.mkdir(parents=True, exist_ok=True)
-            for name, data in contents.items():
-                (dest / name).write_bytes(data)
-        except OSError:
+            contents = {name: base64.b64decode(files[name] or "") for name in COLLECTED_FILES}
+        except ValueError:
             return False
         record = _own_record(contents["exit.json"], att)
         if record is None:  # not this attempt's: read it back from the node
             return False
-        self._finish(att, record)
+        self._finish(att, record, contents)
         return True
 
     async def collect(
@@ -109,7 +107,7 @@ class Collector:
             except Exception as exc:
                 record = internal_error(att, exc, record)
                 break
-        self._finish(att, record)
+        self._finish(att, record, None)
 
     async def _collect_once(
         self,

@@ -22,12 +22,14 @@ if TYPE_CHECKING:
 @dataclass
 class Outbox:
     """Attempt events gathered during a turn; fleet/task_events.py writes them in one
-    transaction: starts (with their start time), exits (with their exit record), and
-    attempts going back to the queue (requeued, or never started)."""
+    transaction: starts (with their start time), exits (with their exit record and small
+    output files), and attempts going back to the queue (requeued, or never started)."""
 
     started: list[tuple[Attempt, float]] = field(default_factory=list)
     finished: list[tuple[Attempt, dict[str, Any]]] = field(default_factory=list)
     back_to_queue: list[tuple[Attempt, bool]] = field(default_factory=list)
+    #: the small files that came inline with exits, by (task pk, attempt), then file name
+    outputs: dict[tuple[int, int], dict[str, bytes]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.started or self.finished or self.back_to_queue)

@@ -222,11 +222,11 @@ class Controller:
             self._looked_at = now
             self._sync_links()
             self.lifecycle.tick()
+            self.schedules.tick()  # its timers wake the loop
         self._requeue_lost_nodes()
         self.retention.tick()
         self.node_users.tick()
         retired = self.auto_pools.tick()
-        self.schedules.tick()
         applied = self.events.apply()
         self.events.release_dependents()
         placed = await self._schedule() if look or applied else False
@@ -414,8 +414,12 @@ class Controller:
             self.spawn_background(self.collector.collect(link, att, record, files))
         self._wake.set()  # its slots are free: schedule now
 
-    def _collected(self, att: Attempt, record: dict[str, Any]) -> None:
+    def _collected(
+        self, att: Attempt, record: dict[str, Any], files: dict[str, bytes] | None
+    ) -> None:
         self.ctx.outbox.finished.append((att, record))
+        if files:
+            self.ctx.outbox.outputs[att.pk, att.attempt] = files
         self._wake.set()
 
     def _requeue_lost_nodes(self) -> None:

@@ -77,6 +77,10 @@ class ScheduleRunner:
             col(JobSchedule.state).in_(("terminating", "deleting")),
         )
         timers: dict[str, tuple[float, float] | None] = {}  # armed after the commit
+        if not full:  # most turns: nothing due, and no write lock taken to find that out
+            with self.c.store.read() as s:
+                if s.exec(select(JobSchedule.id).where(live, due).limit(1)).first() is None:
+                    return
         with self.c.store.session() as s:
             for row in s.exec(select(JobSchedule).where(live, due)).all():
                 try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -196,6 +196,22 @@ class Subtask(SQLModel, table=True):
     failure_info: dict[str, Any] | None = _json()
     start_time: float | None = None
     end_time: float | None = None
+
+
+class TaskOutput(SQLModel, table=True):
+    """A small file of a task's last finished attempt (stdout.txt, stderr.txt, exit.json
+    up to the agent's inline limit), written with the task's completion in the same
+    transaction; larger ones are files under ``task_files/`` (fleet/task_files.py reads
+    both). Deleted with its task."""
+
+    __tablename__ = "task_outputs"
+
+    task_pk: int = Field(
+        sa_column=Column(ForeignKey("tasks.pk", ondelete="CASCADE"), primary_key=True)
+    )
+    name: str = Field(primary_key=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    modified: float = 0.0
 
 
 class StaleAttempt(SQLModel, table=True):

@@ -14,13 +14,13 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from fleet import rules, task_stats
 from fleet.context import Context, Outbox
 from fleet.domain import AttemptState, NodeState, TaskState
 from fleet.service import dependency_state
-from fleet.tables import Job, Node, StaleAttempt, Task
+from fleet.tables import Job, Node, StaleAttempt, Task, TaskOutput
 
 if TYPE_CHECKING:
     from fleet.attempts import Attempt
@@ -31,6 +31,7 @@ DEPENDENCY_SWEEP_SECONDS = 2.0
 _TASKS = Task.__table__  # type: ignore[attr-defined]
 _JOBS = Job.__table__  # type: ignore[attr-defined]
 _NODES = Node.__table__  # type: ignore[attr-defined]
+_OUTPUTS = TaskOutput.__table__  # type: ignore[attr-defined]
 #: What :func:`rules.on_exit` reads of a task.
 _FACT_COLUMNS = [
     _TASKS.c[name]
@@ -92,6 +93,7 @@ class TaskEvents:
             self.c.outbox.started[:0] = ev.started
             self.c.outbox.finished[:0] = ev.finished
             self.c.outbox.back_to_queue[:0] = ev.back_to_queue
+            self.c.outbox.outputs = ev.outputs | self.c.outbox.outputs
             raise
         for att, _ in [*ev.finished, *ev.back_to_queue]:
             self.c.inflight.get(att.node_id, {}).pop(att.key, None)
@@ -112,7 +114,7 @@ class TaskEvents:
                     ],
                 )
             if ev.finished:
-                self._complete(s, ev.finished, now)
+                self._complete(s, ev.finished, ev.outputs, now)
             for att, requeue in ev.back_to_queue:
                 values: dict[str, Any] = dict(
                     state=TaskState.ACTIVE,
@@ -142,9 +144,16 @@ class TaskEvents:
             done = {(a.node_id, a.key) for a, _ in [*ev.finished, *ev.back_to_queue]}
             self.update_node_busy(s, touched_nodes, now, leaving=done)
 
-    def _complete(self, s: Any, finished: list[tuple[Attempt, dict[str, Any]]], now: float) -> None:
+    def _complete(
+        self,
+        s: Any,
+        finished: list[tuple[Attempt, dict[str, Any]]],
+        outputs: dict[tuple[int, int], dict[str, bytes]],
+        now: float,
+    ) -> None:
         """Write the exits of ``finished`` attempts: each task's fields decided by
-        :func:`rules.on_exit`, as one executemany per shape of change."""
+        :func:`rules.on_exit`, as one executemany per shape of change, and the small
+        ``outputs`` that came with them (replacing an earlier attempt's)."""
         tasks = {
             row.pk: row
             for row in s.execute(
@@ -165,6 +174,8 @@ class TaskEvents:
         }
         updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         deleted: list[dict[str, Any]] = []
+        replaced: list[dict[str, Any]] = []  # outputs of an earlier attempt to drop
+        files: list[dict[str, Any]] = []
         for att, record in finished:
             task = tasks.get(att.pk)
             if task is None or task.attempt != att.attempt or task.state == TaskState.COMPLETED:
@@ -192,6 +203,10 @@ class TaskEvents:
                 )
                 continue
             updates.setdefault(tuple(sorted(change.task)), []).append(key | change.task)
+            if att.attempt > 1:
+                replaced.append({"b_pk": att.pk})
+            for name, data in outputs.get((att.pk, att.attempt), {}).items():
+                files.append({"task_pk": att.pk, "name": name, "data": data, "modified": now})
             if change.job and job is not None:  # rare: a job manager's end, an exit's jobAction
                 s.execute(update(_JOBS).where(_JOBS.c.id == task.job_id).values(**change.job))
                 jobs[task.job_id] = replace(
@@ -206,6 +221,10 @@ class TaskEvents:
                 .values({name: bindparam(name) for name in names}),
                 params,
             )
+        if replaced:
+            s.execute(delete(_OUTPUTS).where(_OUTPUTS.c.task_pk == bindparam("b_pk")), replaced)
+        if files:
+            s.execute(insert(_OUTPUTS), files)
         if deleted:
             s.execute(
                 delete(_TASKS).where(

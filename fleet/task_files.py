@@ -13,10 +13,13 @@ exit.json) still answer.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from sqlmodel import select
 
 from fleet import environment, file_patterns, targets, views
 from fleet.agent_client import install_agent
@@ -25,7 +28,7 @@ from fleet.service.tasks import COLLECTED_FILES, show_task
 from fleet.settings import Settings
 from fleet.ssh import Connection, Process
 from fleet.store import Store
-from fleet.tables import Task
+from fleet.tables import Task, TaskOutput
 
 CHUNK = 1 << 20
 #: Codes of the node's file commands that mean the request itself is bad (exit 2).
@@ -88,13 +91,24 @@ def list_files(
             if exc.code in BAD_REQUEST_CODES:
                 raise _bad_request(where, exc, "taskDir") from exc
             # node gone or dir swept: fall back to what was collected
-    if not where.collected.is_dir():
+    kept = _kept_outputs(store, where.task)
+    entries = {name: _entry(name, False, len(data), at, None) for name, (data, at) in kept.items()}
+    if where.collected.is_dir():
+        for p in where.collected.iterdir():
+            if p.name in COLLECTED_FILES and p.name not in entries:
+                st = p.stat()
+                entries[p.name] = _entry(p.name, False, st.st_size, st.st_mtime, st.st_mode)
+    if not entries:
         raise NotFound("the task has no files yet", code="FileNotFound", target=where.target)
-    return [
-        _entry(p.name, False, p.stat().st_size, p.stat().st_mtime, p.stat().st_mode)
-        for p in sorted(where.collected.iterdir())
-        if p.name in COLLECTED_FILES
-    ]
+    return [entries[name] for name in sorted(entries)]
+
+
+def _kept_outputs(store: Store, task: Task) -> dict[str, tuple[bytes, float]]:
+    """Return the small output files of the task's last attempt that the database keeps
+    (name -> (bytes, modified)); larger ones are files under ``task_files/``."""
+    with store.read() as s:
+        rows = s.exec(select(TaskOutput).where(TaskOutput.task_pk == task.pk)).all()
+    return {row.name: (bytes(row.data), row.modified) for row in rows}
 
 
 async def _list_remote(
@@ -155,22 +169,25 @@ def download(
                 raise _bad_request(where, exc, "name") from exc
             if exc.details.get("written"):
                 raise  # part of it went out already: no fallback can mend that
+    kept = _kept_outputs(store, where.task) if rel in COLLECTED_FILES else {}
+    if rel in kept:
+        return _copy_local(io.BytesIO(kept[rel][0]), sink, start or 0, end)
     local = where.collected / rel
     if rel in COLLECTED_FILES and local.is_file() and not local.is_symlink():
-        return _copy_local(local, sink, start or 0, end)
+        with local.open("rb") as f:
+            return _copy_local(f, sink, start or 0, end)
     raise NotFound(f"no file {rel!r} for this task", code="FileNotFound", target=target)
 
 
-def _copy_local(path: Path, sink: BinaryIO, start: int, end: int | None) -> int:
+def _copy_local(f: BinaryIO, sink: BinaryIO, start: int, end: int | None) -> int:
     written = 0
-    with path.open("rb") as f:
-        f.seek(start)
-        while end is None or start + written <= end:
-            want = CHUNK if end is None else min(CHUNK, end - start - written + 1)
-            if not (chunk := f.read(want)):
-                break
-            sink.write(chunk)
-            written += len(chunk)
+    f.seek(start)
+    while end is None or start + written <= end:
+        want = CHUNK if end is None else min(CHUNK, end - start - written + 1)
+        if not (chunk := f.read(want)):
+            break
+        sink.write(chunk)
+        written += len(chunk)
     return written
 
 

@@ -82,6 +82,35 @@ def test_collected_output_is_served_when_the_node_is_gone(done, lab):
         lab_mod.start_node(lab, node)
 
 
+RETRIED_BIG = (
+    '/bin/sh -c \'if [ -e seen ]; then head -c 100000 /dev/zero | tr "\\000" x; '
+    "else touch seen; echo first; exit 1; fi'"
+)
+
+
+def test_collected_output_of_the_last_attempt_small_or_large(fleet, lab_inventory, controller, lab):
+    """Attempt 1's small stdout came inline (kept in the database); attempt 2's is over
+    the inline limit (fetched to a file): with the node gone, attempt 2's is served."""
+    make_pool(fleet, lab_inventory, "p", 1)
+    controller()
+    fleet("job", "create", "--id", "j", "--pool", "p")
+    spec = {"id": "t", "commandLine": RETRIED_BIG, "constraints": {"maxTaskRetryCount": 1}}
+    fleet.add_tasks("j", [spec])
+    fleet("job", "wait", "j", "--timeout", "60")
+    shown = fleet.json("task", "show", "--job", "j", "--id", "t")
+    assert shown["executionInfo"]["retryCount"] == 1
+    lab_mod.stop_node(lab, shown["nodeInfo"]["nodeId"])
+    try:
+        assert _download(fleet, "stdout.txt").stdout == "x" * 100000
+        listed = {
+            f["name"]: f for f in fleet.json("task", "file", "list", "--job", "j", "--id", "t")
+        }
+        assert listed["stdout.txt"]["properties"]["contentLength"] == 100000
+        assert listed["stderr.txt"]["properties"]["contentLength"] == 0
+    finally:
+        lab_mod.start_node(lab, shown["nodeInfo"]["nodeId"])
+
+
 # A task that swaps wd/dir (a real directory holding a harmless passwd) with wd/link (a
 # symlink to /etc) as fast as it can, with renameat2(RENAME_EXCHANGE), until told to stop.
 SWAPPER = """

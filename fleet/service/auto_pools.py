@@ -118,5 +118,8 @@ class AutoPoolSweep:
         if now - self._at < SWEEP_SECONDS:
             return False
         self._at = now
+        with self.store.read() as s:  # most sweeps find no auto pool: no write lock for that
+            if s.exec(select(Pool.id).where(col(Pool.auto_owner).is_not(None))).first() is None:
+                return False
         with self.store.session() as s:
             return bool(retire_ended(s))
