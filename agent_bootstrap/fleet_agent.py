@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import pwd
+import resource  # noqa: F401  (os.wait4 imports it: once here, not in every wrapper)
 import select
 import selectors
 import signal
@@ -417,8 +418,8 @@ def prepare_task_dir(spec: TaskSpec) -> tuple:
 def start_command(spec: TaskSpec, stdout_fd: int, stderr_fd: int) -> tuple:
     """Popen the argv in a new session (closing the output fds given); return
     (Command, None) or (None, error dict) if it cannot start."""
-    env = dict(os.environ)
-    env.update(spec.env)
+    env = dict(os.environb)  # bytes: no decoding and encoding of every variable per task
+    env.update((os.fsencode(k), os.fsencode(v)) for k, v in spec.env.items())
     # The agent ignores SIGCHLD (to auto-reap wrappers) and the wrapper SIGHUP; ignored
     # signals survive exec, so the command must get the default dispositions.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
