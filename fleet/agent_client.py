@@ -33,13 +33,17 @@ def client_remote_path(root: str) -> str:
 
 async def install_agent(conn: Connection, root: str) -> str:
     """Upload this version's agent and task client to the node root unless they are there
-    already; return the agent's path. Raises Unreachable or RemoteError."""
+    already; return the agent's path. Both are looked for, and uploaded, at once (pipelined
+    on the one SFTP session). Raises Unreachable or RemoteError."""
     path = agent_remote_path(root)
-    helper = client_remote_path(root)
-    for remote, source, mode in ((path, agent_source, 0o644), (helper, client_source, 0o755)):
-        if not await conn.exists(remote):
-            await conn.makedirs(f"{root.rstrip('/')}/volatile")
-            await conn.upload_bytes(source(), remote, mode)
+    files = ((path, agent_source, 0o644), (client_remote_path(root), client_source, 0o755))
+    found = await asyncio.gather(*(conn.exists(remote) for remote, _, _ in files))
+    missing = [file for file, there in zip(files, found, strict=True) if not there]
+    if missing:
+        await conn.makedirs(f"{root.rstrip('/')}/volatile")
+        await asyncio.gather(
+            *(conn.upload_bytes(source(), remote, mode) for remote, source, mode in missing)
+        )
     return path
 
 
@@ -62,7 +66,9 @@ class AgentClient:
         """Upload the agent if this node lacks this version, start it and return the client
         once it said hello. Raises AgentError or Unreachable."""
         path = await install_agent(conn, root)
-        process = await conn.start_process(["python3", path, root])
+        # -S: the agent is stdlib-only, and skipping site-packages saves the node about a
+        # third of the interpreter's start-up
+        process = await conn.start_process(["python3", "-S", path, root])
         client = cls(conn.target.host_id, process, on_event)
         await client._handshake()
         return client

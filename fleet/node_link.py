@@ -179,7 +179,7 @@ class NodeLink:
     # -- connect and bootstrap ---------------------------------------------------------
 
     def _target(self) -> tuple[Target, str, Pool, Node]:
-        with self.store.session() as s:
+        with self.store.read() as s:
             host = s.get(Host, self.node_id)
             node = s.get(Node, self.node_id)
             if host is None or node is None:
@@ -226,15 +226,21 @@ class NodeLink:
             or node.start_task_info.get("state") != "completed"
             or node.state in (NodeState.CREATING, NodeState.STARTING)
         )
-        self._write_node(boot_id=hello.get("bootId"), root=hello.get("root"), errors=[])
+        seen: dict[str, Any] = {
+            "boot_id": hello.get("bootId"),
+            "root": hello.get("root"),
+            "errors": [],
+        }
         self.lost_at = None
         if start_needed:
+            self._write_node(**seen)
             ok = await self._run_start_task(pool, hello.get("root", root))
             if not ok:
                 return  # node stays starttaskfailed; the agent channel stays open
         elif node.state != NodeState.START_TASK_FAILED:
-            self._write_node(state=NodeState.IDLE)
+            self._write_node(state=NodeState.IDLE, **seen)  # one commit: bootstrap ends here
         else:
+            self._write_node(**seen)
             return
         self.ready = True
         await self._on_ready(self)
