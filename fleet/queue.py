@@ -28,6 +28,12 @@ _WAITING = (
 )
 
 
+def any_active_job(s: Any) -> bool:
+    """Return whether any job is active (without one, nothing can start)."""
+    query = select(_JOBS.c.id).where(_JOBS.c.state == JobState.ACTIVE).limit(1)
+    return s.execute(query).first() is not None
+
+
 def pending(s: Any, pool_ids: Iterable[str], limit: int) -> list[PendingTask]:
     """Return up to ``limit`` tasks that may start on the pools ``pool_ids``, in order."""
     jobs = s.execute(
