@@ -1215,6 +1215,48 @@ def command_read(root: str, args: list) -> None:
         os.close(fd)
 
 
+def command_read_many(root: str, args: list) -> None:
+    """read-many TASK_DIR: read a JSON list of names under the task dir from one line of
+    stdin; for each in turn write a header line, as read's, and after an ok one the file
+    as chunks, each its length on a line and then its bytes, ending with "0\\n". A name
+    refused (as read refuses it) gets an error header and the next one follows."""
+    if len(args) != 1:
+        raise FileCommandError("BadRequest", "usage: read-many TASK_DIR < JSON list of names")
+    task_dir = path_parts(args[0], "taskDir")
+    try:
+        names = json.loads(sys.stdin.buffer.readline(MAX_LINE_BYTES))
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise FileCommandError("BadRequest", "stdin must be one JSON list of names")
+    out = bytearray()  # small files go out together, not as three writes each
+    for name in names:
+        try:
+            fd = open_beneath(root, task_dir + path_parts(name, "name"), False, len(task_dir))
+        except FileCommandError as exc:
+            out += encode_line({"ok": False, "error": {"code": exc.code, "message": exc.message}})
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                error = {"code": "NotARegularFile", "message": "%s is not a regular file" % name}
+                out += encode_line({"ok": False, "error": error})
+                continue
+            out += encode_line({"ok": True, "size": st.st_size})
+            offset = 0
+            while chunk := os.pread(fd, 1 << 20, offset):
+                out += b"%d\n" % len(chunk)
+                out += chunk
+                offset += len(chunk)
+                if len(out) >= 1 << 20:
+                    write_all(1, bytes(out))
+                    out.clear()
+            out += b"0\n"
+        finally:
+            os.close(fd)
+    write_all(1, bytes(out))
+
+
 def list_entries(dir_fd: int, prefix: str, recursive: bool, out: list) -> None:
     """Append the entries of directory dir_fd (an O_PATH fd; names under prefix) to out,
     descending into real directories (never links) when recursive."""
@@ -1260,7 +1302,7 @@ def command_list(root: str, args: list) -> None:
     write_header({"ok": True, "files": files})
 
 
-FILE_COMMANDS = {"read": command_read, "list": command_list}
+FILE_COMMANDS = {"read": command_read, "read-many": command_read_many, "list": command_list}
 
 
 def run_file_command(root: str, name: str, args: list) -> int:
@@ -1343,11 +1385,11 @@ def fail_hello(code: str, message: str) -> None:
 
 def main(argv: list) -> int:
     """Run the agent for the node root argv[1], or with more arguments one task file
-    command (read, list) under it; return the exit status."""
+    command (read, read-many, list) under it; return the exit status."""
     if len(argv) > 2 and argv[2] in FILE_COMMANDS:
         return run_file_command(os.path.realpath(argv[1]), argv[2], argv[3:])
     if len(argv) != 2:
-        sys.stderr.write("usage: %s ROOT [read|list ARGS...]\n" % argv[0])
+        sys.stderr.write("usage: %s ROOT [read|read-many|list ARGS...]\n" % argv[0])
         return 2
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited wrappers
     root = os.path.realpath(argv[1])

@@ -106,19 +106,6 @@ def _entry(root: Path, rel: str, real: str) -> dict[str, Any]:
     }
 
 
-class _Sink:
-    """Writes through to a file, hashing and reporting progress on the way."""
-
-    def __init__(self, f: BinaryIO, progress: Progress | None) -> None:
-        self.f, self.progress, self.hasher = f, progress, hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.hasher.update(data)
-        if self.progress is not None:
-            self.progress(len(data))
-        return self.f.write(data)
-
-
 def _parent(root: Path, rel: str) -> Path:
     cur = root
     for seg in rel.split("/")[:-1]:
@@ -136,34 +123,99 @@ def _parent(root: Path, rel: str) -> Path:
     return cur
 
 
+def _exists(rel: str) -> Conflict:
+    return Conflict(f"{rel!r} exists already", code="FileExists", target=f"file {rel}")
+
+
+class Staged:
+    """A file being written into the store under a temporary name beside its place,
+    hashed on the way; nothing shows under its name until :func:`commit`.
+
+    Raises on creation as :func:`put_file` does for the name (Conflict ``PathConflict``,
+    ``FileExists``), or OSError."""
+
+    def __init__(
+        self, root: Path, rel: str, overwrite: bool = True, progress: Progress | None = None
+    ) -> None:
+        self.root, self.name, self.overwrite, self.progress = root, rel, overwrite, progress
+        self.dest = _parent(root, rel) / rel.rsplit("/", 1)[-1]
+        if self.dest.is_dir() and not self.dest.is_symlink():
+            raise Conflict(f"{rel!r} is a directory", code="PathConflict", target=f"file {rel}")
+        if not overwrite and os.path.lexists(self.dest):
+            raise _exists(rel)
+        self.tmp = self.dest.with_name(f"{_TMP}{uuid.uuid4().hex}")
+        self.hasher = hashlib.sha256()
+        self._file = self.tmp.open("xb")
+
+    def write(self, data: bytes) -> int:
+        self.hasher.update(data)
+        if self.progress is not None:
+            self.progress(len(data))
+        return self._file.write(data)
+
+    def close(self) -> None:
+        """Close the temporary file (it stays until committed or discarded)."""
+        self._file.close()
+
+    def discard(self) -> None:
+        """Close and remove the temporary file, if it is still there."""
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def _place(self) -> None:
+        if self.overwrite:
+            os.replace(self.tmp, self.dest)
+        else:
+            try:
+                os.link(self.tmp, self.dest)  # atomic: fails if the name was taken meanwhile
+            except FileExistsError:
+                raise _exists(self.name) from None
+        _record_sum(self.root, self.name, os.stat(self.dest), self.hasher.hexdigest())
+
+
+def stage(settings: Settings, remote: str) -> Staged:
+    """Return a new :class:`Staged` file to write ``remote``'s bytes into (replacing any
+    file of that name at commit). Raises BadInput ``InvalidFilePath``, Conflict
+    ``PathConflict``, OSError."""
+    return Staged(_root(settings), _name(remote))
+
+
+def commit(staged: list[Staged]) -> list[str]:
+    """Put staged files in place, durably, and return their names in order: their data
+    reaches the disk first (fsync for one file; one ``os.sync()`` for more, where a
+    journal commit per file would cost milliseconds each), then each is renamed to its
+    name and its sha256 recorded. Whatever was not placed is discarded. Raises Conflict
+    ``FileExists`` (a name taken meanwhile, without overwrite) or OSError."""
+    try:
+        for s in staged:
+            s.close()
+        if len(staged) == 1:
+            fd = os.open(staged[0].tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif staged:
+            os.sync()
+        for s in staged:
+            s._place()
+    finally:
+        for s in staged:
+            s.discard()
+    return [s.name for s in staged]
+
+
 def _store(
     root: Path, rel: str, src: BinaryIO, overwrite: bool, progress: Progress | None
 ) -> dict[str, Any]:
-    dest = _parent(root, rel) / rel.rsplit("/", 1)[-1]
-    if dest.is_dir() and not dest.is_symlink():
-        raise Conflict(f"{rel!r} is a directory", code="PathConflict", target=f"file {rel}")
-    exists = Conflict(f"{rel!r} exists already", code="FileExists", target=f"file {rel}")
-    if not overwrite and os.path.lexists(dest):
-        raise exists
-    tmp = dest.with_name(f"{_TMP}{uuid.uuid4().hex}")
+    staged = Staged(root, rel, overwrite, progress)
     try:
-        with tmp.open("xb") as f:
-            sink = _Sink(f, progress)
-            shutil.copyfileobj(src, sink, CHUNK)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, dest)
-        else:
-            try:
-                os.link(tmp, dest)  # atomic: fails if the name was taken meanwhile
-            except FileExistsError:
-                raise exists from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    real = os.path.realpath(dest)
-    _record_sum(root, rel, os.stat(real), sink.hasher.hexdigest())
-    return _entry(root, rel, real)
+        shutil.copyfileobj(src, staged, CHUNK)
+    except BaseException:
+        staged.discard()
+        raise
+    commit([staged])
+    return _entry(root, rel, os.path.realpath(staged.dest))
 
 
 def _open_local(path: Path, flags: int = 0) -> BinaryIO:

@@ -1,13 +1,13 @@
 """Files of a task: listed and streamed from its node without following links, else from
 the controller's copies.
 
-On the node, the agent file runs as a one-shot command (``read`` or ``list``, see
-docs/agent-protocol.md "Task files") that walks from the node root one component at a
-time and never follows a symlink, so a task swapping a directory for a link cannot
-point a download outside its directory; the bytes stream over the SSH channel in
-bounded chunks. When the node cannot be reached (or the task directory is gone), the
-copies the controller collected when the task ended (stdout.txt, stderr.txt,
-exit.json) still answer.
+On the node, the agent file runs as a one-shot command (``read``, ``read-many`` or
+``list``, see docs/agent-protocol.md "Task files") that walks from the node root one
+component at a time and never follows a symlink, so a task swapping a directory for a
+link cannot point a download outside its directory; the bytes stream over the SSH
+channel in bounded chunks. When the node cannot be reached (or the task directory is
+gone), the copies the controller collected when the task ended (stdout.txt,
+stderr.txt, exit.json) still answer.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from sqlmodel import select
 
@@ -238,6 +239,56 @@ async def stream_from_node(
         raise
 
 
+class Sink(Protocol):
+    """Where the bytes of one file go; closed after its last byte."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+    def close(self) -> None: ...
+
+
+async def read_many_from_node(
+    conn: Connection, root: str, task_dir: str, rels: list[str], sink_for: Callable[[int], Sink]
+) -> dict[int, RemoteError]:
+    """Stream the files ``rels`` under ``task_dir`` of the node root ``root`` through one
+    command on the node, each opened as :func:`stream_from_node` opens it: the bytes of
+    ``rels[i]`` go to ``sink_for(i)``, called when they start and closed after the last
+    one (a thousand files never hold a thousand descriptors). Return the refused ones by
+    position (RemoteError PathEscapesTaskDir, NotARegularFile, FileNotFound, ...).
+    Raises RemoteError if the stream breaks off, Unreachable if the connection drops."""
+    if not rels:
+        return {}
+    proc = await _file_command(conn, root, ["read-many", task_dir])
+    proc.write(json.dumps(rels).encode() + b"\n")
+    refused: dict[int, RemoteError] = {}
+    for i in range(len(rels)):
+        header = _parse(await proc.readline())
+        if header is None:
+            raise await _broken(conn, proc)
+        if header.get("ok") is not True:
+            refused[i] = _refusal(conn, header)
+            continue
+        sink = sink_for(i)
+        while size := await _chunk_size(conn, proc):
+            while size:
+                if not (chunk := await proc.read(min(size, CHUNK))):
+                    raise await _broken(conn, proc)
+                sink.write(chunk)
+                size -= len(chunk)
+        sink.close()
+    if await proc.wait() != 0:
+        raise await _broken(conn, proc)
+    return refused
+
+
+async def _chunk_size(conn: Connection, proc: Process) -> int:
+    """Return the length on the next chunk line of ``read-many`` (0 ends a file)."""
+    line = (await proc.readline()).strip()
+    if not line.isdigit():
+        raise await _broken(conn, proc)
+    return int(line)
+
+
 async def _file_command(conn: Connection, root: str, argv: list[str]) -> Process:
     """Start the agent file as a one-shot task file command on the node (as argv, quoted
     by the SSH layer, never a shell string built from names)."""
@@ -248,24 +299,36 @@ async def _file_command(conn: Connection, root: str, argv: list[str]) -> Process
 async def _header(conn: Connection, proc: Process) -> dict[str, Any]:
     """Return the ok header line of a file command; raises RemoteError with the node's
     code for a refusal (FileNotFound, PathEscapesTaskDir, ...)."""
-    line = await proc.readline()
+    header = _parse(await proc.readline())
+    if header is None:
+        raise await _broken(conn, proc)
+    if header.get("ok") is not True:
+        raise _refusal(conn, header)
+    return header
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
     try:
         header = json.loads(line)
     except ValueError:
-        header = None
-    if not isinstance(header, dict):
-        detail = (await proc.stderr_text()).strip()[-300:]
-        raise RemoteError(
-            f"the node's file command failed: {detail or 'no answer'}", target=_node(conn)
-        )
-    if header.get("ok") is not True:
-        error = header.get("error") or {}
-        raise RemoteError(
-            str(error.get("message", "refused")),
-            code=str(error.get("code", "RemoteError")),
-            target=_node(conn),
-        )
-    return header
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _refusal(conn: Connection, header: dict[str, Any]) -> RemoteError:
+    error = header.get("error") or {}
+    return RemoteError(
+        str(error.get("message", "refused")),
+        code=str(error.get("code", "RemoteError")),
+        target=_node(conn),
+    )
+
+
+async def _broken(conn: Connection, proc: Process) -> RemoteError:
+    detail = (await proc.stderr_text()).strip()[-300:]
+    return RemoteError(
+        f"the node's file command failed: {detail or 'no answer'}", target=_node(conn)
+    )
 
 
 def _node(conn: Connection) -> str:

@@ -16,7 +16,6 @@ import posixpath
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from fleet import file_patterns, file_store, task_files
@@ -152,7 +151,7 @@ async def save_outputs(
     try:
         listed = await task_files.list_on_node(conn, root, task_dir, recursive=True)
         files = [f["name"] for f in listed if not f["isDirectory"]]
-        stored: list[str] = []
+        wanted_files: list[tuple[str, str]] = []  # (name under the task dir, stored name)
         for out in wanted:
             pattern = out["filePattern"]
             base = "" if pattern.startswith("../") else "wd/"
@@ -160,12 +159,11 @@ async def save_outputs(
             names = [n[len(base) :] for n in files if n.startswith(base)]
             matches = file_patterns.select(pattern, names)
             single = len(matches) == 1 and not any(c in pattern for c in "*?[")
-            for rel in matches:
-                path = out["destination"]["container"]["path"]
-                name = path if single else f"{path}/{rel}"
-                saved = await _save(conn, settings, root, task_dir, f"{base}{rel}", name)
-                stored.extend([saved] if saved else [])
-        return stored
+            path = out["destination"]["container"]["path"]
+            wanted_files += [
+                (f"{base}{rel}", path if single else f"{path}/{rel}") for rel in matches
+            ]
+        return await _save(conn, settings, root, task_dir, wanted_files)
     except ControllerStorageError:
         raise  # the controller's disk, not the task's outputs: collection is retried
     except FleetError as exc:
@@ -179,22 +177,30 @@ _NOT_A_FILE = frozenset({"PathEscapesTaskDir", "NotARegularFile"})
 
 
 async def _save(
-    conn: Connection, settings: Settings, root: str, task_dir: str, rel: str, name: str
-) -> str | None:
-    fd, tmp = tempfile.mkstemp(prefix="fleet-out-")
+    conn: Connection, settings: Settings, root: str, task_dir: str, wanted: list[tuple[str, str]]
+) -> list[str]:
+    """Stream the files (name under the task dir, stored name) from the node in one
+    command into staged files of the store, then commit them together (off the event
+    loop: it waits for the disk); return the stored names. Files that are not regular
+    or sit behind a symlink are skipped, with a warning."""
+    staged: dict[int, file_store.Staged] = {}
+
+    def sink_for(i: int) -> file_store.Staged:
+        staged[i] = file_store.stage(settings, wanted[i][1])
+        return staged[i]
+
     try:
-        with os.fdopen(fd, "wb") as sink:
-            try:
-                await task_files.stream_from_node(conn, root, task_dir, rel, sink)
-            except RemoteError as exc:
-                if exc.code in _NOT_A_FILE:
-                    log.warning("%s/%s: not saved as an output file: %s", task_dir, rel, exc)
-                    return None
-                raise
-        return str(file_store.put_file(settings, Path(tmp), name)["name"])
+        rels = [rel for rel, _ in wanted]
+        refused = await task_files.read_many_from_node(conn, root, task_dir, rels, sink_for)
+        for i, exc in refused.items():
+            if exc.code not in _NOT_A_FILE:
+                raise exc
+            log.warning("%s/%s: not saved as an output file: %s", task_dir, rels[i], exc)
+        return await asyncio.to_thread(file_store.commit, [staged[i] for i in sorted(staged)])
     except OSError as exc:
         if exc.errno in STORAGE_ERRNOS:
             raise storage_error(exc, "an output file") from exc
         raise
     finally:
-        os.unlink(tmp)
+        for s in staged.values():
+            s.discard()

@@ -173,6 +173,31 @@ def test_put_tree_refuses_an_escaping_symlink_before_copying(settings, tmp_path)
         fs.put_tree(settings, tmp_path / "missing", "up")
 
 
+def test_staged_files_appear_only_when_committed(settings):
+    fs.put_bytes(settings, b"old", "c/a")
+    a, b = fs.stage(settings, "c/a"), fs.stage(settings, "c/sub/b")
+    a.write(b"new")
+    b.write(b"tw")
+    b.write(b"o")
+    b.close()
+    dropped = fs.stage(settings, "c/dropped")
+    dropped.write(b"x")
+    dropped.discard()
+    assert [e["name"] for e in fs.list_files(settings)] == ["c/a"]
+    assert fs.read_range(settings, "c/a") == b"old"
+    assert fs.commit([a, b]) == ["c/a", "c/sub/b"]
+    sums = {e["name"]: e["properties"]["sha256"] for e in fs.list_files(settings)}
+    assert sums == {
+        "c/a": hashlib.sha256(b"new").hexdigest(),
+        "c/sub/b": hashlib.sha256(b"two").hexdigest(),
+    }
+    assert fs.read_range(settings, "c/sub/b") == b"two"
+    assert not [p for p in settings.files.rglob("*") if ".fleet-tmp-" in p.name]
+    with pytest.raises(Conflict) as exc:
+        fs.stage(settings, "c/a/below")
+    assert exc.value.code == "PathConflict"
+
+
 def test_delete_counts_and_prunes(settings):
     for name in ("d/a", "d/s/b", "d/s/t/c", "e/x"):
         fs.put_bytes(settings, b"x", name)

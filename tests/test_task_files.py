@@ -3,6 +3,7 @@ streaming in bounded memory, collected fallback."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from fleet import lab as lab_mod
-from fleet import task_files
+from fleet import targets, task_files
 from fleet.errors import BadInput
 from fleet.settings import Settings
+from fleet.ssh import Connection
 from fleet.store import Store
 from tests.conftest import make_pool, wait_for
 
@@ -173,6 +175,48 @@ def test_a_task_swapping_a_directory_for_a_link_never_gets_a_file_outside(done, 
     assert link.code == 2 and json.loads(link.stderr)["error"]["code"] == "PathEscapesTaskDir"
     done("job", "wait", "j", "--timeout", "60")
     assert _download_from(done, "swapper", "wd/dir/passwd").stdout == "harmless\n"
+
+
+MANY = (
+    "/bin/sh -c 'mkdir d && head -c 3000000 /dev/urandom > d/big && : > d/empty && "
+    "mkfifo d/fifo && ln -s /etc/passwd d/link && echo x > d/x'"
+)
+
+
+class _Sink(io.BytesIO):
+    def close(self) -> None:
+        self.ended = True
+
+
+def test_many_files_stream_in_one_command_with_refusals_per_file(done):
+    done.add_tasks("j", {"id": "many", "commandLine": MANY})
+    done("job", "wait", "j", "--timeout", "60")
+    shown = done.json("task", "show", "--job", "j", "--id", "many")
+    root_dir = Path(shown["nodeInfo"]["taskRootDirectory"])
+    store = Store(Settings.resolve(done.home).db_url)
+    task = task_files.show_task(store, "j", "many")
+    root, task_dir = task_files._on_node(task)
+    rels = ["wd/d/big", "wd/d/empty", "wd/d/fifo", "wd/d/link", "wd/d/gone", "wd/d/x", "wd/d/big"]
+    sinks: dict[int, _Sink] = {}
+
+    def sink_for(i: int) -> _Sink:
+        sinks[i] = _Sink()
+        return sinks[i]
+
+    async def read() -> dict:
+        conn = await Connection.open(targets.for_host(store, shown["nodeInfo"]["nodeId"]))
+        try:
+            return await task_files.read_many_from_node(conn, root, task_dir, rels, sink_for)
+        finally:
+            await conn.close()
+
+    refused = asyncio.run(read())
+    codes = {i: exc.code for i, exc in refused.items()}
+    assert codes == {2: "NotARegularFile", 3: "PathEscapesTaskDir", 4: "FileNotFound"}
+    big = (root_dir / "wd/d/big").read_bytes()
+    assert sinks[0].getvalue() == big and sinks[6].getvalue() == big
+    assert sinks[1].getvalue() == b"" and sinks[5].getvalue() == b"x\n"
+    assert sorted(sinks) == [0, 1, 5, 6] and all(s.ended for s in sinks.values())
 
 
 def _download_from(fleet, task, name, *extra, check=True):

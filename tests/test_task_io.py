@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -120,6 +121,33 @@ def test_output_files_for_a_failed_task_follow_their_condition(job):
     assert job("file", "download", "failures/t/why.log").stdout == "broken\n"
     assert job("file", "download", "ok/t/why.log", check=False).code == 3
     assert job.json("task", "show", "--job", "j", "--id", "t")["executionInfo"]["exitCode"] == 5
+
+
+MANY_OUTPUTS = (
+    "/bin/sh -c 'mkdir -p out/sub && for i in $(seq 300); do head -c $i /dev/urandom > out/f$i; "
+    "done && head -c 3000000 /dev/urandom > out/sub/big && ln -s /etc/passwd out/link && "
+    "mkfifo out/pipe'"
+)
+
+
+def test_many_output_files_are_saved_byte_for_byte_and_links_skipped(job):
+    _add(
+        job,
+        {
+            "id": "t",
+            "commandLine": MANY_OUTPUTS,
+            "outputFiles": [{"filePattern": "out/**", "destination": {"container": {"path": "m"}}}],
+        },
+    )
+    assert job("job", "wait", "j", "--timeout", "60").code == 0
+    shown = job.json("task", "show", "--job", "j", "--id", "t")
+    assert shown["executionInfo"]["result"] == "success"
+    wd = Path(shown["nodeInfo"]["taskRootDirectory"]) / "wd"
+    regular = [p for p in (wd / "out").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert len(regular) == 301
+    expected = {f"m/{p.relative_to(wd)}": _sha(p.read_bytes()) for p in regular}
+    stored = {f["name"]: f["properties"]["sha256"] for f in job.json("file", "list", "m")}
+    assert stored == expected
 
 
 def test_a_missing_resource_file_fails_the_task_without_retry(job):
