@@ -300,6 +300,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--files-per-node", type=int, default=1000)
     ap.add_argument("--file-bytes", type=int, default=1024)
+    ap.add_argument("--skip-large", action="store_true", help="only the small files (b)")
+    ap.add_argument("--profile", type=Path, help="write the controller's cProfile stats here")
     args = ap.parse_args()
     stop_on_sigterm()
     before = other_activity()
@@ -310,9 +312,16 @@ def main() -> None:
         hosts = ",".join(n.name for n in the_lab.nodes)
         run([FLEET, "pool", "create", "--id", POOL, "--hosts", hosts], env)
         store = Store(settings.db_url)
+        profile = [PY, "-m", "cProfile", "-o", str(args.profile), "-m", "fleet"]
         with (home / "controller.log").open("wb") as log:
             ctl = subprocess.Popen(
-                [FLEET, "controller", "run", "--log-level", "warning"],
+                [
+                    *(profile if args.profile else [FLEET]),
+                    "controller",
+                    "run",
+                    "--log-level",
+                    "warning",
+                ],
                 env=env,
                 stdout=log,
                 stderr=log,
@@ -324,7 +333,9 @@ def main() -> None:
                     raise RuntimeError("nodes did not become idle")
                 time.sleep(0.2)
             print(f"{args.nodes} nodes idle", flush=True)
-            big = large(the_lab, store, ctl, env, args.runs, args.size_mib << 20)
+            big = None
+            if not args.skip_large:
+                big = large(the_lab, store, ctl, env, args.runs, args.size_mib << 20)
             small = many_small(
                 the_lab, store, settings, ctl, env, args.files_per_node, args.file_bytes
             )
@@ -339,19 +350,22 @@ def main() -> None:
     report(big, small, before, args)
 
 
-def report(big: dict[str, Any], small: dict[str, Any], before: dict, args: Any) -> None:
-    med, rate, rss = big["median_s"], big["mib_per_s"], big["peak_rss_kib"]
-    print(f"\nG4a: download {args.size_mib} MiB (wd/big.bin), whole process, median of {args.runs}")
-    for name in med:
+def report(big: dict[str, Any] | None, small: dict[str, Any], before: dict, args: Any) -> None:
+    if big:
+        med, rate, rss = big["median_s"], big["mib_per_s"], big["peak_rss_kib"]
         print(
-            f"  {name:9s} {med[name]:6.2f} s  {rate[name]:6.1f} MiB/s  "
-            f"peak RSS {max(rss[name]) / 1024:6.1f} MiB"
+            f"\nG4a: download {args.size_mib} MiB (wd/big.bin), whole process, median of {args.runs}"
         )
-    print(
-        f"  fleet: {med['sftp'] / med['fleet']:.2f}x sftp (target >= 0.6), "
-        f"{med['paramiko'] / med['fleet']:.2f}x paramiko (target >= 2); peak RSS for a "
-        f"6-byte file {big['fleet_peak_rss_kib_small_file'] / 1024:.1f} MiB"
-    )
+        for name in med:
+            print(
+                f"  {name:9s} {med[name]:6.2f} s  {rate[name]:6.1f} MiB/s  "
+                f"peak RSS {max(rss[name]) / 1024:6.1f} MiB"
+            )
+        print(
+            f"  fleet: {med['sftp'] / med['fleet']:.2f}x sftp (target >= 0.6), "
+            f"{med['paramiko'] / med['fleet']:.2f}x paramiko (target >= 2); peak RSS for a "
+            f"6-byte file {big['fleet_peak_rss_kib_small_file'] / 1024:.1f} MiB"
+        )
     f, peers = small["fleet"], small["peers_s"]
     print(f"\nG4b: {small['files']} files of {small['bytes_each']} B from {args.nodes} nodes")
     print(
@@ -366,7 +380,13 @@ def report(big: dict[str, Any], small: dict[str, Any], before: dict, args: Any) 
         f"{f['controller_peak_rss_kib'] / 1024:.0f} MiB)"
     )
     path = write_results(
-        "g4", {"activity_before": before, "large": big, "small": small, "args": vars(args)}
+        "g4",
+        {
+            "activity_before": before,
+            "large": big,
+            "small": small,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        },
     )
     print(f"results: {path}")
 

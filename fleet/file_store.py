@@ -9,6 +9,7 @@ path is resolved inside the store and a symlink leading out of it is refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -29,6 +30,9 @@ RESERVED = ".fleet"
 _SUMS = ".fleet-sums"  # <root>/.fleet-sums/<h[:2]>/<h>.json, h = sha256 of the name
 _TMP = ".fleet-tmp-"
 CHUNK = 1 << 20
+#: Files up to this size get no cached sha256: reading one costs about what reading its
+#: cache entry would, and storing many small files is spared a second file each.
+SMALL = 64 << 10
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just copied."""
@@ -72,6 +76,8 @@ def _sum_path(root: Path, rel: str) -> Path:
 
 
 def _record_sum(root: Path, rel: str, st: os.stat_result, sha: str) -> None:
+    if st.st_size <= SMALL:
+        return  # hashed when listed
     path = _sum_path(root, rel)
     tmp = path.with_name(f"{_TMP}{uuid.uuid4().hex}")
     stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
@@ -83,15 +89,22 @@ def _record_sum(root: Path, rel: str, st: os.stat_result, sha: str) -> None:
         tmp.unlink(missing_ok=True)  # the cache is only a cache
 
 
-def _entry(root: Path, rel: str, real: str) -> dict[str, Any]:
-    st = os.stat(real)
+def _cached_sum(root: Path, rel: str, st: os.stat_result) -> str:
+    """Return the recorded sha256 of a file that is still as it was recorded, else ""."""
+    if st.st_size <= SMALL:
+        return ""
     try:
         cached = json.loads(_sum_path(root, rel).read_text())
         ok = cached["name"] == rel and cached["stamp"] == [st.st_size, st.st_mtime_ns, st.st_ino]
-        sha = str(cached["sha256"]) if ok else ""
+        return str(cached["sha256"]) if ok else ""
     except (OSError, ValueError, TypeError, KeyError):
-        sha = ""
-    if not sha:  # never stored through us, or changed behind our back
+        return ""
+
+
+def _entry(root: Path, rel: str, real: str) -> dict[str, Any]:
+    st = os.stat(real)
+    sha = _cached_sum(root, rel, st)
+    if not sha:  # small, never stored through us, or changed behind our back
         with open(real, "rb") as f:
             sha = hashlib.file_digest(f, "sha256").hexdigest()
         _record_sum(root, rel, st, sha)
@@ -129,23 +142,36 @@ def _exists(rel: str) -> Conflict:
 
 class Staged:
     """A file being written into the store under a temporary name beside its place,
-    hashed on the way; nothing shows under its name until :func:`commit`.
+    hashed on the way; nothing shows under its name until it is put in place
+    (:func:`put_many`). ``dirs`` caches the parent directories a batch has made.
 
     Raises on creation as :func:`put_file` does for the name (Conflict ``PathConflict``,
     ``FileExists``), or OSError."""
 
     def __init__(
-        self, root: Path, rel: str, overwrite: bool = True, progress: Progress | None = None
+        self,
+        root: Path,
+        rel: str,
+        overwrite: bool = True,
+        progress: Progress | None = None,
+        dirs: dict[str, Path] | None = None,
     ) -> None:
         self.root, self.name, self.overwrite, self.progress = root, rel, overwrite, progress
-        self.dest = _parent(root, rel) / rel.rsplit("/", 1)[-1]
-        if self.dest.is_dir() and not self.dest.is_symlink():
+        folder, _, base = rel.rpartition("/")
+        parent = dirs.get(folder) if dirs is not None else None
+        if parent is None:
+            parent = _parent(root, rel)
+            if dirs is not None:
+                dirs[folder] = parent
+        self.dest = os.path.join(parent, base)
+        if os.path.isdir(self.dest) and not os.path.islink(self.dest):
             raise Conflict(f"{rel!r} is a directory", code="PathConflict", target=f"file {rel}")
         if not overwrite and os.path.lexists(self.dest):
             raise _exists(rel)
-        self.tmp = self.dest.with_name(f"{_TMP}{uuid.uuid4().hex}")
+        self.tmp = os.path.join(parent, f"{_TMP}{uuid.uuid4().hex}")
         self.hasher = hashlib.sha256()
-        self._file = self.tmp.open("xb")
+        self.placed = False
+        self._file = open(self.tmp, "xb")  # noqa: SIM115 (closed by close or discard)
 
     def write(self, data: bytes) -> int:
         self.hasher.update(data)
@@ -154,13 +180,15 @@ class Staged:
         return self._file.write(data)
 
     def close(self) -> None:
-        """Close the temporary file (it stays until committed or discarded)."""
+        """Close the temporary file (it stays until put in place or discarded)."""
         self._file.close()
 
     def discard(self) -> None:
-        """Close and remove the temporary file, if it is still there."""
+        """Close and remove the temporary file, unless it was put in place."""
         self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        if not self.placed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
 
     def _place(self) -> None:
         if self.overwrite:
@@ -170,22 +198,47 @@ class Staged:
                 os.link(self.tmp, self.dest)  # atomic: fails if the name was taken meanwhile
             except FileExistsError:
                 raise _exists(self.name) from None
+            os.unlink(self.tmp)
+        self.placed = True
         _record_sum(self.root, self.name, os.stat(self.dest), self.hasher.hexdigest())
 
 
 def stage(settings: Settings, remote: str) -> Staged:
-    """Return a new :class:`Staged` file to write ``remote``'s bytes into (replacing any
-    file of that name at commit). Raises BadInput ``InvalidFilePath``, Conflict
-    ``PathConflict``, OSError."""
+    """Return a new :class:`Staged` file to stream ``remote``'s bytes into, for
+    :func:`put_many`. Raises BadInput ``InvalidFilePath``, Conflict ``PathConflict``,
+    OSError."""
     return Staged(_root(settings), _name(remote))
 
 
-def commit(staged: list[Staged]) -> list[str]:
-    """Put staged files in place, durably, and return their names in order: their data
-    reaches the disk first (fsync for one file; one ``os.sync()`` for more, where a
-    journal commit per file would cost milliseconds each), then each is renamed to its
-    name and its sha256 recorded. Whatever was not placed is discarded. Raises Conflict
-    ``FileExists`` (a name taken meanwhile, without overwrite) or OSError."""
+def put_many(settings: Settings, files: list[tuple[str, bytes | Staged]]) -> list[str]:
+    """Store files together, each given as its bytes or as a :class:`Staged` file of
+    that name, replacing files of the same names; return the names, in order (of two
+    with one name, the later wins). The data reaches the disk first, with one
+    ``os.sync()`` for them all (an fsync each would cost a journal commit each), then
+    each is renamed into place. Blocks on the disk: call it off the event loop. Raises
+    as :func:`stage` for a bytes item's name, and OSError; nothing of a failed call
+    shows, and its staged files are removed."""
+    root, dirs = _root(settings), dict[str, Path]()
+    staged: list[Staged] = []
+    try:
+        for name, data in files:
+            if isinstance(data, Staged):
+                staged.append(data)
+            else:
+                staged.append(Staged(root, _name(name), dirs=dirs))
+                staged[-1].write(data)
+                staged[-1].close()  # its buffer goes now, not after the whole batch
+        _commit(staged)
+    except BaseException:
+        for s in staged:
+            s.discard()
+        raise
+    return [s.name for s in staged]
+
+
+def _commit(staged: list[Staged]) -> None:
+    """Flush staged files to disk (fsync for one, ``os.sync()`` for more), then put each
+    in place; remove whatever was not placed."""
     try:
         for s in staged:
             s.close()
@@ -202,7 +255,6 @@ def commit(staged: list[Staged]) -> list[str]:
     finally:
         for s in staged:
             s.discard()
-    return [s.name for s in staged]
 
 
 def _store(
@@ -214,7 +266,7 @@ def _store(
     except BaseException:
         staged.discard()
         raise
-    commit([staged])
+    _commit([staged])
     return _entry(root, rel, os.path.realpath(staged.dest))
 
 

@@ -176,31 +176,78 @@ async def save_outputs(
 _NOT_A_FILE = frozenset({"PathEscapesTaskDir", "NotARegularFile"})
 
 
+#: Bytes of one save's output files held in memory; the files after stream to disk.
+BUFFER_BYTES = 8 << 20
+
+
+class _Output:
+    """One output file on its way to the store: in memory while its save's budget
+    lasts, else streamed into a staged file."""
+
+    def __init__(self, outputs: _Outputs, name: str) -> None:
+        self.outputs, self.name = outputs, name
+        self.data = bytearray()
+        self.staged: file_store.Staged | None = None
+
+    def write(self, chunk: bytes) -> None:
+        if self.staged is None and self.outputs.buffered + len(chunk) <= BUFFER_BYTES:
+            self.data += chunk
+            self.outputs.buffered += len(chunk)
+            return
+        if self.staged is None:
+            self.staged = file_store.stage(self.outputs.settings, self.name)
+            self.staged.write(bytes(self.data))
+            self.outputs.buffered -= len(self.data)
+            self.data.clear()
+        self.staged.write(chunk)
+
+    def close(self) -> None:
+        if self.staged is not None:
+            self.staged.close()
+
+
+class _Outputs:
+    """The output files of one save, in the order they came."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.buffered = 0
+        self.files: list[_Output] = []
+
+    def open(self, name: str) -> _Output:
+        self.files.append(_Output(self, name))
+        return self.files[-1]
+
+    def items(self) -> list[tuple[str, bytes | file_store.Staged]]:
+        return [(f.name, f.staged or bytes(f.data)) for f in self.files]
+
+    def discard(self) -> None:
+        for f in self.files:
+            if f.staged is not None:
+                f.staged.discard()
+
+
 async def _save(
     conn: Connection, settings: Settings, root: str, task_dir: str, wanted: list[tuple[str, str]]
 ) -> list[str]:
     """Stream the files (name under the task dir, stored name) from the node in one
-    command into staged files of the store, then commit them together (off the event
-    loop: it waits for the disk); return the stored names. Files that are not regular
-    or sit behind a symlink are skipped, with a warning."""
-    staged: dict[int, file_store.Staged] = {}
-
-    def sink_for(i: int) -> file_store.Staged:
-        staged[i] = file_store.stage(settings, wanted[i][1])
-        return staged[i]
-
+    command, then put them in the store together, off the event loop (it waits for the
+    disk); return the stored names. Files that are not regular or sit behind a symlink
+    are skipped, with a warning."""
+    outputs = _Outputs(settings)
     try:
         rels = [rel for rel, _ in wanted]
-        refused = await task_files.read_many_from_node(conn, root, task_dir, rels, sink_for)
+        refused = await task_files.read_many_from_node(
+            conn, root, task_dir, rels, lambda i: outputs.open(wanted[i][1])
+        )
         for i, exc in refused.items():
             if exc.code not in _NOT_A_FILE:
                 raise exc
             log.warning("%s/%s: not saved as an output file: %s", task_dir, rels[i], exc)
-        return await asyncio.to_thread(file_store.commit, [staged[i] for i in sorted(staged)])
+        return await asyncio.to_thread(file_store.put_many, settings, outputs.items())
     except OSError as exc:
         if exc.errno in STORAGE_ERRNOS:
             raise storage_error(exc, "an output file") from exc
         raise
     finally:
-        for s in staged.values():
-            s.discard()
+        outputs.discard()

@@ -57,12 +57,13 @@ def test_put_bytes_normalizes_names_and_overwrites(settings):
         fs.put_bytes(settings, b"x", "out")
 
 
-def test_the_sha256_cache_notices_a_changed_file(settings):
-    fs.put_bytes(settings, b"before", "c/f")
+@pytest.mark.parametrize("size", [6, fs.SMALL + 1])  # hashed when listed; cached
+def test_the_sha256_cache_notices_a_changed_file(settings, size):
+    fs.put_bytes(settings, b"b" * size, "c/f")
     path = fs.open_file(settings, "c/f")
-    path.write_bytes(b"after, longer")
+    path.write_bytes(b"after, longer" * size)
     [entry] = fs.list_files(settings, "c")
-    assert entry["properties"]["sha256"] == hashlib.sha256(b"after, longer").hexdigest()
+    assert entry["properties"]["sha256"] == hashlib.sha256(b"after, longer" * size).hexdigest()
 
 
 def test_list_with_prefix_and_patterns(settings):
@@ -173,29 +174,39 @@ def test_put_tree_refuses_an_escaping_symlink_before_copying(settings, tmp_path)
         fs.put_tree(settings, tmp_path / "missing", "up")
 
 
-def test_staged_files_appear_only_when_committed(settings):
+def test_files_put_together_appear_only_at_the_end(settings):
     fs.put_bytes(settings, b"old", "c/a")
-    a, b = fs.stage(settings, "c/a"), fs.stage(settings, "c/sub/b")
-    a.write(b"new")
-    b.write(b"tw")
-    b.write(b"o")
-    b.close()
+    streamed = fs.stage(settings, "c/sub/b")
+    streamed.write(b"tw")
+    streamed.write(b"o")
+    streamed.close()
     dropped = fs.stage(settings, "c/dropped")
     dropped.write(b"x")
     dropped.discard()
     assert [e["name"] for e in fs.list_files(settings)] == ["c/a"]
-    assert fs.read_range(settings, "c/a") == b"old"
-    assert fs.commit([a, b]) == ["c/a", "c/sub/b"]
+    big = os.urandom(fs.SMALL + 1)
+    names = fs.put_many(
+        settings, [("c/a", b"new"), ("c/sub/b", streamed), ("c/big", big), ("c/a", b"newer")]
+    )
+    assert names == ["c/a", "c/sub/b", "c/big", "c/a"]
     sums = {e["name"]: e["properties"]["sha256"] for e in fs.list_files(settings)}
     assert sums == {
-        "c/a": hashlib.sha256(b"new").hexdigest(),
+        "c/a": hashlib.sha256(b"newer").hexdigest(),
+        "c/big": hashlib.sha256(big).hexdigest(),
         "c/sub/b": hashlib.sha256(b"two").hexdigest(),
     }
-    assert fs.read_range(settings, "c/sub/b") == b"two"
     assert not [p for p in settings.files.rglob("*") if ".fleet-tmp-" in p.name]
+
+
+def test_a_failed_put_many_shows_nothing(settings):
+    streamed = fs.stage(settings, "c/streamed")
+    streamed.write(b"s")
+    fs.put_bytes(settings, b"file", "c/taken")
     with pytest.raises(Conflict) as exc:
-        fs.stage(settings, "c/a/below")
+        fs.put_many(settings, [("c/streamed", streamed), ("c/taken/below", b"x")])
     assert exc.value.code == "PathConflict"
+    assert [e["name"] for e in fs.list_files(settings)] == ["c/taken"]
+    assert not [p for p in settings.files.rglob("*") if ".fleet-tmp-" in p.name]
 
 
 def test_delete_counts_and_prunes(settings):
