@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -173,7 +173,7 @@ class Staged:
         self.placed = False
         self._file = open(self.tmp, "xb")  # noqa: SIM115 (closed by close or discard)
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | bytearray) -> int:
         self.hasher.update(data)
         if self.progress is not None:
             self.progress(len(data))
@@ -210,7 +210,9 @@ def stage(settings: Settings, remote: str) -> Staged:
     return Staged(_root(settings), _name(remote))
 
 
-def put_many(settings: Settings, files: list[tuple[str, bytes | Staged]]) -> list[str]:
+def put_many(
+    settings: Settings, files: Sequence[tuple[str, bytes | bytearray | Staged]]
+) -> list[str]:
     """Store files together, each given as its bytes or as a :class:`Staged` file of
     that name, replacing files of the same names; return the names, in order (of two
     with one name, the later wins). The data reaches the disk first, with one

@@ -218,8 +218,8 @@ class _Outputs:
         self.files.append(_Output(self, name))
         return self.files[-1]
 
-    def items(self) -> list[tuple[str, bytes | file_store.Staged]]:
-        return [(f.name, f.staged or bytes(f.data)) for f in self.files]
+    def items(self) -> list[tuple[str, bytes | bytearray | file_store.Staged]]:
+        return [(f.name, f.staged or f.data) for f in self.files]
 
     def discard(self) -> None:
         for f in self.files:
