@@ -14,6 +14,10 @@ NODE_DIRS = {
 }
 
 
+#: Files of a task's directory that the controller collects when the task ends.
+COLLECTED_FILES = ("stdout.txt", "stderr.txt", "exit.json")
+
+
 def task_dir(job_id: str, task_id: str) -> str:
     """Return a task's directory relative to the node root."""
     return f"workitems/{job_id}/job-1/{task_id}"

@@ -56,6 +56,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "state_changed_at user_cpu_seconds kernel_cpu_seconds wall_clock_seconds read_blocks "
         "write_blocks max_rss_bytes stats_time"
     ),
+    "task_outputs": _names("task_pk name data modified"),
     "job_schedules": _names(
         "id state spec next_run job_count recent_job_id skipped_runs created_at "
         "state_changed_at end_time"
@@ -418,6 +419,13 @@ def show_task(db: Reader, job_id: str, task_id: str) -> Row:
         return found[0]
 
     return db.run(read)
+
+
+def task_outputs(db: Reader, task_pk: int) -> dict[str, tuple[bytes, float]]:
+    """Return the small output files of a task's last attempt that the database keeps
+    (name -> (bytes, modified)); larger ones are files under ``task_files/``."""
+    rows = db.run(lambda tx: tx.rows("task_outputs", "task_pk = ?", (task_pk,)))
+    return {row.name: (bytes(row.data), row.modified) for row in rows}
 
 
 def _schedule_or_raise(tx: Transaction, schedule_id: str) -> Row:

@@ -343,6 +343,7 @@ ALL_TABLES = (
     Node,
     Job,
     Task,
+    TaskOutput,
     JobNode,
     Subtask,
     StaleAttempt,

@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from sqlmodel import select
-
-from fleet import environment, file_patterns, targets, views
+from fleet import environment, file_patterns, reads, targets, views
 from fleet.agent_client import install_agent
+from fleet.environment import COLLECTED_FILES
 from fleet.errors import BadInput, FleetError, NotFound, RemoteError
-from fleet.service.tasks import COLLECTED_FILES, show_task
+from fleet.reads import Reader, Row
 from fleet.settings import Settings
 from fleet.ssh import Connection, Process
-from fleet.store import Store
-from fleet.tables import Task, TaskOutput
 
 CHUNK = 1 << 20
 #: Codes of the node's file commands that mean the request itself is bad (exit 2).
@@ -40,7 +37,7 @@ BAD_REQUEST_CODES = {"PathEscapesTaskDir", "BadPath", "NotARegularFile", "Invali
 class Where:
     """A task and where its files are."""
 
-    task: Task
+    task: Row
     collected: Path
 
     @property
@@ -48,8 +45,8 @@ class Where:
         return f"task {self.task.job_id}/{self.task.id}"
 
 
-def _locate(settings: Settings, store: Store, job_id: str, task_id: str) -> Where:
-    task = show_task(store, job_id, task_id)
+def _locate(settings: Settings, db: Reader, job_id: str, task_id: str) -> Where:
+    task = reads.show_task(db, job_id, task_id)
     return Where(task, settings.task_files / job_id / task_id)
 
 
@@ -64,7 +61,7 @@ def _entry(
     return {"name": name, "isDirectory": is_dir, "properties": props}
 
 
-def _on_node(task: Task) -> tuple[str, str] | None:
+def _on_node(task: Row) -> tuple[str, str] | None:
     """Return (node root, task dir relative to it) of a task placed on a node, or None."""
     if not task.node_id or not task.task_root:
         return None
@@ -78,21 +75,21 @@ def _bad_request(where: Where, exc: RemoteError, field: str) -> BadInput:
 
 
 def list_files(
-    settings: Settings, store: Store, job_id: str, task_id: str, recursive: bool = False
+    settings: Settings, db: Reader, job_id: str, task_id: str, recursive: bool = False
 ) -> list[dict[str, Any]]:
     """Return the task's files as Azure NodeFile objects (``name``, ``isDirectory``,
     ``properties``); symlinks are listed, never followed. Raises NotFound for an unknown
     task, or one never placed and with nothing collected; BadInput
     ``PathEscapesTaskDir`` when the task directory itself was replaced by a link."""
-    where = _locate(settings, store, job_id, task_id)
+    where = _locate(settings, db, job_id, task_id)
     if (placed := _on_node(where.task)) is not None:
         try:
-            return asyncio.run(_list_remote(store, where.task, *placed, recursive))
+            return asyncio.run(_list_remote(db, where.task, *placed, recursive))
         except RemoteError as exc:
             if exc.code in BAD_REQUEST_CODES:
                 raise _bad_request(where, exc, "taskDir") from exc
             # node gone or dir swept: fall back to what was collected
-    kept = _kept_outputs(store, where.task)
+    kept = reads.task_outputs(db, where.task.pk)
     entries = {name: _entry(name, False, len(data), at, None) for name, (data, at) in kept.items()}
     if where.collected.is_dir():
         for p in where.collected.iterdir():
@@ -104,19 +101,17 @@ def list_files(
     return [entries[name] for name in sorted(entries)]
 
 
-def _kept_outputs(store: Store, task: Task) -> dict[str, tuple[bytes, float]]:
-    """Return the small output files of the task's last attempt that the database keeps
-    (name -> (bytes, modified)); larger ones are files under ``task_files/``."""
-    with store.read() as s:
-        rows = s.exec(select(TaskOutput).where(TaskOutput.task_pk == task.pk)).all()
-    return {row.name: (bytes(row.data), row.modified) for row in rows}
+async def _connect(db: Reader, host_id: str) -> Connection:
+    """Open a connection to a node, expecting the host key recorded for it."""
+    found = reads.hosts_with_keys(db, [host_id])
+    targets.check_found([host_id], {host.id for host, _ in found})
+    return await Connection.open(targets.target(*found[0]))
 
 
 async def _list_remote(
-    store: Store, task: Task, root: str, task_dir: str, recursive: bool
+    db: Reader, task: Row, root: str, task_dir: str, recursive: bool
 ) -> list[dict[str, Any]]:
-    assert task.node_id
-    conn = await Connection.open(targets.for_host(store, task.node_id))
+    conn = await _connect(db, task.node_id)
     try:
         return [
             _entry(f["name"], bool(f["isDirectory"]), f["size"], f.get("mtime"), f.get("mode"))
@@ -141,7 +136,7 @@ async def list_on_node(
 
 def download(
     settings: Settings,
-    store: Store,
+    db: Reader,
     job_id: str,
     task_id: str,
     name: str,
@@ -161,16 +156,16 @@ def download(
     rel = file_patterns.safe_relpath(name, target=target, field="name")
     if (start is not None and start < 0) or (end is not None and (end < 0 or end < (start or 0))):
         raise BadInput(f"bad byte range {start}-{end}", code="InvalidRange", target=target)
-    where = _locate(settings, store, job_id, task_id)
+    where = _locate(settings, db, job_id, task_id)
     if (placed := _on_node(where.task)) is not None:
         try:
-            return asyncio.run(_stream_remote(store, where.task, *placed, rel, start, end, sink))
+            return asyncio.run(_stream_remote(db, where.task, *placed, rel, start, end, sink))
         except RemoteError as exc:
             if exc.code in BAD_REQUEST_CODES:
                 raise _bad_request(where, exc, "name") from exc
             if exc.details.get("written"):
                 raise  # part of it went out already: no fallback can mend that
-    kept = _kept_outputs(store, where.task) if rel in COLLECTED_FILES else {}
+    kept = reads.task_outputs(db, where.task.pk) if rel in COLLECTED_FILES else {}
     if rel in kept:
         return _copy_local(io.BytesIO(kept[rel][0]), sink, start or 0, end)
     local = where.collected / rel
@@ -193,8 +188,8 @@ def _copy_local(f: BinaryIO, sink: BinaryIO, start: int, end: int | None) -> int
 
 
 async def _stream_remote(
-    store: Store,
-    task: Task,
+    db: Reader,
+    task: Row,
     root: str,
     task_dir: str,
     rel: str,
@@ -202,8 +197,7 @@ async def _stream_remote(
     end: int | None,
     sink: BinaryIO,
 ) -> int:
-    assert task.node_id
-    conn = await Connection.open(targets.for_host(store, task.node_id))
+    conn = await _connect(db, task.node_id)
     try:
         return await stream_from_node(conn, root, task_dir, rel, sink, start, end)
     finally:

@@ -14,11 +14,9 @@ from pathlib import Path
 import pytest
 
 from fleet import lab as lab_mod
-from fleet import targets, task_files
+from fleet import reads, task_files
 from fleet.errors import BadInput
 from fleet.settings import Settings
-from fleet.ssh import Connection
-from fleet.store import Store
 from tests.conftest import make_pool, wait_for
 
 pytestmark = pytest.mark.lab
@@ -152,14 +150,14 @@ def test_a_task_swapping_a_directory_for_a_link_never_gets_a_file_outside(done, 
     wd = Path(task["nodeInfo"]["taskRootDirectory"]) / "wd"
     wait_for((wd / "ready").exists, message="the swapper to start swapping")
     settings = Settings.resolve(done.home)
-    store = Store(settings.db_url)
+    db = reads.Reader(settings.db_url)
     outcomes = {"harmless": 0, "refused": 0}
     secret = Path("/etc/passwd").read_bytes()
     try:
         for _ in range(40):
             sink = io.BytesIO()
             try:
-                task_files.download(settings, store, "j", "swapper", "wd/dir/passwd", sink)
+                task_files.download(settings, db, "j", "swapper", "wd/dir/passwd", sink)
             except BadInput as exc:
                 assert exc.code == "PathEscapesTaskDir", exc
                 outcomes["refused"] += 1
@@ -193,8 +191,8 @@ def test_many_files_stream_in_one_command_with_refusals_per_file(done):
     done("job", "wait", "j", "--timeout", "60")
     shown = done.json("task", "show", "--job", "j", "--id", "many")
     root_dir = Path(shown["nodeInfo"]["taskRootDirectory"])
-    store = Store(Settings.resolve(done.home).db_url)
-    task = task_files.show_task(store, "j", "many")
+    db = reads.Reader(Settings.resolve(done.home).db_url)
+    task = reads.show_task(db, "j", "many")
     root, task_dir = task_files._on_node(task)
     rels = ["wd/d/big", "wd/d/empty", "wd/d/fifo", "wd/d/link", "wd/d/gone", "wd/d/x", "wd/d/big"]
     sinks: dict[int, _Sink] = {}
@@ -204,7 +202,7 @@ def test_many_files_stream_in_one_command_with_refusals_per_file(done):
         return sinks[i]
 
     async def read() -> dict:
-        conn = await Connection.open(targets.for_host(store, shown["nodeInfo"]["nodeId"]))
+        conn = await task_files._connect(db, task.node_id)
         try:
             return await task_files.read_many_from_node(conn, root, task_dir, rels, sink_for)
         finally:

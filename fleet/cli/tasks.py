@@ -244,7 +244,7 @@ def file_list(
     output: OutputOpt = None,
 ) -> None:
     """List the files under a task's directory on its node."""
-    rows = task_files.list_files(CURRENT.settings, CURRENT.store, job, task_id, recursive)
+    rows = task_files.list_files(CURRENT.settings, CURRENT.reader, job, task_id, recursive)
     emit(
         rows,
         output,
@@ -277,14 +277,14 @@ def download(
 
     With --destination, -o json prints {name, destination, bytes}; the file appears
     whole or not at all."""
-    settings, store = CURRENT.settings, CURRENT.store
+    settings, db = CURRENT.settings, CURRENT.reader
     if destination is None:
-        task_files.download(settings, store, job, task_id, name, sys.stdout.buffer, start, end)
+        task_files.download(settings, db, job, task_id, name, sys.stdout.buffer, start, end)
         sys.stdout.flush()
         return
     written = write_whole(
         destination,
-        lambda f: task_files.download(settings, store, job, task_id, name, f, start, end),
+        lambda f: task_files.download(settings, db, job, task_id, name, f, start, end),
     )
     if fmt(output) == OutputFormat.JSON:
         emit({"name": name, "destination": str(destination), "bytes": written}, output)

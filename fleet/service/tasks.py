@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from fleet import specs
 from fleet.domain import JobState, TaskResult, TaskState
+from fleet.environment import COLLECTED_FILES  # noqa: F401 (fleet.collection imports it here)
 from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service import applications, dependency_state
 from fleet.service.jobs import check_required_slots, get_job
@@ -20,8 +21,6 @@ from fleet.settings import Settings
 from fleet.store import Store
 from fleet.tables import Job, Node, Pool, Subtask, Task
 
-#: Files of a task that the controller collects from the node when the task ends.
-COLLECTED_FILES = ("stdout.txt", "stderr.txt", "exit.json")
 _TASKS = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
 
 
