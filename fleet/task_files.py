@@ -287,7 +287,7 @@ async def _file_command(conn: Connection, root: str, argv: list[str]) -> Process
     """Start the agent file as a one-shot task file command on the node (as argv, quoted
     by the SSH layer, never a shell string built from names)."""
     agent = await install_agent(conn, root)
-    return await conn.start_process(["python3", agent, root, *argv])
+    return await conn.start_process(["python3", "-S", agent, root, *argv])
 
 
 async def _header(conn: Connection, proc: Process) -> dict[str, Any]:
