@@ -164,7 +164,7 @@ def large(
     rss: dict[str, list[int]] = {k: [] for k in times}
     with temp_dir("fleet-bench-g4-") as out:
         fleet_dl = [FLEET, "task", "file", "download", "--job", "big", "--id", "t"]
-        small_rss = [measured([*fleet_dl, "wd/small.txt", "--destination", out / "s"], env)[1]]
+        small_rss = measured([*fleet_dl, "wd/small.txt", "--destination", out / "s"], env)[1]
         tools = {
             "fleet": [*fleet_dl, BIG, "--destination", out / "fleet.bin"],
             "sftp": sftp_get(the_lab, node.port, f"get {remote} {out}/sftp.bin", out / "batch"),
@@ -197,7 +197,7 @@ def large(
         "median_s": med,
         "mib_per_s": {k: size / v / (1 << 20) for k, v in med.items()},
         "peak_rss_kib": rss,
-        "fleet_peak_rss_kib_small_file": small_rss[0],
+        "fleet_peak_rss_kib_small_file": small_rss,
     }
 
 
