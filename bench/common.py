@@ -94,6 +94,31 @@ def lab(nodes: int) -> Iterator[lab_mod.Lab]:
                 lab_mod.down(path)
 
 
+@contextlib.contextmanager
+def controller(
+    home: Path, env: dict[str, str], profile: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``fleet controller run`` (under cProfile writing to ``profile`` if given), its
+    log in ``home/controller.log``; SIGTERM it on the way out (SIGKILL after 20 s)."""
+    prefix = [PY, "-m", "cProfile", "-o", str(profile), "-m", "fleet"] if profile else [FLEET]
+    with (home / "controller.log").open("wb") as log:
+        ctl = subprocess.Popen(
+            [*prefix, "controller", "run", "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        yield ctl
+    finally:
+        ctl.terminate()
+        try:
+            ctl.wait(20)
+        except subprocess.TimeoutExpired:
+            ctl.kill()
+            ctl.wait()
+
+
 def run(argv: Sequence[str | Path], env: dict[str, str], **kw: Any) -> str:
     """Run a command to completion; raise with its output if it fails; return its stdout.
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from common import (
     FLEET,
-    PY,
     bench_env,
+    controller,
     cpu_seconds,
     ensure_parallel,
     lab,
@@ -149,31 +149,12 @@ def main() -> None:
         slots = ["--task-slots-per-node", str(args.slots)]
         run([FLEET, "pool", "create", "--id", POOL, "--hosts", hosts, *slots], env)
         store = Store(Settings.resolve(home).db_url)
-        with (home / "controller.log").open("wb") as log:
-            profile = [PY, "-m", "cProfile", "-o", str(args.profile), "-m", "fleet"]
-            ctl = subprocess.Popen(
-                [
-                    *(profile if args.profile else [FLEET]),
-                    "controller",
-                    "run",
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
         try:
-            wait_idle(store, ctl)
-            print(f"{args.nodes} nodes idle; submitting {args.tasks} tasks", flush=True)
-            fleet = fleet_run(store, ctl, args.tasks, home)
+            with controller(home, env, args.profile) as ctl:
+                wait_idle(store, ctl)
+                print(f"{args.nodes} nodes idle; submitting {args.tasks} tasks", flush=True)
+                fleet = fleet_run(store, ctl, args.tasks, home)
         finally:
-            ctl.terminate()
-            try:
-                ctl.wait(20)
-            except subprocess.TimeoutExpired:
-                ctl.kill()
-                ctl.wait()
             store.close()
         peer = None
         if not args.skip_parallel:

@@ -16,6 +16,7 @@ from common import (
     FLEET,
     PY,
     bench_env,
+    controller,
     cpu_seconds,
     lab,
     other_activity,
@@ -312,40 +313,21 @@ def main() -> None:
         hosts = ",".join(n.name for n in the_lab.nodes)
         run([FLEET, "pool", "create", "--id", POOL, "--hosts", hosts], env)
         store = Store(settings.db_url)
-        profile = [PY, "-m", "cProfile", "-o", str(args.profile), "-m", "fleet"]
-        with (home / "controller.log").open("wb") as log:
-            ctl = subprocess.Popen(
-                [
-                    *(profile if args.profile else [FLEET]),
-                    "controller",
-                    "run",
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
         try:
-            deadline = time.monotonic() + 120
-            while not all(n.state == "idle" for n in pools.list_nodes(store, POOL)):
-                if ctl.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("nodes did not become idle")
-                time.sleep(0.2)
-            print(f"{args.nodes} nodes idle", flush=True)
-            big = None
-            if not args.skip_large:
-                big = large(the_lab, store, ctl, env, args.runs, args.size_mib << 20)
-            small = many_small(
-                the_lab, store, settings, ctl, env, args.files_per_node, args.file_bytes
-            )
+            with controller(home, env, args.profile) as ctl:
+                deadline = time.monotonic() + 120
+                while not all(n.state == "idle" for n in pools.list_nodes(store, POOL)):
+                    if ctl.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("nodes did not become idle")
+                    time.sleep(0.2)
+                print(f"{args.nodes} nodes idle", flush=True)
+                big = None
+                if not args.skip_large:
+                    big = large(the_lab, store, ctl, env, args.runs, args.size_mib << 20)
+                small = many_small(
+                    the_lab, store, settings, ctl, env, args.files_per_node, args.file_bytes
+                )
         finally:
-            ctl.terminate()
-            try:
-                ctl.wait(20)
-            except subprocess.TimeoutExpired:
-                ctl.kill()
-                ctl.wait()
             store.close()
     report(big, small, before, args)
 

@@ -17,7 +17,6 @@ import shlex
 import time
 from typing import Any
 
-from sqlalchemy import bindparam, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
@@ -68,42 +67,6 @@ IDLE_TICK_MAX = 1.0
 #: the loop: a safety net, since every write of the CLI and every node event wakes it.
 LOOK_INTERVAL = 1.0
 SPAWN_RETRY_DELAY = 2.0
-_TASKS = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
-#: What a dispatch reads of each task placed.
-_DISPATCH_COLUMNS = [
-    _TASKS.c[name]
-    for name in (
-        "pk",
-        "job_id",
-        "id",
-        "attempt",
-        "attempt_state",
-        "state",
-        "spec",
-        "command_line",
-        "required_slots",
-        "job_manager",
-        "token_hash",
-    )
-]
-#: An attempt written ahead as ``dispatching``, conditional on the task being unchanged.
-_DISPATCHED = (
-    update(_TASKS)
-    .where(
-        _TASKS.c.pk == bindparam("b_pk"),
-        _TASKS.c.attempt == bindparam("b_attempt"),
-        _TASKS.c.attempt_state.is_(None),
-    )
-    .values(
-        attempt=bindparam("attempt"),
-        attempt_state=AttemptState.DISPATCHING,
-        node_id=bindparam("node_id"),
-        pool_id=bindparam("pool_id"),
-        task_root=bindparam("task_root"),
-        token_hash=bindparam("token_hash"),
-        state=bindparam("state"),
-    )
-)
 #: Spawn refusals that say the task itself can never run: it completes instead of retrying.
 REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
 
@@ -522,14 +485,7 @@ class Controller:
         placed: list[Attempt] = []
         try:
             with self.store.session() as s:
-                tasks = {
-                    row.pk: row
-                    for row in s.execute(
-                        sa_select(*_DISPATCH_COLUMNS).where(
-                            _TASKS.c.pk.in_([pks[a.job_id, a.task_id] for a in plan])
-                        )
-                    )
-                }
+                tasks = queue.to_dispatch(s, [pks[a.job_id, a.task_id] for a in plan])
                 jobs = {
                     j.id: j
                     for j in s.exec(
@@ -604,8 +560,7 @@ class Controller:
                         task.spec.get("applicationPackageReferences") or [],
                     )
                     sends.append((gate, link, att, shlex.split(task.command_line), env, limit, io))
-                if writes:
-                    s.execute(_DISPATCHED, writes)
+                queue.mark_dispatched(s, writes)
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
             for att in placed:  # nothing was written: forget the plan

@@ -11,15 +11,50 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 
-from fleet.domain import JobState, TaskState
+from fleet.domain import AttemptState, JobState, TaskState
 from fleet.scheduler import PendingTask
 from fleet.tables import Job, Task
 
 _TASKS = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
 _JOBS = Job.__table__  # type: ignore[attr-defined]
 
+#: What a dispatch reads of each task placed.
+_DISPATCH_COLUMNS = [
+    _TASKS.c[name]
+    for name in (
+        "pk",
+        "job_id",
+        "id",
+        "attempt",
+        "attempt_state",
+        "state",
+        "spec",
+        "command_line",
+        "required_slots",
+        "job_manager",
+        "token_hash",
+    )
+]
+#: An attempt written ahead as ``dispatching``, conditional on the task being unchanged.
+_DISPATCHED = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.pk == bindparam("b_pk"),
+        _TASKS.c.attempt == bindparam("b_attempt"),
+        _TASKS.c.attempt_state.is_(None),
+    )
+    .values(
+        attempt=bindparam("attempt"),
+        attempt_state=AttemptState.DISPATCHING,
+        node_id=bindparam("node_id"),
+        pool_id=bindparam("pool_id"),
+        task_root=bindparam("task_root"),
+        token_hash=bindparam("token_hash"),
+        state=bindparam("state"),
+    )
+)
 _WAITING = (
     _TASKS.c.state == TaskState.ACTIVE,
     _TASKS.c.attempt_state.is_(None),
@@ -68,3 +103,17 @@ def _manager_waits(s: Any, job_id: str, manager_id: str) -> bool:
         select(_TASKS.c.state).where(_TASKS.c.job_id == job_id, _TASKS.c.id == manager_id)
     ).scalar()
     return state == TaskState.ACTIVE
+
+
+def to_dispatch(s: Any, pks: list[int]) -> dict[int, Any]:
+    """Return what a dispatch reads of the tasks ``pks`` (rows by pk)."""
+    return {
+        row.pk: row for row in s.execute(select(*_DISPATCH_COLUMNS).where(_TASKS.c.pk.in_(pks)))
+    }
+
+
+def mark_dispatched(s: Any, writes: list[dict[str, Any]]) -> None:
+    """Write attempts ahead as ``dispatching`` (``writes``: the parameters of
+    ``_DISPATCHED`` per task), each only if its task is unchanged since it was read."""
+    if writes:
+        s.execute(_DISPATCHED, writes)
