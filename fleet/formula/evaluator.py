@@ -122,11 +122,13 @@ def _input_value(name: str, given: Any, now: Timestamp) -> Value:
             )
         return str(given)
     if isinstance(given, int | float) and not isinstance(given, bool):
+        if not math.isfinite(given):
+            raise BadInput(f"{name} must be a finite number, not {given!r}", field="inputs")
         return float(given)
     if name in SAMPLED and isinstance(given, Sequence) and not isinstance(given, str):
         try:
             return sampled(name, given, now)
-        except (FormulaFault, TypeError, ValueError) as exc:
+        except (FormulaFault, TypeError, ValueError, AttributeError) as exc:
             raise BadInput(
                 f"{name}: not a list of (time, value) samples: {exc}", field="inputs"
             ) from exc
