@@ -429,6 +429,7 @@ ERRORS: list[tuple[str, str, int, int, str]] = [
     ("a=1;" * 101, PARSE, 1, 401, "at most 100 statements"),
     ("a = " + "(" * 70 + "1" + ")" * 70 + ";", PARSE, 1, 69, "nest more than 64 deep"),
     ("a = " + "-" * 70 + "1;", PARSE, 1, 68, "nest more than 64 deep"),
+    ("a = " + "1 + " * 200 + "1;", PARSE, 1, 5, "more than 150 operations deep"),
     ("a = 1;\nb = a / 0;", EVAL, 2, 7, "division by zero"),
     ("a = 1 / (1 - 1);", EVAL, 1, 7, "division by zero"),
     (f"a = {V2} / 0;", EVAL, 1, 32, "division by zero"),

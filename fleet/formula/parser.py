@@ -16,6 +16,9 @@ MAX_BYTES = 8192
 MAX_STATEMENTS = 100
 #: How deeply expressions may nest (parentheses, operators, arguments) before fleet refuses.
 MAX_DEPTH = 64
+#: How deep an expression's tree may be, counting every operator of a chain such as
+#: ``1 + 1 + ... + 1``, so that evaluating and printing it never exhausts Python's stack.
+MAX_TREE_DEPTH = 150
 
 #: Binary operators by precedence level, lowest first.
 LEVELS: tuple[tuple[str, ...], ...] = (
@@ -90,6 +93,17 @@ class _Parser:
         return ast.Formula(tuple(statements), text)
 
     def statement(self) -> ast.Statement:
+        statement = self._statement()
+        depth, deepest = ast.deepest(statement.value)
+        if depth > MAX_TREE_DEPTH:
+            raise formula_error(
+                f"the expression is more than {MAX_TREE_DEPTH} operations deep",
+                deepest.line,
+                deepest.column,
+            )
+        return statement
+
+    def _statement(self) -> ast.Statement:
         first = self.token
         following = self.tokens[self.index + 1]
         if first.kind is Kind.NAME and following.kind is Kind.OP and following.text == "=":

@@ -110,6 +110,36 @@ class ExprStatement(Node):
 Statement = Assignment | ExprStatement
 
 
+def children(node: Expr) -> tuple[Expr, ...]:
+    """Return the expressions directly inside ``node``."""
+    if isinstance(node, Unary):
+        return (node.operand,)
+    if isinstance(node, Binary):
+        return (node.left, node.right)
+    if isinstance(node, Conditional):
+        return (node.condition, node.then, node.otherwise)
+    if isinstance(node, Call):
+        return node.args
+    if isinstance(node, Member):
+        return (node.target,)
+    if isinstance(node, MethodCall):
+        return (node.target, *node.args)
+    return ()
+
+
+def deepest(node: Expr) -> tuple[int, Expr]:
+    """Return the depth of the tree under ``node`` and its deepest node, without recursion
+    (so a tree of any depth can be measured before anything recurses over it)."""
+    best = (1, node)
+    stack = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > best[0]:
+            best = (depth, current)
+        stack.extend((child, depth + 1) for child in reversed(children(current)))
+    return best
+
+
 @dataclass(frozen=True)
 class Formula:
     """A parsed formula: its statements in order, and the text it came from."""
