@@ -379,7 +379,13 @@ def test_variables_hold_service_and_user_values() -> None:
     assert outcome.variables["$CurrentDedicatedNodes"] == 5.0
     assert outcome.variables["$TargetDedicatedNodes"] == 5.0
     assert outcome.variables["$UsableNodeCount"] == 0.0
-    assert outcome.variables["x"] == 6.0
+
+
+def test_variables_keep_a_fractional_target_while_the_target_is_truncated() -> None:
+    outcome = evaluate(parse("$TargetDedicatedNodes = 2.9;"), {}, NOW)
+    assert outcome.variables["$TargetDedicatedNodes"] == 2.9
+    assert outcome.target_dedicated_nodes == 2
+    assert outcome.results.startswith("$TargetDedicatedNodes=2;")
 
 
 def test_rand_draws_from_the_given_random_source() -> None:

@@ -69,8 +69,10 @@ Where Azure's documentation is silent, fleet chose:
   start at the given value, else at the current node counts. ``node_deallocation_option`` is
   None when neither the formula nor the inputs set it, while the results show Azure's
   default, ``requeue``. A target must end up a finite double.
-- Limits that keep any input cheap: expressions nest at most 64 deep, histograms have at
-  most 10,000 bins, timestamps stay within the years 1 to 9999.
+- Limits that keep any input cheap: parentheses, unary operators, ``?:`` and arguments nest
+  at most 64 deep, an expression's tree is at most 150 operations deep (``1 + 1 + ...``
+  counts each ``+``), histograms have at most 10,000 bins, timestamps stay within the years
+  1 to 9999. Errors point at the operator, call or ``.`` where evaluation failed.
 """
 
 from __future__ import annotations

@@ -234,8 +234,6 @@ def _outcome(run: _Run, stopped: bool) -> Evaluation:
     variables = run.variables
     dedicated = _target(run, TARGET_DEDICATED)
     low_priority = _target(run, TARGET_LOW_PRIORITY)
-    variables[TARGET_DEDICATED] = float(dedicated)
-    variables[TARGET_LOW_PRIORITY] = float(low_priority)
     option = variables.get(DEALLOCATION)
     deallocation = option if isinstance(option, str) else None
     shown: list[tuple[str, Value]] = [
