@@ -17,6 +17,7 @@ import shlex
 import time
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
@@ -52,7 +53,7 @@ from fleet.schedule_runner import ScheduleRunner
 from fleet.service.auto_pools import AutoPoolSweep
 from fleet.settings import Settings
 from fleet.store import Store, WakeListener
-from fleet.tables import Job, Node, Pool, StaleAttempt, Task
+from fleet.tables import Node, Pool, StaleAttempt, Task
 from fleet.task_calls import TaskCalls
 from fleet.task_events import TaskEvents
 
@@ -63,15 +64,23 @@ TURN_RETRY_MAX = 5.0
 #: Longest wait between turns of an idle loop: CLI writes wake it at once (fleet/wakeups.py);
 #: time-based rules (node grace, wall clock limits) are seen within this time.
 IDLE_TICK_MAX = 1.0
-#: Longest time between two reads of the store's jobs, nodes and queue when nothing woke
-#: the loop: a safety net, since every write of the CLI and every node event wakes it.
+#: Longest time between two reads of the store's jobs, nodes and schedules when nothing
+#: asked for one: a safety net, since every write of the CLI wakes the loop and asks.
 LOOK_INTERVAL = 1.0
+#: While tasks finish, the jobs are read again this often (not every turn: under load a
+#: turn comes every few milliseconds), so a job's end follows its last task closely.
+LOOK_AFTER_EXITS = 0.25
 SPAWN_RETRY_DELAY = 2.0
 #: Spawn refusals that say the task itself can never run: it completes instead of retrying.
 REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
 
 #: Seconds shutdown waits for background work and links (each bounds itself sooner).
 SHUTDOWN_LIMIT = 6.0
+
+#: What placement reads of the nodes with a ready link.
+_READY_NODES = sa_select(
+    col(Node.id), col(Node.pool_id), col(Node.state), col(Node.scheduling_state)
+).where(col(Node.id).in_(bindparam("ids", expanding=True)))
 
 
 class Controller:
@@ -94,7 +103,9 @@ class Controller:
         self.inflight: dict[str, dict[str, Attempt]] = {}  # node -> key -> attempt
         self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
         self._wake = asyncio.Event()
-        self._looked_at = 0.0  # monotonic time the loop last read jobs, nodes and queue
+        self._look_asked = True  # something may have changed in the store: read it next turn
+        self._looked_at = 0.0
+        self._exits_unlooked = False  # tasks finished since the jobs were last read  # monotonic time the loop last read jobs, nodes and queue
         self._background: set[asyncio.Task[Any]] = set()
         self.ctx = Context(
             store, settings, self.links, self.inflight, Outbox(), self.spawn_background, self.wake
@@ -112,7 +123,10 @@ class Controller:
         self.collector = Collector(settings, self.inflight, self._collected)
 
     def wake(self) -> None:
-        """Run the next turn of the loop now rather than at the next tick."""
+        """Run the next turn of the loop now rather than at the next tick, and read the
+        store's jobs, nodes and schedules in it: the store changed. (Node events only set
+        ``_wake``: they need the queue read, not the rest.)"""
+        self._look_asked = True
         self._wake.set()
 
     # -- main loop --------------------------------------------------------------------
@@ -131,10 +145,11 @@ class Controller:
         try:
             failures, idle = 0, self.tick
             while not stop.is_set():
-                woken = self._wake.is_set()
+                woken, asked = self._wake.is_set(), self._look_asked
                 self._wake.clear()  # a wake during the turn runs the next one at once
+                self._look_asked = False
                 try:
-                    busy = await self._turn(woken) or woken
+                    busy = await self._turn(woken, asked) or woken
                     failures = 0
                     # Idle turns come less and less often; any work, or a wake, resets that.
                     idle = self.tick if busy else min(idle * 1.5, IDLE_TICK_MAX)
@@ -175,12 +190,16 @@ class Controller:
         asyncio.get_running_loop().add_reader(listener.fileno(), readable)
         return listener
 
-    async def _turn(self, woken: bool) -> bool:
+    async def _turn(self, woken: bool, asked: bool) -> bool:
         """Run one turn of the loop; return whether it found anything to do. The store's
-        jobs, nodes and queue are read only when something woke the loop (a CLI write, a
-        node event) or LOOK_INTERVAL has passed: an idle loop does not poll."""
+        jobs, nodes and schedules are read when a write asked for it (``asked``), shortly
+        after tasks finished, or every LOOK_INTERVAL; the queue when anything woke the loop
+        or events were applied. An idle loop does not poll."""
         now = time.monotonic()
-        look = woken or now - self._looked_at >= LOOK_INTERVAL
+        since = now - self._looked_at
+        exits = self._exits_unlooked or bool(self.ctx.outbox.finished)
+        look = asked or since >= LOOK_INTERVAL or (exits and since >= LOOK_AFTER_EXITS)
+        self._exits_unlooked = exits and not look
         if look:
             self._looked_at = now
             self._sync_links()
@@ -192,7 +211,7 @@ class Controller:
         retired = self.auto_pools.tick()
         applied = self.events.apply()
         self.events.release_dependents()
-        placed = await self._schedule() if look or applied else False
+        placed = await self._schedule() if woken or look or applied else False
         return retired or applied or placed
 
     async def _shutdown(self) -> None:
@@ -411,11 +430,7 @@ class Controller:
         with self.store.read() as s:  # columns only: an idle loop reads 300 nodes a second
             if not queue.any_active_job(s):
                 return False
-            nodes = s.execute(
-                sa_select(
-                    col(Node.id), col(Node.pool_id), col(Node.state), col(Node.scheduling_state)
-                ).where(col(Node.id).in_(list(ready)))
-            ).all()
+            nodes = s.execute(_READY_NODES, {"ids": list(ready)}).all()
             pools = {
                 p.id: p
                 for p in s.execute(
@@ -463,7 +478,7 @@ class Controller:
         with self.store.read() as s:
             caps = {
                 j.id: j.spec.get("maxParallelTasks", -1)
-                for j in s.exec(select(Job).where(col(Job.id).in_(job_ids)))
+                for j in queue.job_specs(s, job_ids).values()
             }
         running: dict[str, int] = {}
         for per_node in self.inflight.values():
@@ -486,12 +501,7 @@ class Controller:
         try:
             with self.store.session() as s:
                 tasks = queue.to_dispatch(s, [pks[a.job_id, a.task_id] for a in plan])
-                jobs = {
-                    j.id: j
-                    for j in s.exec(
-                        select(Job).where(col(Job.id).in_({t.job_id for t in tasks.values()}))
-                    )
-                }
+                jobs = queue.job_specs(s, {t.job_id for t in tasks.values()})
                 writes = []
                 for a in plan:
                     task = tasks.get(pks[a.job_id, a.task_id])

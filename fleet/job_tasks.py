@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from fleet import applications, environment, outcomes, rules, specs, views
 from fleet.attempts import Attempt, epoch
@@ -94,8 +94,11 @@ class JobTasks:
         """Return, per job, the nodes its tasks must avoid: prep failed there with waitForSuccess."""
         out: dict[str, set[str]] = {}
         with self.c.store.read() as s:
-            for row in s.exec(select(JobNode).where(JobNode.prep_state == "failed")):
-                out.setdefault(row.job_id, set()).add(row.node_id)
+            failed = select(col(JobNode.job_id), col(JobNode.node_id)).where(
+                col(JobNode.prep_state) == "failed"
+            )
+            for job_id, node_id in s.execute(failed):
+                out.setdefault(job_id, set()).add(node_id)
         return out
 
     # -- spawning and exits -------------------------------------------------------------

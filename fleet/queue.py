@@ -55,6 +55,7 @@ _DISPATCHED = (
         state=bindparam("state"),
     )
 )
+_TO_DISPATCH = select(*_DISPATCH_COLUMNS).where(_TASKS.c.pk.in_(bindparam("pks", expanding=True)))
 _WAITING = (
     _TASKS.c.state == TaskState.ACTIVE,
     _TASKS.c.attempt_state.is_(None),
@@ -105,11 +106,19 @@ def _manager_waits(s: Any, job_id: str, manager_id: str) -> bool:
     return state == TaskState.ACTIVE
 
 
+_JOB_SPECS = select(_JOBS.c.id, _JOBS.c.spec).where(
+    _JOBS.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
+def job_specs(s: Any, job_ids: Iterable[str]) -> dict[str, Any]:
+    """Return the jobs ``job_ids`` by id, as rows of ``id`` and ``spec``."""
+    return {row.id: row for row in s.execute(_JOB_SPECS, {"ids": list(job_ids)})}
+
+
 def to_dispatch(s: Any, pks: list[int]) -> dict[int, Any]:
     """Return what a dispatch reads of the tasks ``pks`` (rows by pk)."""
-    return {
-        row.pk: row for row in s.execute(select(*_DISPATCH_COLUMNS).where(_TASKS.c.pk.in_(pks)))
-    }
+    return {row.pk: row for row in s.execute(_TO_DISPATCH, {"pks": pks})}
 
 
 def mark_dispatched(s: Any, writes: list[dict[str, Any]]) -> None:

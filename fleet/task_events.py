@@ -49,6 +49,22 @@ _FACT_COLUMNS = [
         *task_stats.COLUMNS,
     )
 ]
+#: Statements built once and run with expanding parameters (building an ``IN`` of n
+#: literals costs more than running it).
+_FACTS = select(*_FACT_COLUMNS).where(_TASKS.c.pk.in_(bindparam("pks", expanding=True)))
+_JOB_FACTS = select(
+    _JOBS.c.id, _JOBS.c.state, _JOBS.c.spec, _JOBS.c.created_at, _JOBS.c.termination_reason
+).where(_JOBS.c.id.in_(bindparam("ids", expanding=True)))
+_NODE_STATES = select(_NODES.c.id, _NODES.c.state).where(
+    _NODES.c.id.in_(bindparam("ids", expanding=True))
+)
+_DROP_OUTPUTS = delete(_OUTPUTS).where(_OUTPUTS.c.task_pk == bindparam("b_pk"))
+_ADD_OUTPUTS = insert(_OUTPUTS)
+_DELETE_ATTEMPT = delete(_TASKS).where(
+    _TASKS.c.pk == bindparam("b_pk"), _TASKS.c.attempt == bindparam("b_attempt")
+)
+#: A completion's UPDATE per set of columns it writes (a handful of shapes in all).
+_completions: dict[tuple[str, ...], Any] = {}
 #: A ready node's move between ``idle`` and ``running``, conditional on its state.
 _NODE_BUSY = (
     update(_NODES)
@@ -154,23 +170,10 @@ class TaskEvents:
         """Write the exits of ``finished`` attempts: each task's fields decided by
         :func:`rules.on_exit`, as one executemany per shape of change, and the small
         ``outputs`` that came with them (replacing an earlier attempt's)."""
-        tasks = {
-            row.pk: row
-            for row in s.execute(
-                select(*_FACT_COLUMNS).where(_TASKS.c.pk.in_([att.pk for att, _ in finished]))
-            )
-        }
+        tasks = {row.pk: row for row in s.execute(_FACTS, {"pks": [a.pk for a, _ in finished]})}
         jobs = {
             row.id: rules.JobFacts(row.state, row.spec, row.created_at, row.termination_reason)
-            for row in s.execute(
-                select(
-                    _JOBS.c.id,
-                    _JOBS.c.state,
-                    _JOBS.c.spec,
-                    _JOBS.c.created_at,
-                    _JOBS.c.termination_reason,
-                ).where(_JOBS.c.id.in_({row.job_id for row in tasks.values()}))
-            )
+            for row in s.execute(_JOB_FACTS, {"ids": list({t.job_id for t in tasks.values()})})
         }
         updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         deleted: list[dict[str, Any]] = []
@@ -215,23 +218,13 @@ class TaskEvents:
                     termination_reason=change.job.get("termination_reason", job.termination_reason),
                 )
         for names, params in updates.items():
-            s.execute(
-                update(_TASKS)
-                .where(_TASKS.c.pk == bindparam("b_pk"), _TASKS.c.attempt == bindparam("b_attempt"))
-                .values({name: bindparam(name) for name in names}),
-                params,
-            )
+            s.execute(_completion(names), params)
         if replaced:
-            s.execute(delete(_OUTPUTS).where(_OUTPUTS.c.task_pk == bindparam("b_pk")), replaced)
+            s.execute(_DROP_OUTPUTS, replaced)
         if files:
-            s.execute(insert(_OUTPUTS), files)
+            s.execute(_ADD_OUTPUTS, files)
         if deleted:
-            s.execute(
-                delete(_TASKS).where(
-                    _TASKS.c.pk == bindparam("b_pk"), _TASKS.c.attempt == bindparam("b_attempt")
-                ),
-                deleted,
-            )
+            s.execute(_DELETE_ATTEMPT, deleted)
 
     def release_dependents(self) -> None:
         """Re-evaluate the held tasks of jobs whose tasks completed, and of every job every
@@ -265,12 +258,22 @@ class TaskEvents:
         if not ready:
             return
         changed = []
-        for node_id, state in s.execute(
-            select(_NODES.c.id, _NODES.c.state).where(_NODES.c.id.in_(ready))
-        ):
+        for node_id, state in s.execute(_NODE_STATES, {"ids": ready}):
             busy = any((node_id, key) not in leaving for key in self.c.inflight.get(node_id, {}))
             want = NodeState.RUNNING if busy else NodeState.IDLE
             if state in (NodeState.IDLE, NodeState.RUNNING) and state != want:
                 changed.append({"b_id": node_id, "b_old": state, "b_state": want})
         if changed:
             s.execute(_NODE_BUSY, [c | {"b_now": now} for c in changed])
+
+
+def _completion(names: tuple[str, ...]) -> Any:
+    """Return the UPDATE that writes the columns ``names`` of an attempt's task."""
+    stmt = _completions.get(names)
+    if stmt is None:
+        stmt = _completions[names] = (
+            update(_TASKS)
+            .where(_TASKS.c.pk == bindparam("b_pk"), _TASKS.c.attempt == bindparam("b_attempt"))
+            .values({name: bindparam(name) for name in names})
+        )
+    return stmt

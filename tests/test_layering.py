@@ -53,6 +53,16 @@ FORBIDDEN = {
     "rules.py": {"fleet.store", "fleet.tables", "fleet.ssh", "fleet.controller", "fleet.service"},
     # `fleet task file list|download` read the database without the ORM
     "task_files.py": {"fleet.store", "fleet.tables", "fleet.service"},
+    # the autoscale formula language is pure: text and inputs in, an Evaluation out
+    "formula/": {
+        "fleet.store",
+        "fleet.tables",
+        "fleet.ssh",
+        "fleet.controller",
+        "fleet.service",
+        "fleet.cli",
+        "fleet.context",
+    },
 }
 #: What a warm ``fleet exec`` loads: stdlib only, no SSH, ORM or CLI framework.
 _WARM_EXEC_BANS = {
