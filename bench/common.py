@@ -98,9 +98,11 @@ def lab(nodes: int) -> Iterator[lab_mod.Lab]:
 def controller(
     home: Path, env: dict[str, str], profile: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``fleet controller run`` (under cProfile writing to ``profile`` if given), its
-    log in ``home/controller.log``; SIGTERM it on the way out (SIGKILL after 20 s)."""
-    prefix = [PY, "-m", "cProfile", "-o", str(profile), "-m", "fleet"] if profile else [FLEET]
+    """Run ``fleet controller run`` (under a CPU-time cProfile writing to ``profile`` if
+    given), its log in ``home/controller.log``; SIGTERM it on the way out (SIGKILL after
+    20 s)."""
+    profiler = Path(__file__).with_name("cpu_profile.py")
+    prefix = [PY, str(profiler), str(profile)] if profile else [FLEET]
     with (home / "controller.log").open("wb") as log:
         ctl = subprocess.Popen(
             [*prefix, "controller", "run", "--log-level", "warning"],

@@ -47,6 +47,7 @@ from fleet.job_tasks import JobTasks
 from fleet.lifecycle import Lifecycle
 from fleet.multi_instance import MultiInstance
 from fleet.node_link import NodeLink
+from fleet.node_ops import NodeOps
 from fleet.node_users import NodeUserSweep
 from fleet.retention import RetentionSweep
 from fleet.schedule_runner import ScheduleRunner
@@ -74,13 +75,15 @@ SPAWN_RETRY_DELAY = 2.0
 #: Spawn refusals that say the task itself can never run: it completes instead of retrying.
 REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
 
+#: Why a task ended by a node operation with ``terminate`` ended.
+NODE_OPERATION_ENDED = "the task was terminated by an operation on its node"
 #: Seconds shutdown waits for background work and links (each bounds itself sooner).
 SHUTDOWN_LIMIT = 6.0
 
 #: What placement reads of the nodes with a ready link.
 _READY_NODES = sa_select(
     col(Node.id), col(Node.pool_id), col(Node.state), col(Node.scheduling_state)
-).where(col(Node.id).in_(bindparam("ids", expanding=True)))
+).where(col(Node.id).in_(bindparam("ids", expanding=True)), col(Node.operation).is_(None))
 
 
 class Controller:
@@ -120,6 +123,7 @@ class Controller:
         self.calls = TaskCalls(ctx)
         self.schedules = ScheduleRunner(ctx)
         self.auto_pools = AutoPoolSweep(store)
+        self.node_ops = NodeOps(ctx, self._end_for_node, self._forget_link)
         self.collector = Collector(settings, self.inflight, self._collected)
 
     def wake(self) -> None:
@@ -203,6 +207,7 @@ class Controller:
         if look:
             self._looked_at = now
             self._sync_links()
+            self.node_ops.tick()
             self.lifecycle.tick()
             self.schedules.tick()  # its timers wake the loop
         self._requeue_lost_nodes()
@@ -265,7 +270,7 @@ class Controller:
                 .join(Pool, col(Pool.id) == col(Node.pool_id))
                 .where(Pool.state == PoolState.ACTIVE)
             ).all()
-        wanted = set(nodes)
+        wanted = set(nodes) - self.node_ops.busy  # an operation holds these
         for node_id in wanted - self.links.keys():
             link = NodeLink(
                 node_id,
@@ -280,6 +285,19 @@ class Controller:
         for node_id in self.links.keys() - wanted:
             link = self.links.pop(node_id)
             self.spawn_background(self._shutdown_link(link))
+
+    async def _forget_link(self, node_id: str) -> None:
+        """Close the link to ``node_id`` and drop it (a node operation takes the node)."""
+        link = self.links.pop(node_id, None)
+        if link is not None:
+            await self._shutdown_link(link)
+
+    def _end_for_node(self, att: Attempt, how: str) -> None:
+        """End an attempt for a node operation: requeued, or completed as terminated."""
+        if how == "requeue":
+            self.lifecycle.end(att, requeue=True)
+        else:
+            self.lifecycle.end(att, reason=NODE_OPERATION_ENDED)
 
     async def _shutdown_link(self, link: NodeLink) -> None:
         try:
@@ -430,10 +448,10 @@ class Controller:
         with self.store.read() as s:  # columns only: an idle loop reads 300 nodes a second
             if not queue.any_active_job(s):
                 return False
-            nodes = s.execute(_READY_NODES, {"ids": list(ready)}).all()
+            nodes = s.connection().execute(_READY_NODES, {"ids": list(ready)}).all()
             pools = {
                 p.id: p
-                for p in s.execute(
+                for p in s.connection().execute(
                     sa_select(
                         col(Pool.id), col(Pool.task_slots_per_node), col(Pool.node_fill_type)
                     ).where(col(Pool.state) == PoolState.ACTIVE)

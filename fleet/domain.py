@@ -36,6 +36,22 @@ class NodeState(StrEnum):
 SCHEDULABLE_NODE_STATES = frozenset({NodeState.IDLE, NodeState.RUNNING})
 
 
+class NodeOperation(StrEnum):
+    """What an admin asked of a node (fleet/service/node_ops.py); the controller carries it
+    out once the node's running tasks are dealt with per its deallocation option."""
+
+    REBOOT = "reboot"
+    REIMAGE = "reimage"
+    REMOVE = "remove"
+    DISABLE_SCHEDULING = "disablescheduling"
+
+
+#: Azure's ``nodeDeallocationOption``: what happens to a node's running tasks.
+NODE_DEALLOCATION_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
+#: Azure's ``nodeDisableSchedulingOption``.
+DISABLE_SCHEDULING_OPTIONS = ("requeue", "terminate", "taskcompletion")
+
+
 class SchedulingState(StrEnum):
     ENABLED = "enabled"
     DISABLED = "disabled"

@@ -78,7 +78,7 @@ class Lifecycle:
             disable_tasks=job.disable_tasks,
         )
         for att in running if step.end else ():
-            self._end(
+            self.end(
                 att,
                 reason=step.end_reason,
                 requeue=step.end == "requeue",
@@ -143,9 +143,9 @@ class Lifecycle:
         att = self.c.inflight.get(task.node_id or "", {}).get(f"{task.job_id}/{task.id}")
         if att is not None and att.attempt == task.attempt:
             if task.end_request == "delete":
-                self._end(att, delete=True)
+                self.end(att, delete=True)
             else:
-                self._end(att, reason=USER_TERMINATED)
+                self.end(att, reason=USER_TERMINATED)
             return
         if task.attempt_state is not None:
             return  # its attempt is not known yet (node reconnecting); try next turn
@@ -165,7 +165,7 @@ class Lifecycle:
 
     # -- ending attempts -------------------------------------------------------------------
 
-    def _end(
+    def end(
         self,
         att: Attempt,
         *,

@@ -17,9 +17,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fleet import applications, certificates, environment, identity, targets, views
+from fleet import applications, certificates, environment, identity, node_rules, targets, views
 from fleet.agent_client import AgentClient
-from fleet.domain import NodeState
+from fleet.domain import NodeOperation, NodeState
 from fleet.errors import (
     AgentError,
     AuthenticationFailed,
@@ -168,8 +168,10 @@ class NodeLink:
             node = s.get(Node, self.node_id)
             if node is None:
                 return
-            # A node that never connected keeps its bootstrap state but shows the error.
-            if was_ready or node.state not in (NodeState.CREATING,) or state == NodeState.UNUSABLE:
+            # A node that never connected keeps its bootstrap state but shows the error; so
+            # does a node fleet is rebooting (its host is expected to be away a while).
+            keep = (NodeState.CREATING, NodeState.REBOOTING)
+            if was_ready or node.state not in keep or state == NodeState.UNUSABLE:
                 _set_state(node, state)
             node.errors = [{"code": exc.code, "message": str(exc), "time": views.iso(time.time())}]
             s.add(node)
@@ -219,6 +221,11 @@ class NodeLink:
             self.login_user,
         )
         await applications.install_pool_packages(self, pool.spec, hello.get("root", root))
+        issued = node.operation_issued_at is not None
+        if not node_rules.rebooted(node.state, issued, hello.get("bootId"), node.boot_id):
+            raise RemoteError(  # the reboot command is not through yet: try again soon
+                "the node has not rebooted yet", code="NodeRebooting", target=f"node {self.node_id}"
+            )
         self.boot_id_changed = bool(node.boot_id and node.boot_id != hello.get("bootId"))
         start_needed = pool.spec.get("startTask") is not None and (
             self.boot_id_changed
@@ -231,6 +238,13 @@ class NodeLink:
             "root": hello.get("root"),
             "errors": [],
         }
+        if self.boot_id_changed or node.last_boot_time is None:
+            seen["last_boot_time"] = time.time()
+        if self.boot_id_changed and not issued:  # rebooted by someone else, or power loss
+            seen["errors"] = [_rebooted_error(node.boot_id, hello.get("bootId"))]
+        if node.operation == NodeOperation.REBOOT and issued:  # back from fleet's reboot
+            seen |= {"operation": None, "operation_option": None, "operation_at": None}
+            seen["operation_issued_at"] = None
         self.lost_at = None
         if start_needed:
             self._write_node(**seen)
@@ -419,6 +433,16 @@ class NodeLink:
                 waiter.set_result(msg.get("exit") or {})
             return
         self._on_event(self, msg)
+
+
+def _rebooted_error(before: str | None, now: str | None) -> dict[str, Any]:
+    """The node error that says its host rebooted without fleet asking."""
+    return {
+        "code": "NodeRebooted",
+        "message": f"the host rebooted outside fleet (boot id {before} -> {now}): "
+        "its running tasks were requeued and its start task runs again",
+        "time": views.iso(time.time()),
+    }
 
 
 def _set_state(node: Node, state: NodeState) -> None:

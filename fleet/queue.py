@@ -67,16 +67,20 @@ _WAITING = (
 def any_active_job(s: Any) -> bool:
     """Return whether any job is active (without one, nothing can start)."""
     query = select(_JOBS.c.id).where(_JOBS.c.state == JobState.ACTIVE).limit(1)
-    return s.execute(query).first() is not None
+    return s.connection().execute(query).first() is not None
 
 
 def pending(s: Any, pool_ids: Iterable[str], limit: int) -> list[PendingTask]:
     """Return up to ``limit`` tasks that may start on the pools ``pool_ids``, in order."""
-    jobs = s.execute(
-        select(_JOBS.c.id, _JOBS.c.pool_id, _JOBS.c.priority, _JOBS.c.created_at, _JOBS.c.spec)
-        .where(_JOBS.c.state == JobState.ACTIVE, _JOBS.c.pool_id.in_(list(pool_ids)))
-        .order_by(_JOBS.c.priority.desc(), _JOBS.c.created_at, _JOBS.c.id)
-    ).all()
+    jobs = (
+        s.connection()
+        .execute(
+            select(_JOBS.c.id, _JOBS.c.pool_id, _JOBS.c.priority, _JOBS.c.created_at, _JOBS.c.spec)
+            .where(_JOBS.c.state == JobState.ACTIVE, _JOBS.c.pool_id.in_(list(pool_ids)))
+            .order_by(_JOBS.c.priority.desc(), _JOBS.c.created_at, _JOBS.c.id)
+        )
+        .all()
+    )
     out: list[PendingTask] = []
     for job_id, pool_id, priority, created, spec in jobs:
         if len(out) >= limit:
@@ -92,7 +96,7 @@ def pending(s: Any, pool_ids: Iterable[str], limit: int) -> list[PendingTask]:
             query = query.where(_TASKS.c.id == manager)
         out += [
             PendingTask(job_id, task_id, pool_id, priority, created, pk, slots, instances)
-            for pk, task_id, slots, instances in s.execute(query)
+            for pk, task_id, slots, instances in s.connection().execute(query)
         ]
     return out
 
@@ -100,9 +104,11 @@ def pending(s: Any, pool_ids: Iterable[str], limit: int) -> list[PendingTask]:
 def _manager_waits(s: Any, job_id: str, manager_id: str) -> bool:
     """Return whether the job manager ``manager_id`` of ``job_id`` has yet to start (the
     job's other tasks wait for it)."""
-    state = s.execute(
-        select(_TASKS.c.state).where(_TASKS.c.job_id == job_id, _TASKS.c.id == manager_id)
-    ).scalar()
+    state = (
+        s.connection()
+        .execute(select(_TASKS.c.state).where(_TASKS.c.job_id == job_id, _TASKS.c.id == manager_id))
+        .scalar()
+    )
     return state == TaskState.ACTIVE
 
 
@@ -113,16 +119,16 @@ _JOB_SPECS = select(_JOBS.c.id, _JOBS.c.spec).where(
 
 def job_specs(s: Any, job_ids: Iterable[str]) -> dict[str, Any]:
     """Return the jobs ``job_ids`` by id, as rows of ``id`` and ``spec``."""
-    return {row.id: row for row in s.execute(_JOB_SPECS, {"ids": list(job_ids)})}
+    return {row.id: row for row in s.connection().execute(_JOB_SPECS, {"ids": list(job_ids)})}
 
 
 def to_dispatch(s: Any, pks: list[int]) -> dict[int, Any]:
     """Return what a dispatch reads of the tasks ``pks`` (rows by pk)."""
-    return {row.pk: row for row in s.execute(_TO_DISPATCH, {"pks": pks})}
+    return {row.pk: row for row in s.connection().execute(_TO_DISPATCH, {"pks": pks})}
 
 
 def mark_dispatched(s: Any, writes: list[dict[str, Any]]) -> None:
     """Write attempts ahead as ``dispatching`` (``writes``: the parameters of
     ``_DISPATCHED`` per task), each only if its task is unchanged since it was read."""
     if writes:
-        s.execute(_DISPATCHED, writes)
+        s.connection().execute(_DISPATCHED, writes)

@@ -229,8 +229,6 @@ class Connection:
             "connect_timeout": timeout,
             "login_timeout": timeout,
         }
-        if os.environ.get("G4_GCM"):
-            options["encryption_algs"] = ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
         if target.key_file is None:
             options.pop("client_keys")
         async with _handshake_slot(target), _translated(target):

@@ -86,6 +86,13 @@ class Node(SQLModel, table=True):
     start_task_attempt: int = 0
     created_at: float = 0.0
     state_changed_at: float = 0.0
+    last_boot_time: float | None = None  # when fleet first saw its current boot
+    #: an admin's request (fleet/domain.py NodeOperation), its deallocation option, when it
+    #: was asked, and when the host was told (reboot and reimage then wait for it)
+    operation: str | None = Field(default=None, index=True)
+    operation_option: str | None = None
+    operation_at: float | None = None
+    operation_issued_at: float | None = None
 
 
 class Job(SQLModel, table=True):

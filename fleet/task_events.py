@@ -122,7 +122,7 @@ class TaskEvents:
         touched_nodes = {att.node_id for att, _ in [*ev.started, *ev.finished, *ev.back_to_queue]}
         with self.c.store.session() as s:
             if ev.started:  # one statement, executed for every start at once
-                s.execute(
+                s.connection().execute(
                     _STARTED,
                     [
                         {"b_pk": att.pk, "b_attempt": att.attempt, "b_start": at, "b_now": now}
@@ -152,7 +152,7 @@ class TaskEvents:
                                 task_dir=att.task_dir,
                             )
                         )
-                s.execute(
+                s.connection().execute(
                     update(_TASKS)
                     .where(_TASKS.c.pk == att.pk, _TASKS.c.attempt == att.attempt)
                     .values(**values)
@@ -170,10 +170,15 @@ class TaskEvents:
         """Write the exits of ``finished`` attempts: each task's fields decided by
         :func:`rules.on_exit`, as one executemany per shape of change, and the small
         ``outputs`` that came with them (replacing an earlier attempt's)."""
-        tasks = {row.pk: row for row in s.execute(_FACTS, {"pks": [a.pk for a, _ in finished]})}
+        tasks = {
+            row.pk: row
+            for row in s.connection().execute(_FACTS, {"pks": [a.pk for a, _ in finished]})
+        }
         jobs = {
             row.id: rules.JobFacts(row.state, row.spec, row.created_at, row.termination_reason)
-            for row in s.execute(_JOB_FACTS, {"ids": list({t.job_id for t in tasks.values()})})
+            for row in s.connection().execute(
+                _JOB_FACTS, {"ids": list({t.job_id for t in tasks.values()})}
+            )
         }
         updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         deleted: list[dict[str, Any]] = []
@@ -211,20 +216,22 @@ class TaskEvents:
             for name, data in outputs.get((att.pk, att.attempt), {}).items():
                 files.append({"task_pk": att.pk, "name": name, "data": data, "modified": now})
             if change.job and job is not None:  # rare: a job manager's end, an exit's jobAction
-                s.execute(update(_JOBS).where(_JOBS.c.id == task.job_id).values(**change.job))
+                s.connection().execute(
+                    update(_JOBS).where(_JOBS.c.id == task.job_id).values(**change.job)
+                )
                 jobs[task.job_id] = replace(
                     job,
                     state=change.job.get("state", job.state),
                     termination_reason=change.job.get("termination_reason", job.termination_reason),
                 )
         for names, params in updates.items():
-            s.execute(_completion(names), params)
+            s.connection().execute(_completion(names), params)
         if replaced:
-            s.execute(_DROP_OUTPUTS, replaced)
+            s.connection().execute(_DROP_OUTPUTS, replaced)
         if files:
-            s.execute(_ADD_OUTPUTS, files)
+            s.connection().execute(_ADD_OUTPUTS, files)
         if deleted:
-            s.execute(_DELETE_ATTEMPT, deleted)
+            s.connection().execute(_DELETE_ATTEMPT, deleted)
 
     def release_dependents(self) -> None:
         """Re-evaluate the held tasks of jobs whose tasks completed, and of every job every
@@ -258,13 +265,13 @@ class TaskEvents:
         if not ready:
             return
         changed = []
-        for node_id, state in s.execute(_NODE_STATES, {"ids": ready}):
+        for node_id, state in s.connection().execute(_NODE_STATES, {"ids": ready}):
             busy = any((node_id, key) not in leaving for key in self.c.inflight.get(node_id, {}))
             want = NodeState.RUNNING if busy else NodeState.IDLE
             if state in (NodeState.IDLE, NodeState.RUNNING) and state != want:
                 changed.append({"b_id": node_id, "b_old": state, "b_state": want})
         if changed:
-            s.execute(_NODE_BUSY, [c | {"b_now": now} for c in changed])
+            s.connection().execute(_NODE_BUSY, [c | {"b_now": now} for c in changed])
 
 
 def _completion(names: tuple[str, ...]) -> Any:

@@ -42,7 +42,7 @@ class Usage:
 
     def columns(self) -> dict[str, Any]:
         """Return the Task column values of these totals."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in COLUMNS}
 
 
 #: The Task columns that hold a task's totals (``stats_time``: when they last changed).

@@ -33,6 +33,7 @@ OWNERS = {
         "execute.py",
         "targets.py",
         "schedule_runner.py",
+        "node_ops.py",
     },
     # DB-API drivers used directly (the store reaches them through SQLAlchemy)
     "sqlite3": {"reads.py"},
@@ -93,6 +94,7 @@ PIECES = {
     "schedule_runner.py",
     "collection.py",
     "control_server.py",
+    "node_ops.py",
 }
 
 

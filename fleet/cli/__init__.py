@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "lab": ("lab", "app", "Run a local lab of real sshd nodes on 127.0.0.1."),
     "host": ("hosts", "app", "Manage the inventory of hosts."),
     "pool": ("pools", "app", "Manage pools of nodes."),
-    "node": ("pools", "node_app", "Inspect the nodes of a pool."),
+    "node": ("pools", "node_app", "Inspect and operate the nodes of a pool."),
     "job": ("jobs", "app", "Manage jobs."),
     "task": ("tasks", "app", "Manage the tasks of a job."),
     "controller": ("controller_cmd", "app", "Run the controller."),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fleet import reads, views
-from fleet.cli import node_users
+from fleet.cli import node_ops, node_users
 from fleet.cli.common import (
     CURRENT,
     OutputOpt,
@@ -28,7 +28,7 @@ else:
     service = lazy_module("fleet.service.pools")
 
 app = typer.Typer(help="Manage pools of nodes.", no_args_is_help=True)
-node_app = typer.Typer(help="Inspect the nodes of a pool.", no_args_is_help=True)
+node_app = typer.Typer(help="Inspect and operate the nodes of a pool.", no_args_is_help=True)
 
 POOL_COLUMNS = [
     ("ID", "id"),
@@ -164,3 +164,4 @@ def node_show(
 
 
 node_users.register(node_app)  # after list and show: the order --help lists them in
+node_ops.register(node_app)

@@ -1,0 +1,147 @@
+"""Node operations asked by an admin: reboot, reimage, remove, disable and enable scheduling.
+
+The CLI records the request on the node; the controller carries it out (fleet/node_ops.py,
+rules in fleet/node_rules.py), since it owns the connections and the tasks running on the
+node. A node with an operation under way gets no new tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from sqlmodel import Session
+
+from fleet.domain import (
+    DISABLE_SCHEDULING_OPTIONS,
+    NODE_DEALLOCATION_OPTIONS,
+    NodeOperation,
+    NodeState,
+    SchedulingState,
+)
+from fleet.errors import BadInput, Conflict, NotFound
+from fleet.service.pools import get_pool
+from fleet.store import Store
+from fleet.tables import Node
+
+#: Node states from which each operation may start. Reboot and reimage are also how an
+#: admin recovers a node that failed its start task or became unusable.
+_FROM = {
+    NodeOperation.REBOOT: {
+        NodeState.IDLE,
+        NodeState.RUNNING,
+        NodeState.START_TASK_FAILED,
+        NodeState.UNUSABLE,
+        NodeState.UNKNOWN,
+        NodeState.OFFLINE,
+    },
+    NodeOperation.DISABLE_SCHEDULING: {
+        NodeState.IDLE,
+        NodeState.RUNNING,
+        NodeState.START_TASK_FAILED,
+        NodeState.UNUSABLE,
+        NodeState.UNKNOWN,
+        NodeState.OFFLINE,
+        NodeState.CREATING,
+        NodeState.STARTING,
+        NodeState.WAITING_FOR_START_TASK,
+    },
+}
+_FROM[NodeOperation.REIMAGE] = _FROM[NodeOperation.REBOOT]
+_FROM[NodeOperation.REMOVE] = {*NodeState} - {NodeState.LEAVING_POOL}
+
+
+def request(
+    store: Store,
+    pool_id: str,
+    node_ids: Sequence[str],
+    operation: NodeOperation,
+    option: str = "requeue",
+) -> list[Node]:
+    """Record ``operation`` on each node in ``node_ids`` of pool ``pool_id``, all or none,
+    and return the nodes. Disabling scheduling takes effect at once (no new tasks).
+
+    Raises BadInput (an option this operation does not take, no node named), NotFound
+    (pool or node) or Conflict ``NodeStateConflict`` (the node's state or another
+    operation under way forbids it)."""
+    allowed = (
+        DISABLE_SCHEDULING_OPTIONS
+        if operation == NodeOperation.DISABLE_SCHEDULING
+        else NODE_DEALLOCATION_OPTIONS
+    )
+    field = (
+        "nodeDisableSchedulingOption"
+        if operation == NodeOperation.DISABLE_SCHEDULING
+        else "nodeDeallocationOption"
+    )
+    if option not in allowed:
+        raise BadInput(
+            f"{field} must be one of {', '.join(allowed)}, not {option!r}",
+            code="InvalidPropertyValue",
+            target=f"pool {pool_id}",
+            field=field,
+        )
+    if not node_ids:
+        raise BadInput("name at least one node", target=f"pool {pool_id}", field="nodeList")
+    now = time.time()
+    with store.session() as s:
+        get_pool(s, pool_id)
+        nodes = [_node(s, pool_id, node_id) for node_id in dict.fromkeys(node_ids)]
+        for node in nodes:
+            _check(node, operation)
+            if node.operation == operation:
+                continue  # asked again: the first request stands
+            node.operation, node.operation_option = operation.value, option
+            node.operation_at, node.operation_issued_at = now, None
+            if operation == NodeOperation.DISABLE_SCHEDULING:
+                node.scheduling_state = SchedulingState.DISABLED
+            s.add(node)
+    return nodes
+
+
+def enable_scheduling(store: Store, pool_id: str, node_ids: Sequence[str]) -> list[Node]:
+    """Let the nodes take tasks again; a disable still draining is called off. Raises
+    NotFound, or Conflict ``NodeStateConflict`` for a node being rebooted, reimaged or
+    removed."""
+    with store.session() as s:
+        get_pool(s, pool_id)
+        nodes = [_node(s, pool_id, node_id) for node_id in dict.fromkeys(node_ids)]
+        for node in nodes:
+            if node.operation not in (None, NodeOperation.DISABLE_SCHEDULING):
+                raise _conflict(node, f"a {node.operation} is under way")
+            node.scheduling_state = SchedulingState.ENABLED
+            if node.state == NodeState.OFFLINE:  # drained: nothing runs on it
+                node.state, node.state_changed_at = NodeState.IDLE, time.time()
+            node.operation = node.operation_option = None
+            node.operation_at = node.operation_issued_at = None
+            s.add(node)
+    return nodes
+
+
+def _node(s: Session, pool_id: str, node_id: str) -> Node:
+    node = s.get(Node, node_id)
+    if node is None or node.pool_id != pool_id:
+        raise NotFound(
+            f"pool {pool_id} has no node {node_id!r}",
+            code="NodeNotFound",
+            target=f"node {node_id}",
+        )
+    return node
+
+
+def _check(node: Node, operation: NodeOperation) -> None:
+    if node.operation not in (None, operation, NodeOperation.DISABLE_SCHEDULING):
+        raise _conflict(node, f"a {node.operation} is under way")
+    if node.operation == operation:
+        return
+    if node.state not in _FROM[operation]:
+        raise _conflict(node, f"it is {node.state}")
+
+
+def _conflict(node: Node, why: str) -> Conflict:
+    return Conflict(
+        f"node {node.id} cannot be changed now: {why}",
+        code="NodeStateConflict",
+        target=f"node {node.id}",
+        details={"state": node.state, "operation": node.operation},
+    )
