@@ -137,7 +137,9 @@ def parse_argv(value: Any) -> list[str]:
     elif isinstance(value, list):
         argv = []
         for item in value:
-            if isinstance(item, bool) or not isinstance(item, (str, int)):
+            if isinstance(item, bool):  # YAML reads a bare on/off/yes/no as a boolean
+                raise ValueError(f"every argument must be a string, not {item!r} (quote it)")
+            if not isinstance(item, (str, int)):
                 raise ValueError(f"every argument must be a string, not {item!r}")
             argv.append(str(item))
     else:

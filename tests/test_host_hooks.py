@@ -17,6 +17,10 @@ import pytest
 from fleet import host_hooks
 from fleet.errors import RemoteError
 from fleet.host_hooks import HookResult, HostHookError, parse_argv, run_hook
+from fleet.inventory import HostSpec
+from fleet.service import hosts
+from fleet.store import Store
+from tests.conftest import Fleet
 
 
 def a_host(**commands: list[str] | None) -> SimpleNamespace:
@@ -245,3 +249,37 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return raw[raw.rfind(")") + 2 :][:1] not in ("Z", "X")
+
+
+def test_hooks_from_an_inventory_are_stored_and_shown(fleet: Fleet, tmp_path: Path) -> None:
+    inv = tmp_path / "hosts.ini"
+    inv.write_text(
+        "[vms]\n"
+        "vm1 ansible_host=192.0.2.1 fleet_reboot_command='vagrant reload vm1'\n"
+        "vm2 ansible_host=192.0.2.2\n"
+        "[vms:vars]\n"
+        "fleet_power_on_command=wake --mac 'aa:bb'\n"
+    )
+    fleet("host", "import", str(inv))
+    shown = json.loads(fleet("host", "show", "vm1", "-o", "json").stdout)
+    assert shown["rebootCommand"] == ["vagrant", "reload", "vm1"]
+    assert shown["powerOnCommand"] == ["wake", "--mac", "aa:bb"]
+    assert "reimageCommand" not in shown and "powerOffCommand" not in shown
+    listed = {h["id"]: h for h in json.loads(fleet("host", "list", "-o", "json").stdout)}
+    assert listed["vm1"] == shown
+    assert "rebootCommand" not in listed["vm2"]
+    # Importing again without the var clears it: the inventory is the truth.
+    inv.write_text("vm1 ansible_host=192.0.2.1\n")
+    fleet("host", "import", str(inv))
+    assert "rebootCommand" not in json.loads(fleet("host", "show", "vm1", "-o", "json").stdout)
+
+
+def test_a_stored_host_runs_its_hook(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'fleet.db'}")
+    code = "import os; print(os.environ['FLEET_HOST_ID'], os.environ['FLEET_HOST_PORT'])"
+    spec = HostSpec(
+        id="h1", address="192.0.2.9", port=2209, reboot_command=[sys.executable, "-c", code]
+    )
+    hosts.import_hosts(store, [spec])
+    row, _, _ = hosts.show_host(store, "h1")
+    assert asyncio.run(run_hook(row, "reboot")).output == "h1 2209\n"
