@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 
 from fleet import host_hooks
 from fleet.errors import RemoteError
@@ -283,3 +284,23 @@ def test_a_stored_host_runs_its_hook(tmp_path: Path) -> None:
     hosts.import_hosts(store, [spec])
     row, _, _ = hosts.show_host(store, "h1")
     assert asyncio.run(run_hook(row, "reboot")).output == "h1 2209\n"
+
+
+def test_shown_hook_argvs_import_back_unchanged_as_yaml_lists(fleet: Fleet, tmp_path: Path) -> None:
+    # No command creates hosts from host JSON (`host import` reads inventories), so the
+    # round trip is: host show -o json -> a YAML inventory with those lists -> the same show.
+    argv = ["/opt/bmc tool", "--pass=$SECRET", "it's", 'say "hi"', "off", "yes", "ü", "#x", ""]
+    (tmp_path / "a.yml").write_text(
+        yaml.safe_dump({"all": {"hosts": {"b1": {"fleet_power_off_command": argv}}}})
+    )
+    fleet("host", "import", str(tmp_path / "a.yml"))
+    shown = json.loads(fleet("host", "show", "b1", "-o", "json").stdout)
+    assert shown["powerOffCommand"] == argv
+    hooks = {k: v for k, v in shown.items() if k.endswith("Command")}
+    inventory_vars = {f"fleet_{k}_command": hooks[host_hooks.json_field(k)] for k in ("power_off",)}
+    (tmp_path / "b.yml").write_text(yaml.safe_dump({"all": {"hosts": {"b1": inventory_vars}}}))
+    fleet("host", "import", str(tmp_path / "b.yml"))
+    again = json.loads(fleet("host", "show", "b1", "-o", "json").stdout)
+    assert {k: v for k, v in again.items() if k != "source"} == {
+        k: v for k, v in shown.items() if k != "source"
+    }
