@@ -120,11 +120,14 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def read_boot_id() -> str:
-    """Return the kernel boot id, or "" if it cannot be read."""
+    """Return the boot id, or "" if it cannot be read: the kernel's, unless the environment
+    variable FLEET_BOOT_ID_FILE names a file to read it from (the loopback lab sets it per
+    node with sshd's SetEnv, so that `fleet lab reboot` can simulate a reboot)."""
+    path = os.environ.get("FLEET_BOOT_ID_FILE") or "/proc/sys/kernel/random/boot_id"
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
+        with open(path) as f:
             return f.read().strip()
-    except OSError:
+    except (OSError, ValueError):
         return ""
 
 

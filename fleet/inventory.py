@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from fleet import hostsets
+from fleet import host_hooks, hostsets
 from fleet.errors import BadInput
 
 FORMATS = ("ansible-ini", "ansible-yaml", "ssh-config", "vagrant")
@@ -26,7 +26,9 @@ _ALIASES = {
     "ansible_ssh_user": "ansible_user",
     "ansible_private_key_file": "ansible_ssh_private_key_file",
 }
-_FLEET_VARS = frozenset({"fleet_node_root", "fleet_rdp_port"})
+# Host hook commands (fleet/host_hooks.py): var -> hook kind; a command line or a YAML list.
+_HOOK_VARS = {f"fleet_{kind}_command": kind for kind in host_hooks.HOOK_KINDS}
+_FLEET_VARS = frozenset({"fleet_node_root", "fleet_rdp_port", *_HOOK_VARS})
 _NOT_LABELS = ("ansible_", "fleet_")
 _TEXT_VARS = ("ansible_host", "ansible_user", "ansible_ssh_private_key_file", "fleet_node_root")
 _GROUP_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -58,6 +60,11 @@ class HostSpec:
     node_root: str | None = None
     rdp_port: int | None = None
     source: str = ""
+    # Host hooks, argvs run on the controller (fleet/host_hooks.py); None when not set.
+    reboot_command: list[str] | None = field(default=None, hash=False)
+    reimage_command: list[str] | None = field(default=None, hash=False)
+    power_on_command: list[str] | None = field(default=None, hash=False)
+    power_off_command: list[str] | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the host as a plain JSON-ready dict (field names as in the dataclass)."""
@@ -194,12 +201,16 @@ class _Model:
         if not isinstance(name, str) or not _VAR_RE.fullmatch(name):
             _fail(line, f"invalid variable name {name!r}")
         if name.startswith("fleet_") and name not in _FLEET_VARS:
-            _fail(line, f"unknown fleet variable {name!r} (known: {', '.join(_FLEET_VARS)})")
+            _fail(
+                line, f"unknown fleet variable {name!r} (known: {', '.join(sorted(_FLEET_VARS))})"
+            )
         name = _ALIASES.get(name, name)
         if name == "ansible_port":
             _port(value, line)
         elif name in _TEXT_VARS:
             _text({name: (value, line)}, name)
+        elif name in _HOOK_VARS:
+            _hook_argv(value, line, name)
         target[name] = (value, line)
 
     def add_hosts(self, pattern: Any, group: str, line: int, host_vars: _Vars) -> None:
@@ -260,6 +271,11 @@ class _Model:
                     if "fleet_rdp_port" in merged
                     else None,
                     source=f"{filename}:{host.line}",
+                    **{
+                        f"{kind}_command": _hook_argv(*merged[var], var)
+                        for var, kind in _HOOK_VARS.items()
+                        if var in merged
+                    },
                 )
             )
         return specs
@@ -310,6 +326,13 @@ def _text(merged: _Vars, name: str) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
         _fail(line, f"{name} must be a non-empty string, not {value!r}")
     return str(value)
+
+
+def _hook_argv(value: Any, line: int, name: str) -> list[str]:
+    try:
+        return host_hooks.parse_argv(value)
+    except ValueError as exc:
+        _fail(line, f"invalid {name}: {exc}")
 
 
 def _label_text(value: Any) -> str:

@@ -15,8 +15,10 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ __all__ = [
     "default_dir",
     "down",
     "load",
+    "reboot_command",
+    "reboot_node",
     "regenerate_host_key",
     "start_node",
     "status",
@@ -47,6 +51,8 @@ NODE_USERS_GROUP = "fleet-node-users"  # fleet.node_users.GROUP (kept apart: lab
 BANNER_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 MAX_NODES = 999
+BOOT_ID_ENV = "FLEET_BOOT_ID_FILE"  # read by the agent (agent_bootstrap/fleet_agent.py)
+REBOOT_ROUNDS = 20  # kill rounds while processes of a rebooting node keep forking
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"'\\%#]")  # would need escaping in sshd_config
 _DYING = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL}
 _SSHD_CONFIG = """\
@@ -72,7 +78,7 @@ X11Forwarding no
 AllowAgentForwarding no
 PermitUserEnvironment no
 LogLevel INFO
-{per_source}# node users fleet creates (fleet node user create) log in with their own keys
+{per_source}{set_env}# node users fleet creates (fleet node user create) log in with their own keys
 Match Group {node_users_group}
 	AuthorizedKeysFile .ssh/authorized_keys
 	AllowUsers *
@@ -91,6 +97,14 @@ class LabNode:
     pid_file: Path
     log: Path
     host_key: Path  # private key; the public key is beside it with ".pub"
+    boot_id_file: Path  # its simulated boot id, FLEET_BOOT_ID_FILE in its sessions
+
+    def boot_id(self) -> str | None:
+        """Return the node's simulated boot id, or None if it has none yet."""
+        try:
+            return self.boot_id_file.read_text().strip() or None
+        except OSError:
+            return None
 
     def pid(self) -> int | None:
         """Return the pid in the pid file, or None if there is no readable pid file."""
@@ -277,11 +291,108 @@ def regenerate_host_key(lab: Lab, name: str) -> None:
     _start(lab, [node])
 
 
+def reboot_node(lab: Lab, name: str) -> dict[str, object]:
+    """Simulate a reboot of the node: kill every process of it, give it a new boot id, start
+    its sshd again on the same port with the same host key, and wait for its banner.
+
+    The node's processes are its sshd listener, the sshd processes of its connections, every
+    process whose environment holds its FLEET_BOOT_ID_FILE (what its sessions started: login
+    shells, agents, task wrappers and tasks, even detached ones) and their descendants; all
+    get SIGKILL, as at a power cut, in rounds until none is left. This process and its
+    ancestors are spared, and so is the machine: nothing else is touched.
+    Returns the node's status row (see ``status``) plus ``bootId`` and ``killed`` (how many
+    processes). Raises NotFound(code="LabNodeNotFound") for an unknown node,
+    FleetError(code="LabRebootUnsupported") when sshd is older than 7.8 (no SetEnv),
+    FleetError(code="LabRebootFailed") if a process survives, and RemoteError if sshd
+    fails to start again.
+    """
+    node = lab.node(name)
+    if _sshd_version() < (7, 8):
+        msg = "simulated reboots need OpenSSH 7.8 or newer (sshd_config SetEnv)"
+        raise FleetError(msg, code="LabRebootUnsupported", target=name)
+    with _locked(lab.dir):
+        killed = _kill_node_processes(node)
+        _write(node.boot_id_file, f"{uuid.uuid4()}\n", 0o644)
+        node.pid_file.unlink(missing_ok=True)
+        _make_node_files(lab, node)
+        _start(lab, [node])
+    row = next(r for r in status(lab.dir) if r["node"] == name)
+    return {**row, "bootId": node.boot_id(), "killed": killed}
+
+
+def reboot_command(lab: Lab, name: str) -> list[str]:
+    """Return the argv that reboots node ``name`` (``fleet lab reboot NAME --dir DIR -o json``,
+    run by this Python), as the lab's inventory gives it in ``fleet_reboot_command``."""
+    return [
+        sys.executable,
+        "-m",
+        "fleet",
+        "lab",
+        "reboot",
+        name,
+        "--dir",
+        str(lab.dir),
+        "-o",
+        "json",
+    ]
+
+
+def _kill_node_processes(node: LabNode) -> int:
+    """SIGKILL the node's processes (see reboot_node) until none is left; return how many."""
+    marker = os.fsencode(f"{BOOT_ID_ENV}={node.boot_id_file}")
+    table = _procs()
+    spared, pid = set(), os.getpid()
+    while pid > 0 and pid not in spared:  # us and our ancestors (say, a session of the node)
+        spared.add(pid)
+        pid = table.get(pid, (0, ""))[0]
+    killed: set[int] = set()
+    for _ in range(REBOOT_ROUNDS):
+        table = _procs()
+        listener = node.pid() if node.alive() else None
+        found = {listener, *_sessions(listener, table)} if listener else set()
+        for pid in table:
+            with contextlib.suppress(OSError):
+                if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    found.add(pid)
+        found |= _descendants(found, table)
+        victims = [p for p in found - spared if not _exited(p)]
+        if not victims:
+            return len(killed)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while (victims := [p for p in victims if not _exited(p)]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if victims:
+            msg = f"processes {victims} of the node survived SIGKILL"
+            raise FleetError(msg, code="LabRebootFailed", target=node.name)
+        killed.update(found - spared)
+    msg = f"the node's processes kept starting new ones after {REBOOT_ROUNDS} rounds of SIGKILL"
+    raise FleetError(msg, code="LabRebootFailed", target=node.name)
+
+
+def _descendants(pids: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
+    """Return every process below ``pids`` in ``table`` (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = list(pids)
+    while todo:
+        for kid in children.get(todo.pop(), []):
+            if kid not in found:
+                found.add(kid)
+                todo.append(kid)
+    return found
+
+
 def write_inventory(lab: Lab, path: Path, node_root_base: Path | None = None) -> Path:
     """Write an Ansible INI inventory (group [lab], one line per node); return its path.
 
-    Each host gets ansible_host, ansible_port, ansible_user, ansible_ssh_private_key_file
-    and fleet_node_root (``node_root_base``/NAME, by default the lab's own node roots).
+    Each host gets ansible_host, ansible_port, ansible_user, ansible_ssh_private_key_file,
+    fleet_node_root (``node_root_base``/NAME, by default the lab's own node roots) and
+    fleet_reboot_command (``reboot_command``: a simulated reboot, never the machine's).
     """
     base = Path(node_root_base) if node_root_base is not None else lab.dir / "nodes"
     lines = [f"# fleet loopback lab {lab.dir}; host keys in {lab.known_hosts_path}", "[lab]"]
@@ -292,6 +403,7 @@ def write_inventory(lab: Lab, path: Path, node_root_base: Path | None = None) ->
             "ansible_user": lab.user,
             "ansible_ssh_private_key_file": str(lab.key_file),
             "fleet_node_root": str(base / node.name),
+            "fleet_reboot_command": shlex.join(reboot_command(lab, node.name)),
         }
         lines.append(" ".join([node.name, *(f"{k}={shlex.quote(v)}" for k, v in host.items())]))
     _write(Path(path), "\n".join(lines) + "\n", 0o644)
@@ -302,7 +414,14 @@ def _node(base: Path, name: str, port: int) -> LabNode:
     f = base / "sshd" / name  # apart from the node root, which the login user owns
     key = f / "ssh_host_ed25519_key"
     return LabNode(
-        name, port, base / "nodes" / name, f / "sshd_config", f / "sshd.pid", f / "sshd.log", key
+        name,
+        port,
+        base / "nodes" / name,
+        f / "sshd_config",
+        f / "sshd.pid",
+        f / "sshd.log",
+        key,
+        f / "boot_id",
     )
 
 
@@ -357,6 +476,10 @@ def _make_node_files(lab: Lab, node: LabNode) -> None:
     _mkdir(node.config.parent, None)
     if not node.host_key.exists():
         _keygen(node.host_key, f"fleet-lab-{node.name}")
+    if node.boot_id() is None:
+        _write(node.boot_id_file, f"{uuid.uuid4()}\n", 0o644)
+    # SetEnv came with OpenSSH 7.8; older labs report the machine's own boot id
+    set_env = f'SetEnv "{BOOT_ID_ENV}={node.boot_id_file}"\n' if _sshd_version() >= (7, 8) else ""
     text = _SSHD_CONFIG.format(
         port=node.port,
         host_key=node.host_key,
@@ -366,6 +489,7 @@ def _make_node_files(lab: Lab, node: LabNode) -> None:
         # per-source penalties came with OpenSSH 9.8
         per_source="PerSourcePenaltyExemptList 127.0.0.0/8\n" if _sshd_version() >= (9, 8) else "",
         node_users_group=NODE_USERS_GROUP,
+        set_env=set_env,
     )
     _write(node.config, text, 0o644)
 

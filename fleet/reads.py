@@ -33,7 +33,8 @@ def _names(text: str) -> tuple[str, ...]:
 #: table -> its columns, as in fleet/tables.py (only the tables read here)
 COLUMNS: dict[str, tuple[str, ...]] = {
     "hosts": _names(
-        "id address port user key_file labels node_root rdp_port host_key_policy source created_at"
+        "id address port user key_file labels node_root rdp_port host_key_policy source created_at "
+        "reboot_command reimage_command power_on_command power_off_command"
     ),
     "host_keys": _names("host_id public_key fingerprint recorded_at"),
     "pools": _names(
@@ -65,6 +66,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 #: JSON columns (decoded) and boolean ones (SQLite keeps 0/1)
 JSON_COLUMNS = {
     "labels",
+    "reboot_command",
+    "reimage_command",
+    "power_on_command",
+    "power_off_command",
     "spec",
     "errors",
     "start_task_info",

@@ -38,6 +38,11 @@ class Host(SQLModel, table=True):
     host_key_policy: str = "accept-new"
     source: str = ""
     created_at: float = 0.0
+    # Hook argvs run on the controller (fleet/host_hooks.py); NULL when the host has none.
+    reboot_command: list[str] | None = _json()
+    reimage_command: list[str] | None = _json()
+    power_on_command: list[str] | None = _json()
+    power_off_command: list[str] | None = _json()
 
 
 class HostKey(SQLModel, table=True):

@@ -43,6 +43,10 @@ def host(
             "hostKeyFingerprint": key.fingerprint if key else None,
             "poolId": node.pool_id if node else None,
             "source": row.source or None,
+            "rebootCommand": row.reboot_command,
+            "reimageCommand": row.reimage_command,
+            "powerOnCommand": row.power_on_command,
+            "powerOffCommand": row.power_off_command,
         }
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import fields
 from pathlib import Path
 
@@ -188,3 +189,23 @@ def test_ini_and_yaml_examples_describe_the_same_hosts():
 def test_explicit_ansible_port_beats_the_port_in_the_host_name():
     hosts = parse_inventory("[web]\nweb1:2201 ansible_port=2202\nweb2:2203\n", filename="h")
     assert [h.port for h in hosts] == [2202, 2203]
+
+
+_ARG = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="\x85"),
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ARG, min_size=1, max_size=5).filter(lambda argv: argv[0] != ""))
+def test_hook_command_quoted_on_an_ini_host_line_round_trips(argv: list[str]) -> None:
+    # What `fleet lab up` writes: the argv joined as a command line, quoted once more.
+    text = f"h1 fleet_reboot_command={shlex.quote(shlex.join(argv))}\n"
+    (host,) = parse_inventory(text, filename="inv.ini")
+    assert host.reboot_command == argv
+
+
+def test_hook_commands_take_no_part_in_labels() -> None:
+    (host,) = parse_inventory("h1 fleet_reboot_command=reboot\n", filename="inv.ini")
+    assert host.labels == {} and host.reboot_command == ["reboot"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import pwd
 import shlex
@@ -19,8 +21,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
+import agent_bootstrap
 from fleet import lab
 from fleet.errors import BadInput, NotFound
+from fleet.host_hooks import run_hook
+from fleet.inventory import parse_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -34,6 +39,7 @@ if SSHD is None:
     )
 
 IS_ROOT = os.geteuid() == 0
+AGENT = Path(agent_bootstrap.__file__).resolve().parent / "fleet_agent.py"
 
 
 def make_dir() -> Path:
@@ -253,10 +259,11 @@ def test_write_inventory(the_lab: lab.Lab, tmp_path: Path) -> None:
     assert lines[1] == (
         f"{node.name} ansible_host=127.0.0.1 ansible_port={node.port} "
         f"ansible_user={the_lab.user} ansible_ssh_private_key_file={the_lab.key_file} "
-        f"fleet_node_root=/srv/roots/{node.name}"
+        f"fleet_node_root=/srv/roots/{node.name} "
+        f"fleet_reboot_command={shlex.quote(shlex.join(lab.reboot_command(the_lab, node.name)))}"
     )
     default = lab.write_inventory(the_lab, tmp_path / "default.ini").read_text()
-    assert f"fleet_node_root={the_lab.dir}/nodes/{node.name}\n" in default
+    assert f"fleet_node_root={the_lab.dir}/nodes/{node.name} " in default
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the lab user gets sudo only when the lab runs as root")
@@ -321,3 +328,110 @@ def test_default_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("XDG_DATA_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert lab.default_dir() == tmp_path / ".local" / "share" / "fleet" / "lab"
+
+
+# --- simulated reboots -----------------------------------------------------------------------
+
+
+def agent_hello(
+    the_lab: lab.Lab, node: lab.LabNode
+) -> tuple[dict[str, object], paramiko.SSHClient]:
+    """Start the node agent in a fresh SSH session; return its hello and the open client
+    (the agent runs until the client is closed)."""
+    agent = the_lab.dir / "fleet_agent_test.py"
+    if not agent.exists():
+        shutil.copyfile(AGENT, agent)
+        agent.chmod(0o644)
+    client = connect(the_lab, node)
+    stdin, stdout, _ = client.exec_command(
+        f"python3 {shlex.quote(str(agent))} {shlex.quote(str(node.root))}", timeout=15
+    )
+    client.agent_stdin = stdin  # type: ignore[attr-defined]  # EOF on it stops the agent
+    hello = json.loads(stdout.readline())
+    assert hello["type"] == "hello" and "error" not in hello, hello
+    return hello, client
+
+
+def start_detached_sleep(the_lab: lab.Lab, node: lab.LabNode) -> int:
+    """Start a `sleep` on the node in a session of its own, outliving the SSH session."""
+    with connect(the_lab, node) as client:
+        code, out, err = run(client, "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $!")
+    assert code == 0, err
+    return int(out)
+
+
+def alive(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return raw[raw.rfind(")") + 2 :][:1] not in ("Z", "X")
+
+
+def test_sessions_read_the_nodes_own_boot_id_file(the_lab: lab.Lab) -> None:
+    ids = set()
+    for node in the_lab.nodes[:2]:
+        with connect(the_lab, node) as client:
+            assert run(client, 'printf %s "$FLEET_BOOT_ID_FILE"')[1] == str(node.boot_id_file)
+        hello, client = agent_hello(the_lab, node)
+        client.close()
+        assert hello["bootId"] == node.boot_id()
+        ids.add(hello["bootId"])
+    assert len(ids) == 2
+    real = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert real not in ids
+
+
+def test_reboot_node_kills_its_processes_and_gives_a_new_boot_id(the_lab: lab.Lab) -> None:
+    node, other = the_lab.nodes[0], the_lab.nodes[1]
+    hello, client = agent_hello(the_lab, node)
+    transport = client.get_transport()
+    assert transport is not None
+    sleeper = start_detached_sleep(the_lab, node)
+    bystander = start_detached_sleep(the_lab, other)
+    old_listener = node.pid()
+    try:
+        assert alive(sleeper) and alive(int(str(hello["pid"])))
+        result = lab.reboot_node(the_lab, node.name)
+        assert result["bootId"] == node.boot_id() != hello["bootId"]
+        assert result["state"] == "running" and result["port"] == node.port
+        assert isinstance(result["killed"], int) and result["killed"] >= 3
+        assert not alive(sleeper), "a detached process of the node survived the reboot"
+        assert not alive(int(str(hello["pid"]))), "the agent survived the reboot"
+        assert old_listener is not None and not alive(old_listener)
+        assert wait_dead(transport), "a connection survived the reboot"
+        assert alive(bystander), "rebooting one node killed a process of another"
+        again, client2 = agent_hello(the_lab, node)
+        client2.close()
+        assert again["bootId"] == result["bootId"]
+    finally:
+        client.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(bystander, signal.SIGKILL)
+
+
+def test_the_inventorys_reboot_command_reboots_the_node_through_run_hook(
+    the_lab: lab.Lab,
+) -> None:
+    node = the_lab.nodes[2]
+    (spec,) = [
+        h
+        for h in parse_inventory(the_lab.inventory_path.read_text(), filename="inventory.ini")
+        if h.id == node.name
+    ]
+    assert spec.reboot_command == lab.reboot_command(the_lab, node.name)
+    before = node.boot_id()
+    sleeper = start_detached_sleep(the_lab, node)
+    result = asyncio.run(run_hook(spec, "reboot", timeout=60))
+    printed = json.loads(result.output)
+    assert printed["node"] == node.name
+    assert printed["bootId"] == node.boot_id() != before
+    assert not alive(sleeper)
+    with connect(the_lab, node) as client:
+        assert run(client, "echo back")[1] == "back\n"
+
+
+def test_reboot_of_an_unknown_node_is_refused(the_lab: lab.Lab) -> None:
+    with pytest.raises(NotFound) as err:
+        lab.reboot_node(the_lab, "node99")
+    assert err.value.code == "LabNodeNotFound"

@@ -49,3 +49,15 @@ def down(dir: DirOpt = None, output: OutputOpt = None) -> None:
     target = dir or lab_mod.default_dir()
     lab_mod.down(target)
     emit({"dir": str(target), "state": "down"}, output)
+
+
+@app.command("reboot")
+def reboot(
+    node: Annotated[str, typer.Argument(help="Lab node name, e.g. node01.")],
+    dir: DirOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """Simulate a reboot of one lab node: kill all its processes, give it a new boot id,
+    start its sshd again (never reboots this machine)."""
+    lab = lab_mod.load(dir or lab_mod.default_dir())
+    emit(lab_mod.reboot_node(lab, node), output)

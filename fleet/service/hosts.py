@@ -48,6 +48,10 @@ def import_hosts(
             row.rdp_port = spec.rdp_port
             row.host_key_policy = policy
             row.source = spec.source
+            row.reboot_command = spec.reboot_command
+            row.reimage_command = spec.reimage_command
+            row.power_on_command = spec.power_on_command
+            row.power_off_command = spec.power_off_command
             s.add(row)
     return {"created": created, "updated": updated}
 
