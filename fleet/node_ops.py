@@ -10,6 +10,7 @@ nothing).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import posixpath
 import time
@@ -19,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from fleet import node_rules, targets, views
+from fleet import host_hooks, node_rules, targets, views
 from fleet.domain import NodeOperation, NodeState
-from fleet.errors import FleetError, RemoteError
+from fleet.errors import FleetError, RemoteError, Unreachable
 from fleet.ssh import Connection
 from fleet.tables import Host, HostKey, JobNode, Node, NodeUser, StaleAttempt
 
@@ -137,9 +138,15 @@ class NodeOps:
     # -- the operations ---------------------------------------------------------------
 
     async def _reboot(self, node_id: str, boot_id: str | None) -> None:
-        """Tell the host to reboot; its link, made again, waits for the new boot id."""
+        """Tell the host to reboot (its rebootCommand on this machine, else over SSH); its
+        link, made again, waits for the new boot id."""
         if boot_id is not None:
             _write(self.c.store, node_id, None, boot_id=boot_id)
+        host = self._host(node_id)
+        if host_hooks.hook_argv(host, "reboot"):
+            await host_hooks.run_hook(host, "reboot", timeout=HOST_COMMAND_LIMIT)
+            log.info("node %s: rebooted by its host's reboot command", node_id)
+            return
         conn = await self._connect(node_id)
         try:
             argv = [*REBOOT_ARGV] if conn.target.user == "root" else ["sudo", "-n", *REBOOT_ARGV]
@@ -159,7 +166,11 @@ class NodeOps:
         log.info("node %s: rebooting", node_id)
 
     async def _reimage(self, node_id: str, root: str | None) -> None:
-        """Delete the node's root and let it bootstrap from nothing."""
+        """Run the host's reimageCommand if it has one, delete the node's root and let it
+        bootstrap from nothing."""
+        host = self._host(node_id)
+        if host_hooks.hook_argv(host, "reimage"):
+            await host_hooks.run_hook(host, "reimage", timeout=HOST_COMMAND_LIMIT)
         await self._wipe(node_id, root)
         _write(
             self.c.store,
@@ -225,12 +236,28 @@ class NodeOps:
         finally:
             await conn.close()
 
-    async def _connect(self, node_id: str) -> Connection:
+    def _host(self, node_id: str) -> Host:
         with self.c.store.read() as s:
-            host, key = s.get(Host, node_id), s.get(HostKey, node_id)
+            host = s.get(Host, node_id)
         if host is None:
             raise FleetError(f"host {node_id} is gone from the inventory", code="HostNotFound")
-        return await Connection.open(targets.target(host, key))
+        return host
+
+    async def _connect(self, node_id: str) -> Connection:
+        """Connect to the node's host, trying again while it is unreachable (a host that
+        a reimage command restored may still be booting) for up to HOST_COMMAND_LIMIT."""
+        deadline = time.monotonic() + HOST_COMMAND_LIMIT
+        delay = 0.5
+        while True:
+            with self.c.store.read() as s:
+                host, key = self._host(node_id), s.get(HostKey, node_id)
+            try:
+                return await Connection.open(targets.target(host, key))
+            except Unreachable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
 
 def _cleared() -> dict[str, Any]:

@@ -43,7 +43,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "nodes": _names(
         "id pool_id state scheduling_state boot_id root errors start_task_info "
-        "start_task_attempt created_at state_changed_at"
+        "start_task_attempt created_at state_changed_at last_boot_time"
     ),
     "jobs": _names(
         "id pool_id priority state spec termination_reason disable_tasks created_at "

@@ -59,6 +59,7 @@ def node(row: Node | Row, address: str | None = None) -> dict[str, Any]:
             "state": row.state,
             "schedulingState": row.scheduling_state,
             "stateTransitionTime": iso(row.state_changed_at),
+            "lastBootTime": iso(row.last_boot_time),
             "ipAddress": address,
             "nodeRootDirectory": row.root,
             "startTaskInfo": row.start_task_info,

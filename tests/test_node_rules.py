@@ -1,0 +1,93 @@
+"""Node operations' pure rules (fleet/node_rules.py), case by case."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet import node_rules
+from fleet.domain import NodeState
+from fleet.node_rules import NodeFacts, NodeStep
+
+NOW, LIMIT = 1_000.0, 600.0
+
+# (case, facts) -> step expected
+STEP_CASES = [
+    (
+        "requeue ends the running attempts as requeued",
+        NodeFacts("reboot", "requeue", None, 2),
+        NodeStep(end="requeue"),
+    ),
+    (
+        "terminate ends them as terminated",
+        NodeFacts("reimage", "terminate", None, 1),
+        NodeStep(end="terminate"),
+    ),
+    ("taskcompletion lets them finish", NodeFacts("reboot", "taskcompletion", None, 3), NodeStep()),
+    ("retaineddata lets them finish too", NodeFacts("remove", "retaineddata", None, 1), NodeStep()),
+    (
+        "disable scheduling, drained: offline, done",
+        NodeFacts("disablescheduling", "requeue", None, 0),
+        NodeStep(state=NodeState.OFFLINE, done=True),
+    ),
+    (
+        "disable with taskcompletion waits while tasks run",
+        NodeFacts("disablescheduling", "taskcompletion", None, 1),
+        NodeStep(),
+    ),
+    (
+        "reboot, drained: rebooting, issued",
+        NodeFacts("reboot", "taskcompletion", None, 0),
+        NodeStep(state=NodeState.REBOOTING, issue=True),
+    ),
+    (
+        "reimage, drained: reimaging, issued",
+        NodeFacts("reimage", "requeue", None, 0),
+        NodeStep(state=NodeState.REIMAGING, issue=True),
+    ),
+    (
+        "remove, drained: leaving the pool, issued",
+        NodeFacts("remove", "terminate", None, 0),
+        NodeStep(state=NodeState.LEAVING_POOL, issue=True),
+    ),
+    (
+        "an issued reboot waits for the host",
+        NodeFacts("reboot", "requeue", NOW - 10, 0),
+        NodeStep(),
+    ),
+    (
+        "a reboot past the limit makes the node unusable",
+        NodeFacts("reboot", "requeue", NOW - LIMIT - 1, 0),
+        NodeStep(state=NodeState.UNUSABLE, done=True, error="NodeRebootTimedOut"),
+    ),
+    (
+        "an issued reimage is left to its carrying out, however long",
+        NodeFacts("reimage", "requeue", NOW - LIMIT - 1, 0),
+        NodeStep(),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "facts", "expected"), STEP_CASES, ids=[c[0] for c in STEP_CASES])
+def test_node_step(case: str, facts: NodeFacts, expected: NodeStep) -> None:
+    assert node_rules.node_step(facts, NOW, LIMIT) == expected
+
+
+# (case, state, issued, boot seen, boot recorded) -> back
+REBOOTED_CASES = [
+    ("same boot id after the reboot was issued: not back", "rebooting", True, "a", "a", False),
+    ("a new boot id: back", "rebooting", True, "b", "a", True),
+    ("not issued yet: nothing to wait for", "rebooting", False, "a", "a", True),
+    ("no boot recorded: cannot tell, so back", "rebooting", True, "a", None, True),
+    ("a node not rebooting is back", "idle", True, "a", "a", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "state", "issued", "seen", "recorded", "back"),
+    REBOOTED_CASES,
+    ids=[c[0] for c in REBOOTED_CASES],
+)
+def test_rebooted(
+    case: str, state: str, issued: bool, seen: str, recorded: str | None, back: bool
+) -> None:
+    assert node_rules.rebooted(state, issued, seen, recorded) is back
