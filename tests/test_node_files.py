@@ -19,6 +19,7 @@ from fleet.errors import BadInput
 from fleet.store import Store
 from fleet.tables import Node
 from tests.conftest import Fleet, Result, make_pool, wait_for_idle_nodes
+from tests.test_cli_imports import _orm_modules
 from tests.test_task_files import PEAK_RSS
 
 # --------------------------------------------------------------- path checks (no lab)
@@ -140,6 +141,10 @@ def test_an_unreachable_node_is_a_remote_error_with_its_code(
         )
         assert result.code == 1, result.stderr
         assert _error(result)["code"] == "NodeUnreachable"
+    loaded, _ = _orm_modules(
+        offline_pool, tmp_path, "node", "file", "list", "--pool", "p", "--node", "h1"
+    )
+    assert loaded == []  # a read command: the database is read without the ORM
 
 
 # --------------------------------------------------------------- on the real lab
@@ -231,7 +236,9 @@ def test_files_written_by_the_start_task_are_downloaded(ready, tmp_path: Path) -
 @on_lab
 def test_paths_out_of_the_root_and_links_are_refused(ready, tmp_path: Path) -> None:
     fleet, _ = ready
-    destination = tmp_path / "got"
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    destination = downloads / "got"
     for args in (
         ("download", "../x"),
         ("download", "/etc/passwd"),
@@ -248,7 +255,7 @@ def test_paths_out_of_the_root_and_links_are_refused(ready, tmp_path: Path) -> N
         assert _error(result)["code"] == "InvalidPath", args
         assert "root:" not in result.stdout  # nothing of /etc/passwd came out
     assert not destination.exists()
-    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+    assert list(downloads.iterdir()) == []  # no partial file left behind
 
 
 @on_lab
