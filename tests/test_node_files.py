@@ -293,3 +293,46 @@ def test_a_large_node_file_streams_in_bounded_memory(ready, tmp_path: Path) -> N
     large = peak_kib("shared/big.bin", tmp_path / "big.bin")
     assert hashlib.sha256((tmp_path / "big.bin").read_bytes()).hexdigest() == expected
     assert large - small < 24 << 10, f"peak RSS grew by {(large - small) >> 10} MiB"
+
+
+def _stderr_on_a_terminal(fleet: Fleet, *args: str) -> bytes:
+    """Run ``fleet ARGS`` with its stderr on a pseudo-terminal; return what it drew there."""
+    leader, follower = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fleet", *args],
+            env={**fleet.env, "TERM": "xterm", "COLUMNS": "100"},
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+            timeout=300,
+            check=True,
+        )
+        assert proc.returncode == 0
+        os.close(follower)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 1 << 16)
+            except OSError:  # EIO: the terminal has no writer left
+                break
+            if not chunk:
+                break
+            drawn += chunk
+        return drawn
+    finally:
+        os.close(leader)
+
+
+@on_lab
+def test_progress_is_drawn_on_a_terminal_and_never_with_json(ready, tmp_path: Path) -> None:
+    fleet, root = ready
+    with (root / "shared" / "big.bin").open("wb") as f:
+        f.write(os.urandom(16 << 20))
+    args = ["node", "file", "download", "shared/big.bin", "--pool", "p", "--node", "node01"]
+    drawn = _stderr_on_a_terminal(fleet, *args, "--destination", str(tmp_path / "a.bin"))
+    assert b"shared/big.bin" in drawn, f"no progress bar drawn on a terminal: {drawn!r}"
+    quiet = _stderr_on_a_terminal(
+        fleet, *args, "--destination", str(tmp_path / "b.bin"), "-o", "json"
+    )
+    assert quiet == b""
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()

@@ -303,8 +303,12 @@ def _download_progress(show: bool, label: str) -> Iterator[Any]:
     task = bar.add_task(label, total=None, visible=False)
 
     def advance(written: int, size: int) -> None:
-        if size >= PROGRESS_BYTES:
-            bar.update(task, completed=written, total=size, visible=True)
+        if size < PROGRESS_BYTES:
+            return
+        shown = bar.tasks[0].visible
+        bar.update(task, completed=written, total=size, visible=True)
+        if not shown:
+            bar.refresh()  # drawn at once, not at the next tick
 
     with bar:
         yield advance
