@@ -517,3 +517,48 @@ def hosts_with_keys(db: Reader, ids: Sequence[str]) -> list[tuple[Row, Row | Non
         return [(hosts[i], keys.get(i)) for i in ids if i in hosts]
 
     return db.run(read)
+
+
+def node_access(db: Reader, pool_id: str, node_id: str) -> tuple[Row, Row, Row | None]:
+    """Return one node, its host and the host's recorded key (or None), from one
+    snapshot; Raises NotFound (PoolNotFound or NodeNotFound)."""
+
+    def read(tx: Transaction) -> tuple[Row, Row, Row | None]:
+        _pool_or_raise(tx, pool_id)
+        node = tx.one("nodes", "id", node_id)
+        if node is None or node.pool_id != pool_id:
+            raise NotFound(
+                f"pool {pool_id} has no node {node_id!r}",
+                code="NodeNotFound",
+                target=f"node {node_id}",
+            )
+        host = tx.one("hosts", "id", node_id)
+        assert host is not None
+        return node, host, tx.one("host_keys", "host_id", node_id)
+
+    return db.run(read)
+
+
+def pool_node_counts(db: Reader, pool_id: str | None = None) -> list[tuple[str, dict[str, int]]]:
+    """Return (pool id, {node state: count}) for every pool by id, or for pool
+    ``pool_id`` only, counted by the database (no node rows are read); states with no
+    node are absent. Raises NotFound (PoolNotFound) for an unknown ``pool_id``."""
+
+    def read(tx: Transaction) -> list[tuple[str, dict[str, int]]]:
+        sql = (
+            "SELECT pools.id, nodes.state, count(nodes.id) FROM pools "
+            "LEFT JOIN nodes ON nodes.pool_id = pools.id"
+        )
+        params: tuple[str, ...] = ()
+        if pool_id is not None:
+            _pool_or_raise(tx, pool_id)
+            sql += " WHERE pools.id = ?"
+            params = (pool_id,)
+        counts: dict[str, dict[str, int]] = {}
+        for pool, state, n in tx.values(sql + " GROUP BY pools.id, nodes.state", params):
+            states = counts.setdefault(pool, {})
+            if state is not None:
+                states[state] = n
+        return sorted(counts.items())
+
+    return db.run(read)

@@ -260,3 +260,55 @@ def job_schedule(row: JobSchedule | Row) -> dict[str, Any]:
             ),
         }
     )
+
+
+#: Azure's NodeCounts keys for fleet's node states, in Azure's order; ``deallocated``,
+#: ``deallocating`` and ``upgradingOS`` are Azure states fleet's nodes are never in.
+NODE_COUNT_KEYS: dict[str, str | None] = {
+    "creating": NodeState.CREATING,
+    "deallocated": None,
+    "deallocating": None,
+    "idle": NodeState.IDLE,
+    "leavingPool": NodeState.LEAVING_POOL,
+    "offline": NodeState.OFFLINE,
+    "preempted": NodeState.PREEMPTED,
+    "rebooting": NodeState.REBOOTING,
+    "reimaging": NodeState.REIMAGING,
+    "running": NodeState.RUNNING,
+    "startTaskFailed": NodeState.START_TASK_FAILED,
+    "starting": NodeState.STARTING,
+    "unknown": NodeState.UNKNOWN,
+    "unusable": NodeState.UNUSABLE,
+    "upgradingOS": None,
+    "waitingForStartTask": NodeState.WAITING_FOR_START_TASK,
+}
+
+
+def pool_node_counts(pool_id: str, counts: dict[str, int]) -> dict[str, Any]:
+    """The node counts of a pool as Azure's PoolNodeCounts: ``dedicated`` counts every
+    node (fleet's nodes are all dedicated) per state, with ``total``; ``lowPriority`` has
+    the same keys, all 0. ``counts`` maps fleet's node states to how many nodes are in
+    each."""
+    dedicated = {
+        key: counts.get(state, 0) if state else 0 for key, state in NODE_COUNT_KEYS.items()
+    }
+    dedicated["total"] = sum(counts.values())
+    return {
+        "poolId": pool_id,
+        "dedicated": dedicated,
+        "lowPriority": dict.fromkeys(dedicated, 0),
+    }
+
+
+def node_file(
+    name: str, is_dir: bool, size: int, mtime: float | None, mode: int | None
+) -> dict[str, Any]:
+    """A file or directory under a node's fleet root as Azure's NodeFile: ``name``
+    (relative to the root), ``isDirectory`` and ``properties`` (``contentLength``, 0 for
+    a directory; ``lastModified``; ``fileMode`` in octal)."""
+    props: dict[str, Any] = {"contentLength": 0 if is_dir else size}
+    if mtime is not None:
+        props["lastModified"] = iso(mtime)
+    if mode is not None:
+        props["fileMode"] = oct(mode & 0o7777)
+    return {"name": name, "isDirectory": is_dir, "properties": props}

@@ -133,7 +133,7 @@ def test_prep_task_reruns_after_a_reboot_unless_told_not_to(
 
 @pytest.mark.parametrize(
     ("option", "exit_code", "requeues"),
-    [("requeue", 0, 1), ("terminate", 143, 0), ("taskcompletion", 0, 0)]  # 143: SIGTERM,
+    [("requeue", 0, 1), ("terminate", 143, 0), ("taskcompletion", 0, 0)],  # 143: SIGTERM,
 )
 def test_disable_scheduling_deals_with_the_running_task_by_its_option(
     fleet, lab_inventory, controller, option, exit_code, requeues

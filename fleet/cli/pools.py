@@ -1,9 +1,13 @@
-"""``fleet pool`` and ``fleet node``: create, list, show and delete pools; list and show nodes."""
+"""``fleet pool`` and ``fleet node``: create, list, show and delete pools, count their nodes;
+list and show nodes, list and download files under a node's fleet root."""
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -12,23 +16,29 @@ from fleet import reads, views
 from fleet.cli import node_ops, node_users
 from fleet.cli.common import (
     CURRENT,
+    OutputFormat,
     OutputOpt,
     emit,
+    fmt,
     lazy_module,
     load_json_file,
     progress_enabled,
     stderr,
+    write_whole,
 )
 from fleet.domain import NodeState
 from fleet.errors import EXIT_FAILED, BadInput, TimedOut
 
 if TYPE_CHECKING:
+    from fleet import node_files
     from fleet.service import pools as service
 else:
     service = lazy_module("fleet.service.pools")
+    node_files = lazy_module("fleet.node_files")
 
 app = typer.Typer(help="Manage pools of nodes.", no_args_is_help=True)
 node_app = typer.Typer(help="Inspect and operate the nodes of a pool.", no_args_is_help=True)
+node_file_app = typer.Typer(help="Files under a node's fleet root.", no_args_is_help=True)
 
 POOL_COLUMNS = [
     ("ID", "id"),
@@ -142,6 +152,36 @@ def delete(pool_id: str, output: OutputOpt = None) -> None:
     emit({"deleted": pool_id}, output)
 
 
+@app.command("node-counts")
+def node_counts(
+    pool_id: Annotated[
+        str | None, typer.Argument(help="Pool id (default: every pool).", show_default=False)
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Count the nodes of each pool (or of POOL) per state, as Azure's list pool node counts.
+
+    -o json prints a list of {poolId, dedicated: {<state>: n, ..., total}, lowPriority};
+    the table shows each pool's states that have nodes."""
+    counts = [
+        views.pool_node_counts(p, c) for p, c in reads.pool_node_counts(CURRENT.reader, pool_id)
+    ]
+    if fmt(output) == OutputFormat.JSON:
+        emit(counts, output)
+        return
+    rows = [
+        {
+            "poolId": c["poolId"],
+            "total": c["dedicated"]["total"],
+            "states": ", ".join(
+                f"{state} {n}" for state, n in c["dedicated"].items() if n and state != "total"
+            ),
+        }
+        for c in counts
+    ]
+    emit(rows, output, [("POOL", "poolId"), ("TOTAL", "total"), ("NODE STATES", "states")])
+
+
 @node_app.command("list")
 def node_list(
     pool: Annotated[str, typer.Option("--pool", help="Pool id.")],
@@ -165,3 +205,111 @@ def node_show(
 
 node_users.register(node_app)  # after list and show: the order --help lists them in
 node_ops.register(node_app)
+node_app.add_typer(node_file_app, name="file")
+
+PoolOpt = Annotated[str, typer.Option("--pool", help="Pool id.")]
+NodeOpt = Annotated[str, typer.Option("--node", help="Node id.")]
+#: Draw a progress bar for node file downloads at least this big.
+PROGRESS_BYTES = 8 << 20
+
+
+@node_file_app.command("list")
+def node_file_list(
+    pool: PoolOpt,
+    node: NodeOpt,
+    path: Annotated[
+        str | None,
+        typer.Argument(
+            help="Directory under the node's fleet root (default: the root).", show_default=False
+        ),
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", help="Descend into subdirectories.")
+    ] = False,
+    output: OutputOpt = None,
+) -> None:
+    """List the files under a node's fleet root, or under a directory of it.
+
+    Names are relative to the root, as Azure's NodeFile objects name them; symbolic links
+    are listed, never followed."""
+    rows = node_files.list_files(CURRENT.reader, pool, node, path, recursive)
+    emit(
+        rows,
+        output,
+        [
+            ("NAME", "name"),
+            ("DIR", "isDirectory"),
+            ("SIZE", "properties.contentLength"),
+            ("MODIFIED", "properties.lastModified"),
+        ],
+    )
+
+
+@node_file_app.command("download")
+def node_file_download(
+    path: Annotated[
+        str,
+        typer.Argument(help="Path of a file under the node's fleet root, e.g. startup/stdout.txt."),
+    ],
+    pool: PoolOpt,
+    node: NodeOpt,
+    destination: Annotated[
+        Path | None,
+        typer.Option("--destination", help="Where to write it (default: standard output)."),
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Download a file from under a node's fleet root, streamed in chunks.
+
+    With --destination the file appears whole or not at all, a progress bar shows on a
+    terminal, and -o json prints {name, destination, bytes}."""
+    db = CURRENT.reader
+    if destination is None:
+        node_files.download(db, pool, node, path, sys.stdout.buffer)
+        sys.stdout.flush()
+        return
+    with _download_progress(progress_enabled(output), path) as progress:
+        written = write_whole(
+            destination, lambda f: node_files.download(db, pool, node, path, f, progress)
+        )
+    if fmt(output) == OutputFormat.JSON:
+        emit({"name": path, "destination": str(destination), "bytes": written}, output)
+
+
+@contextlib.contextmanager
+def _download_progress(show: bool, label: str) -> Iterator[Any]:
+    """Yield a node_files.Progress callback drawing a transient bar on stderr for files of
+    at least PROGRESS_BYTES, or None when ``show`` is false."""
+    if not show:
+        yield None
+        return
+    from rich.progress import (  # only when a terminal shows it
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None, visible=False)
+
+    def advance(written: int, size: int) -> None:
+        if size < PROGRESS_BYTES:
+            return
+        shown = bar.tasks[0].visible
+        bar.update(task, completed=written, total=size, visible=True)
+        if not shown:
+            bar.refresh()  # drawn at once, not at the next tick
+
+    with bar:
+        yield advance

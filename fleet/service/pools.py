@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from fleet import secret_store, specs
 from fleet.domain import JobState
@@ -173,3 +173,22 @@ def show_node(store: Store, pool_id: str, node_id: str) -> tuple[Node, Host]:
         host = s.get(Host, node_id)
         assert host is not None
         return node, host
+
+
+def pool_node_counts(store: Store, pool_id: str | None = None) -> list[tuple[str, dict[str, int]]]:
+    """Return (pool id, {node state: count}) for every pool by id, or for ``pool_id``
+    only, as fleet.reads.pool_node_counts does; Raises NotFound (PoolNotFound)."""
+    with store.read() as s:
+        if pool_id is not None:
+            get_pool(s, pool_id)
+            ids = [pool_id]
+        else:
+            ids = list(s.exec(select(Pool.id).order_by(Pool.id)))
+        query = select(Node.pool_id, Node.state, func.count()).group_by(Node.pool_id, Node.state)
+        if pool_id is not None:
+            query = query.where(Node.pool_id == pool_id)
+        counts: dict[str, dict[str, int]] = {i: {} for i in ids}
+        for pool, state, n in s.exec(query):
+            if pool in counts:
+                counts[pool][state] = n
+    return list(counts.items())
