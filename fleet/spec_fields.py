@@ -62,13 +62,11 @@ READ_ONLY: dict[str, frozenset[str]] = {
 NOT_YET: dict[str, frozenset[str]] = {
     "pool": frozenset(
         {
-            "hostSelector",
             "enableAutoScale",
             "autoScaleFormula",
             "autoScaleEvaluationInterval",
             "mountConfiguration",
             "networkConfiguration",
-            "resizeTimeout",
         }
     ),
     "job": frozenset({"networkConfiguration"}),
