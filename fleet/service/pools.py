@@ -119,12 +119,12 @@ def free_matching_hosts(
 
 
 def insufficient_hosts(selector: dict[str, Any], wanted: int, found: int) -> dict[str, Any]:
-    """Return Azure's resizeError for a pool that wanted ``wanted`` nodes and found only
-    ``found`` free hosts matching ``selector``."""
+    """Return Azure's resizeError for a pool that wanted ``wanted`` more nodes and found
+    only ``found`` free hosts matching ``selector``."""
     labels = ", ".join(f"{k}={v}" for k, v in selector["labels"].items()) or "(any labels)"
     return {
         "code": "InsufficientHosts",
-        "message": f"wanted {wanted} nodes, found {found} free hosts matching {labels}",
+        "message": f"wanted {wanted} more nodes, found {found} free hosts matching {labels}",
     }
 
 
