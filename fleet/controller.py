@@ -49,6 +49,7 @@ from fleet.multi_instance import MultiInstance
 from fleet.node_link import NodeLink
 from fleet.node_ops import NodeOps
 from fleet.node_users import NodeUserSweep
+from fleet.pool_sizing import PoolSizing
 from fleet.retention import RetentionSweep
 from fleet.schedule_runner import ScheduleRunner
 from fleet.service.auto_pools import AutoPoolSweep
@@ -123,7 +124,10 @@ class Controller:
         self.calls = TaskCalls(ctx)
         self.schedules = ScheduleRunner(ctx)
         self.auto_pools = AutoPoolSweep(store)
-        self.node_ops = NodeOps(ctx, self._end_for_node, self._forget_link)
+        self.pool_sizing = PoolSizing(ctx)
+        self.node_ops = NodeOps(
+            ctx, self._end_for_node, self._forget_link, removed=self.pool_sizing.node_removed
+        )
         self.collector = Collector(settings, self.inflight, self._collected)
 
     def wake(self) -> None:
@@ -208,6 +212,7 @@ class Controller:
             self._looked_at = now
             self._sync_links()
             self.node_ops.tick()
+            self.pool_sizing.tick()
             self.lifecycle.tick()
             self.schedules.tick()  # its timers wake the loop
         self._requeue_lost_nodes()
