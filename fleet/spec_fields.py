@@ -63,9 +63,6 @@ NOT_YET: dict[str, frozenset[str]] = {
     "pool": frozenset(
         {
             "hostSelector",
-            "enableAutoScale",
-            "autoScaleFormula",
-            "autoScaleEvaluationInterval",
             "mountConfiguration",
             "networkConfiguration",
             "resizeTimeout",

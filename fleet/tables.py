@@ -73,6 +73,9 @@ class Pool(SQLModel, table=True):
     #: ``job:<id>`` or ``jobschedule:<id>`` for an auto pool (fleet/service/auto_pools.py)
     auto_owner: str | None = None
     auto_keep_alive: bool | None = None
+    #: the last autoscale evaluation (Azure's autoScaleRun) and when it ran
+    auto_scale_run: dict[str, Any] | None = _json()
+    auto_scale_at: float | None = None
 
 
 class Node(SQLModel, table=True):
