@@ -86,6 +86,12 @@ _READY_NODES = sa_select(
 ).where(col(Node.id).in_(bindparam("ids", expanding=True)), col(Node.operation).is_(None))
 
 
+@functools.lru_cache(maxsize=4096)
+def _split(command_line: str) -> tuple[str, ...]:
+    """A command line's argv (the tasks of a job often share one)."""
+    return tuple(shlex.split(command_line))
+
+
 class Controller:
     """Owns every SSH connection and writes every state change through the store."""
 
@@ -107,8 +113,8 @@ class Controller:
         self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
         self._wake = asyncio.Event()
         self._look_asked = True  # something may have changed in the store: read it next turn
-        self._looked_at = 0.0
-        self._exits_unlooked = False  # tasks finished since the jobs were last read  # monotonic time the loop last read jobs, nodes and queue
+        self._looked_at = 0.0  # monotonic time the loop last read jobs, nodes and schedules
+        self._exits_unlooked = False  # tasks finished since then
         self._background: set[asyncio.Task[Any]] = set()
         self.ctx = Context(
             store, settings, self.links, self.inflight, Outbox(), self.spawn_background, self.wake
@@ -587,7 +593,7 @@ class Controller:
                         task.spec.get("userIdentity"),
                         task.spec.get("applicationPackageReferences") or [],
                     )
-                    sends.append((gate, link, att, shlex.split(task.command_line), env, limit, io))
+                    sends.append((gate, link, att, list(_split(task.command_line)), env, limit, io))
                 queue.mark_dispatched(s, writes)
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:
