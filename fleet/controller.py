@@ -34,6 +34,7 @@ from fleet import (
     task_io,
 )
 from fleet.attempts import Attempt, epoch
+from fleet.autoscale import AutoScaler
 from fleet.collection import Collector, internal_error
 from fleet.context import Context, Outbox
 from fleet.control_server import ControlServer
@@ -87,6 +88,12 @@ _READY_NODES = sa_select(
 ).where(col(Node.id).in_(bindparam("ids", expanding=True)), col(Node.operation).is_(None))
 
 
+@functools.lru_cache(maxsize=4096)
+def _split(command_line: str) -> tuple[str, ...]:
+    """A command line's argv (the tasks of a job often share one)."""
+    return tuple(shlex.split(command_line))
+
+
 class Controller:
     """Owns every SSH connection and writes every state change through the store."""
 
@@ -108,8 +115,8 @@ class Controller:
         self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
         self._wake = asyncio.Event()
         self._look_asked = True  # something may have changed in the store: read it next turn
-        self._looked_at = 0.0
-        self._exits_unlooked = False  # tasks finished since the jobs were last read  # monotonic time the loop last read jobs, nodes and queue
+        self._looked_at = 0.0  # monotonic time the loop last read jobs, nodes and schedules
+        self._exits_unlooked = False  # tasks finished since then
         self._background: set[asyncio.Task[Any]] = set()
         self.ctx = Context(
             store, settings, self.links, self.inflight, Outbox(), self.spawn_background, self.wake
@@ -124,6 +131,7 @@ class Controller:
         self.calls = TaskCalls(ctx)
         self.schedules = ScheduleRunner(ctx)
         self.auto_pools = AutoPoolSweep(store)
+        self.autoscaler = AutoScaler(ctx)
         self.pool_sizing = PoolSizing(ctx)
         self.node_ops = NodeOps(
             ctx, self._end_for_node, self._forget_link, removed=self.pool_sizing.node_removed
@@ -212,6 +220,7 @@ class Controller:
             self._looked_at = now
             self._sync_links()
             self.node_ops.tick()
+            self.autoscaler.tick()  # a new target is acted on by pool sizing at once
             self.pool_sizing.tick()
             self.lifecycle.tick()
             self.schedules.tick()  # its timers wake the loop
@@ -592,7 +601,7 @@ class Controller:
                         task.spec.get("userIdentity"),
                         task.spec.get("applicationPackageReferences") or [],
                     )
-                    sends.append((gate, link, att, shlex.split(task.command_line), env, limit, io))
+                    sends.append((gate, link, att, list(_split(task.command_line)), env, limit, io))
                 queue.mark_dispatched(s, writes)
                 self.events.update_node_busy(s, {a.node_id for a in placed}, now)
         except BaseException:

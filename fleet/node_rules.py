@@ -52,13 +52,17 @@ class NodeStep:
 
 
 def node_step(facts: NodeFacts, now: float, limit: float) -> NodeStep:
-    """Return the next step of a node operation; ``limit``: seconds a host may take to
-    come back from a reboot before the node is ``unusable``."""
+    """Return the next step of a node operation that nothing is carrying out right now;
+    ``limit``: seconds a host may take to come back from a reboot before the node is
+    ``unusable``. Reimage and removal are idempotent, so one a restarted controller finds
+    issued is carried out again."""
     op = NodeOperation(facts.operation)
-    if facts.issued_at is not None:  # told: under way, or waiting for a reboot
-        if op == NodeOperation.REBOOT and now - facts.issued_at > limit:
+    if facts.issued_at is not None and op == NodeOperation.REBOOT:  # waiting for the host
+        if now - facts.issued_at > limit:
             return NodeStep(state=NodeState.UNUSABLE, done=True, error="NodeRebootTimedOut")
         return NodeStep()
+    if facts.issued_at is not None:  # a reimage or removal nobody carries out any more (the
+        return NodeStep(state=STATE_DURING[op], issue=True)  # controller restarted): again
     if facts.running:
         ends_now = facts.option in ("requeue", "terminate")
         return NodeStep(end=facts.option if ends_now else None)

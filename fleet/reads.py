@@ -40,11 +40,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "pools": _names(
         "id display_name state allocation_state task_slots_per_node node_fill_type spec "
         "created_at state_changed_at auto_owner auto_keep_alive target_dedicated_nodes "
-        "resize_option resize_errors allocation_state_changed_at"
+        "resize_option resize_errors allocation_state_changed_at auto_scale_run auto_scale_at"
     ),
     "nodes": _names(
         "id pool_id state scheduling_state boot_id root errors start_task_info "
-        "start_task_attempt created_at state_changed_at last_boot_time"
+        "start_task_attempt created_at state_changed_at last_boot_time operation "
+        "operation_option operation_at operation_issued_at"
     ),
     "jobs": _names(
         "id pool_id priority state spec termination_reason disable_tasks created_at "
@@ -67,6 +68,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 #: JSON columns (decoded) and boolean ones (SQLite keeps 0/1)
 JSON_COLUMNS = {
     "labels",
+    "auto_scale_run",
     "reboot_command",
     "reimage_command",
     "power_on_command",

@@ -62,9 +62,6 @@ READ_ONLY: dict[str, frozenset[str]] = {
 NOT_YET: dict[str, frozenset[str]] = {
     "pool": frozenset(
         {
-            "enableAutoScale",
-            "autoScaleFormula",
-            "autoScaleEvaluationInterval",
             "mountConfiguration",
             "networkConfiguration",
         }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fleet import dependencies, durations, exit_conditions, file_specs
+from fleet import autoscale_rules, dependencies, durations, exit_conditions, file_specs
 from fleet.domain import FillType
 from fleet.errors import BadInput
 from fleet.spec_fields import (  # noqa: F401 (re-exported: callers use specs.constraint_seconds)
@@ -61,6 +61,7 @@ POOL_FIELDS = {
     "enableInterNodeCommunication",
     "applicationPackageReferences",
     "targetDedicatedNodes",
+    *autoscale_rules.FIELDS,
     "targetLowPriorityNodes",
     "hostSelector",
     "resizeTimeout",
@@ -254,6 +255,7 @@ def parse_pool(data: Any) -> dict[str, Any]:
     )
     if resize_timeout is not None:
         out["resizeTimeout"] = resize_timeout
+    out.update(autoscale_rules.parse_settings(data, target))
     start_user = ((out["startTask"] or {}).get("userIdentity") or {}).get("username")
     if start_user and start_user not in {a["name"] for a in out["userAccounts"]}:
         raise fail(

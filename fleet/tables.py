@@ -80,6 +80,9 @@ class Pool(SQLModel, table=True):
     resize_option: str | None = None
     resize_errors: list[dict[str, Any]] | None = _json()
     allocation_state_changed_at: float | None = None
+    #: the last autoscale evaluation (Azure's autoScaleRun) and when it ran
+    auto_scale_run: dict[str, Any] | None = _json()
+    auto_scale_at: float | None = None
 
 
 class Node(SQLModel, table=True):

@@ -60,9 +60,14 @@ STEP_CASES = [
         NodeStep(state=NodeState.UNUSABLE, done=True, error="NodeRebootTimedOut"),
     ),
     (
-        "an issued reimage is left to its carrying out, however long",
-        NodeFacts("reimage", "requeue", NOW - LIMIT - 1, 0),
-        NodeStep(),
+        "an issued reimage nobody carries out (a controller restart) is carried out again",
+        NodeFacts("reimage", "requeue", NOW - 5, 0),
+        NodeStep(state=NodeState.REIMAGING, issue=True),
+    ),
+    (
+        "so is an issued removal",
+        NodeFacts("remove", "requeue", NOW - 5, 0),
+        NodeStep(state=NodeState.LEAVING_POOL, issue=True),
     ),
 ]
 

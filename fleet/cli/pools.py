@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from fleet import reads, views
-from fleet.cli import node_ops, node_users
+from fleet.cli import autoscale, node_ops, node_users
 from fleet.cli.common import (
     CURRENT,
     OutputFormat,
@@ -240,6 +240,7 @@ def node_show(
 
 node_users.register(node_app)  # after list and show: the order --help lists them in
 node_ops.register(node_app)
+autoscale.register(app)
 node_app.add_typer(node_file_app, name="file")
 
 PoolOpt = Annotated[str, typer.Option("--pool", help="Pool id.")]

@@ -82,7 +82,13 @@ from fleet.formula.lexer import PARSE_ERROR
 from fleet.formula.parser import parse
 from fleet.formula.printer import format_formula
 from fleet.formula.syntax import Formula
-from fleet.formula.values import DoubleVec, SampledVariable, TimeInterval, Timestamp
+from fleet.formula.values import (
+    DoubleVec,
+    SampledVariable,
+    TimeInterval,
+    Timestamp,
+    format_value,
+)
 
 __all__ = [
     "EVALUATION_ERROR",
@@ -96,5 +102,6 @@ __all__ = [
     "Timestamp",
     "evaluate",
     "format_formula",
+    "format_value",
     "parse",
 ]

@@ -1,0 +1,74 @@
+"""The controller's autoscale: sample each autoscaled pool's task counts, evaluate its
+formula every ``autoScaleEvaluationInterval``, record ``autoScaleRun`` and hand a new
+target to pool sizing (fleet/service/pools.py ``set_target``; fleet/pool_sizing.py grows
+and shrinks the pool). The rules are in fleet/autoscale_rules.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlmodel import col
+
+from fleet import autoscale_rules
+from fleet.autoscale_rules import History
+from fleet.domain import PoolState
+from fleet.service.autoscale import pool_facts, pool_metrics
+from fleet.service.pools import set_target
+from fleet.tables import Pool
+
+if TYPE_CHECKING:
+    from fleet.context import Context
+
+log = logging.getLogger(__name__)
+
+
+class AutoScaler:
+    """Samples and evaluations of the pools with ``enableAutoScale``."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.c = ctx
+        self.histories: dict[str, History] = {}
+
+    def tick(self) -> None:
+        """Take the samples that are due and evaluate the formulas that are due."""
+        now = time.time()
+        with self.c.store.read() as s:
+            pools = [
+                (pid, spec, at)
+                for pid, spec, at in s.execute(
+                    select(col(Pool.id), col(Pool.spec), col(Pool.auto_scale_at)).where(
+                        col(Pool.state) == PoolState.ACTIVE
+                    )
+                )
+                if spec.get("enableAutoScale")
+            ]
+        for pid in set(self.histories) - {p for p, _, _ in pools}:
+            del self.histories[pid]  # autoscale disabled, or the pool deleted
+        for pid, spec, at in pools:
+            history = self.histories.setdefault(pid, History())
+            evaluate = at is None or now - at >= autoscale_rules.interval_seconds(spec)
+            if evaluate or history.due(now):
+                with self.c.store.read() as s:
+                    history.add(now, pool_metrics(s, pid, history.taken_at))
+            if evaluate:
+                self._evaluate(pid, spec["autoScaleFormula"], history, now)
+
+    def _evaluate(self, pool_id: str, text: str, history: History, now: float) -> None:
+        with self.c.store.session() as s:
+            pool = s.get(Pool, pool_id)
+            if pool is None or not pool.spec.get("enableAutoScale"):
+                return
+            facts = pool_facts(s, pool)
+            outcome = autoscale_rules.evaluate(text, history, facts, now)
+            pool.auto_scale_run, pool.auto_scale_at = outcome.run, now
+            s.add(pool)
+            if outcome.target is not None and outcome.target != facts.target_nodes:
+                log.info("pool %s: autoscale asks for %d nodes", pool_id, outcome.target)
+                set_target(s, pool, outcome.target, outcome.option, now)
+            elif "error" in outcome.run:
+                log.warning("pool %s: autoscale formula failed: %s", pool_id, outcome.run["error"])
+        self.c.wake()
