@@ -71,14 +71,10 @@ class PoolSizing:
             maybe_off = s.exec(
                 select(Host)
                 .join(Node, col(Node.id) == col(Host.id))
-                .where(
-                    col(Node.pool_id).in_(sized),
-                    col(Node.state).in_(_MAYBE_OFF),
-                    col(Host.power_on_command).is_not(None),
-                )
+                .where(col(Node.pool_id).in_(sized), col(Node.state).in_(_MAYBE_OFF))
             ).all()
-        for host in maybe_off:
-            if host.id not in self.powered_on:
+        for host in maybe_off:  # (a JSON column's NULL may be JSON null: asked here)
+            if host.id not in self.powered_on and host_hooks.hook_argv(host, "power_on"):
                 self._power_on(host)
         for pool_id in moving:
             self._advance(pool_id, time.time())

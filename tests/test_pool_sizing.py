@@ -132,7 +132,7 @@ def test_too_few_matching_hosts_give_resize_errors(fleet, lab_inventory, control
     fleet("pool", "delete", "big")
 
     _create(fleet, tmp_path, 1)
-    controller()
+    running = controller()
     _settled(fleet, 1)
     asked = fleet.json("pool", "resize", "p", "--target-dedicated-nodes", "5")
     assert "resizeErrors" not in asked
@@ -141,6 +141,7 @@ def test_too_few_matching_hosts_give_resize_errors(fleet, lab_inventory, control
     assert [e["code"] for e in shown["resizeErrors"]] == ["InsufficientHosts"]
     assert "wanted 4 more nodes, found 2 free hosts" in shown["resizeErrors"][0]["message"]
     assert set(_nodes(fleet)) == set(workers)  # never a host that does not match
+    assert "powerOnCommand" not in running.log_text()  # these hosts have no power hooks
 
 
 def test_stop_resize_cancels_growth_and_keeps_what_the_pool_has(
