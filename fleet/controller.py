@@ -34,6 +34,7 @@ from fleet import (
     task_io,
 )
 from fleet.attempts import Attempt, epoch
+from fleet.autoscale import AutoScaler
 from fleet.collection import Collector, internal_error
 from fleet.context import Context, Outbox
 from fleet.control_server import ControlServer
@@ -49,6 +50,7 @@ from fleet.multi_instance import MultiInstance
 from fleet.node_link import NodeLink
 from fleet.node_ops import NodeOps
 from fleet.node_users import NodeUserSweep
+from fleet.pool_sizing import PoolSizing
 from fleet.retention import RetentionSweep
 from fleet.schedule_runner import ScheduleRunner
 from fleet.service.auto_pools import AutoPoolSweep
@@ -129,7 +131,11 @@ class Controller:
         self.calls = TaskCalls(ctx)
         self.schedules = ScheduleRunner(ctx)
         self.auto_pools = AutoPoolSweep(store)
-        self.node_ops = NodeOps(ctx, self._end_for_node, self._forget_link)
+        self.autoscaler = AutoScaler(ctx)
+        self.pool_sizing = PoolSizing(ctx)
+        self.node_ops = NodeOps(
+            ctx, self._end_for_node, self._forget_link, removed=self.pool_sizing.node_removed
+        )
         self.collector = Collector(settings, self.inflight, self._collected)
 
     def wake(self) -> None:
@@ -214,6 +220,8 @@ class Controller:
             self._looked_at = now
             self._sync_links()
             self.node_ops.tick()
+            self.autoscaler.tick()  # a new target is acted on by pool sizing at once
+            self.pool_sizing.tick()
             self.lifecycle.tick()
             self.schedules.tick()  # its timers wake the loop
         self._requeue_lost_nodes()

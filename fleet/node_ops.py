@@ -53,8 +53,11 @@ class NodeOps:
         end_attempt: Callable[[Attempt, str], None],
         stop_link: Callable[[str], Any],
         limit: float = REBOOT_LIMIT,
+        removed: Callable[[str, str], None] | None = None,
     ) -> None:
         self.c = ctx
+        #: told (node id, pool id) once a node has left its pool (pool sizing powers it off)
+        self._removed = removed
         self._end_attempt = end_attempt
         self._stop_link = stop_link  # awaitable: the node's link closed and forgotten
         self.limit = limit
@@ -197,9 +200,12 @@ class NodeOps:
             for table in (JobNode, StaleAttempt, NodeUser):
                 s.exec(delete(table).where(col(table.node_id) == node_id))
             node = s.get(Node, node_id)
+            pool_id = node.pool_id if node is not None else None
             if node is not None:
                 s.delete(node)
         log.info("node %s: removed from its pool", node_id)
+        if self._removed is not None and pool_id is not None:
+            self._removed(node_id, pool_id)
 
     async def _wipe(self, node_id: str, root: str | None) -> None:
         """Delete the node root ``root`` on the host, if it is one."""

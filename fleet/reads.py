@@ -39,7 +39,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "host_keys": _names("host_id public_key fingerprint recorded_at"),
     "pools": _names(
         "id display_name state allocation_state task_slots_per_node node_fill_type spec "
-        "created_at state_changed_at auto_owner auto_keep_alive auto_scale_run auto_scale_at"
+        "created_at state_changed_at auto_owner auto_keep_alive target_dedicated_nodes "
+        "resize_option resize_errors allocation_state_changed_at auto_scale_run auto_scale_at"
     ),
     "nodes": _names(
         "id pool_id state scheduling_state boot_id root errors start_task_info "
@@ -77,6 +78,7 @@ JSON_COLUMNS = {
     "start_task_info",
     "failure_info",
     "skipped_runs",
+    "resize_errors",
 }
 BOOL_COLUMNS = {"auto_keep_alive", "files_deleted", "job_manager"}
 #: Rows per query when streaming (``task list``).

@@ -62,10 +62,8 @@ READ_ONLY: dict[str, frozenset[str]] = {
 NOT_YET: dict[str, frozenset[str]] = {
     "pool": frozenset(
         {
-            "hostSelector",
             "mountConfiguration",
             "networkConfiguration",
-            "resizeTimeout",
         }
     ),
     "job": frozenset({"networkConfiguration"}),

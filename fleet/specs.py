@@ -63,7 +63,11 @@ POOL_FIELDS = {
     "targetDedicatedNodes",
     *autoscale_rules.FIELDS,
     "targetLowPriorityNodes",
+    "hostSelector",
+    "resizeTimeout",
 } | _ACCEPTED_POOL
+#: The most nodes a pool may be sized to (a sanity bound, far above any inventory).
+MAX_TARGET_NODES = 100_000
 
 JOB_FIELDS = {
     "id",
@@ -136,33 +140,83 @@ def parse_start_task(value: Any, target: str) -> dict[str, Any] | None:
     }
 
 
-def _node_targets(data: dict[str, Any], target: str, hosts: list[str]) -> None:
-    """Accept Azure's node targets only where they say what fleet does: one node per host."""
-    for name, wanted in (("targetDedicatedNodes", len(hosts)), ("targetLowPriorityNodes", 0)):
-        value = typed(data, name, int, target)
-        if value is not None and value != wanted:
-            raise fail(
-                target,
-                name,
-                f"{name} must be {wanted} or left out: a pool has one node per host "
-                "(resizing is not supported yet)",
-                code="UnsupportedProperty",
-            )
-
-
-def parse_pool(data: Any) -> dict[str, Any]:
-    """Return a normalized pool spec: id, displayName, hosts, taskSlotsPerNode,
-    taskSchedulingPolicy, startTask, userAccounts, enableInterNodeCommunication and
-    the Azure fields kept as given (vmSize, virtualMachineConfiguration, metadata)."""
-    pid = validate_id("pool", data.get("id") if isinstance(data, dict) else None)
-    target = f"pool {pid}"
-    check_fields(data, target, "", "pool", POOL_FIELDS)
-    hosts = typed(data, "hosts", list, target, required=True)
+def _host_selection(data: dict[str, Any], target: str) -> dict[str, Any]:
+    """Return how the pool claims hosts: ``{"hosts": [...]}`` (one node per listed host) or
+    ``{"hostSelector": {"labels": {...}}, "targetDedicatedNodes": N}`` (up to N free hosts
+    whose labels include every selector label). Exactly one of the two is given;
+    ``targetLowPriorityNodes`` is accepted as 0 only (every fleet node is dedicated)."""
+    low = typed(data, "targetLowPriorityNodes", int, target)
+    if low not in (None, 0):
+        raise fail(
+            target,
+            "targetLowPriorityNodes",
+            f"targetLowPriorityNodes must be 0 or left out: fleet has dedicated nodes only, "
+            f"got {low}",
+        )
+    has_hosts, has_selector = data.get("hosts") is not None, data.get("hostSelector") is not None
+    if has_hosts and has_selector:
+        raise fail(
+            target,
+            "hostSelector",
+            "give either hosts or hostSelector, not both",
+            "ConflictingProperties",
+        )
+    if has_selector:
+        return _parse_selector(data, target)
+    hosts = typed(data, "hosts", list, target)
+    if hosts is None:
+        raise fail(
+            target,
+            "hosts",
+            "give hosts (a list of host ids) or hostSelector",
+            "MissingRequiredProperty",
+        )
     if not hosts or not all(isinstance(h, str) and h for h in hosts):
         raise fail(target, "hosts", "hosts must be a non-empty list of host ids")
     if len(set(hosts)) != len(hosts):
         raise fail(target, "hosts", "hosts lists a host twice")
-    _node_targets(data, target, hosts)
+    wanted = typed(data, "targetDedicatedNodes", int, target)
+    if wanted is not None and wanted != len(hosts):
+        raise fail(
+            target,
+            "targetDedicatedNodes",
+            f"targetDedicatedNodes must be {len(hosts)} or left out: a pool with a hosts list "
+            "has one node per host (size a pool with hostSelector instead)",
+        )
+    return {"hosts": list(hosts)}
+
+
+def _parse_selector(data: dict[str, Any], target: str) -> dict[str, Any]:
+    selector = typed(data, "hostSelector", dict, target)
+    check_fields(selector, target, "hostSelector", "hostSelector", {"labels"})
+    labels = typed(selector, "labels", dict, target, "hostSelector", required=True)
+    for key, value in labels.items():
+        if not key or not isinstance(value, str):
+            raise fail(
+                target,
+                f"hostSelector.labels.{key}",
+                f"a selector label needs a non-empty name and a string value, got {key!r}: {value!r}",
+            )
+    count = int_in(data, "targetDedicatedNodes", target, 0, MAX_TARGET_NODES, 0)
+    return {"hostSelector": {"labels": dict(sorted(labels.items()))}, "targetDedicatedNodes": count}
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Return whether a host with ``labels`` matches a normalized ``hostSelector``: every
+    selector label is one of the host's, with the same value."""
+    return all(labels.get(k) == v for k, v in selector["labels"].items())
+
+
+def parse_pool(data: Any) -> dict[str, Any]:
+    """Return a normalized pool spec: id, displayName, hosts or hostSelector with
+    targetDedicatedNodes, taskSlotsPerNode, taskSchedulingPolicy, startTask, userAccounts,
+    enableInterNodeCommunication, resizeTimeout (when given) and the Azure fields kept as
+    given (vmSize, virtualMachineConfiguration, metadata)."""
+    pid = validate_id("pool", data.get("id") if isinstance(data, dict) else None)
+    target = f"pool {pid}"
+    check_fields(data, target, "", "pool", POOL_FIELDS)
+    selection = _host_selection(data, target)
+    resize_timeout = duration(data, "resizeTimeout", target, "")
     slots = int_in(
         data,
         "taskSlotsPerNode",
@@ -184,7 +238,7 @@ def parse_pool(data: Any) -> dict[str, Any]:
     out.update(
         id=pid,
         displayName=typed(data, "displayName", str, target),
-        hosts=list(hosts),
+        **selection,
         taskSlotsPerNode=slots,
         taskSchedulingPolicy={"nodeFillType": fill.lower()},
         startTask=parse_start_task(data.get("startTask"), target),
@@ -199,6 +253,8 @@ def parse_pool(data: Any) -> dict[str, Any]:
             data.get("applicationPackageReferences"), target
         ),
     )
+    if resize_timeout is not None:
+        out["resizeTimeout"] = resize_timeout
     out.update(autoscale_rules.parse_settings(data, target))
     start_user = ((out["startTask"] or {}).get("userIdentity") or {}).get("username")
     if start_user and start_user not in {a["name"] for a in out["userAccounts"]}:

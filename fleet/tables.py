@@ -73,6 +73,13 @@ class Pool(SQLModel, table=True):
     #: ``job:<id>`` or ``jobschedule:<id>`` for an auto pool (fleet/service/auto_pools.py)
     auto_owner: str | None = None
     auto_keep_alive: bool | None = None
+    #: Sizing (fleet/pool_sizing.py), all NULL for a pool with a hosts list: the nodes a
+    #: hostSelector pool should have, the deallocation option its shrinking uses, Azure's
+    #: resizeErrors of its last resize, and when allocation_state last changed.
+    target_dedicated_nodes: int | None = None
+    resize_option: str | None = None
+    resize_errors: list[dict[str, Any]] | None = _json()
+    allocation_state_changed_at: float | None = None
     #: the last autoscale evaluation (Azure's autoScaleRun) and when it ran
     auto_scale_run: dict[str, Any] | None = _json()
     auto_scale_at: float | None = None

@@ -69,26 +69,33 @@ def node(row: Node | Row, address: str | None = None) -> dict[str, Any]:
 
 
 def pool(row: Pool | Row, nodes: Sequence[Node | Row]) -> dict[str, Any]:
-    """The pool as Azure's CloudPool: its spec (valid ``pool create`` input) and state."""
+    """The pool as Azure's CloudPool: its spec (valid ``pool create`` input) and state.
+    ``targetDedicatedNodes`` is the current target of a hostSelector pool (the spec keeps
+    the one it was created with) and the number of hosts of a hosts-list pool."""
     counts: dict[str, int] = {}
     for n in nodes:
         counts[n.state] = counts.get(n.state, 0) + 1
     spec = specs.request_fields("pool", row.spec)
+    target = row.target_dedicated_nodes
     out = _drop_none(
         {
             "id": row.id,
             "displayName": spec.get("displayName"),
             "state": row.state,
             "allocationState": row.allocation_state,
+            "allocationStateTransitionTime": iso(row.allocation_state_changed_at),
             "creationTime": iso(row.created_at),
             "stateTransitionTime": iso(row.state_changed_at),
             "currentDedicatedNodes": len(nodes),
-            "targetDedicatedNodes": len(row.spec.get("hosts", [])),
+            "currentLowPriorityNodes": 0,
             "targetLowPriorityNodes": 0,
+            "resizeErrors": row.resize_errors or None,
             "nodeCounts": {s: counts.get(s, 0) for s in NodeState if counts.get(s)},
         }
     )
-    return out | spec
+    if target is None:
+        target = len(row.spec.get("hosts", []))
+    return out | spec | {"targetDedicatedNodes": target}
 
 
 def job(

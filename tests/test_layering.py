@@ -34,6 +34,7 @@ OWNERS = {
         "targets.py",
         "schedule_runner.py",
         "node_ops.py",
+        "pool_sizing.py",
     },
     # DB-API drivers used directly (the store reaches them through SQLAlchemy)
     "sqlite3": {"reads.py"},
@@ -95,6 +96,7 @@ PIECES = {
     "collection.py",
     "control_server.py",
     "node_ops.py",
+    "pool_sizing.py",
 }
 
 

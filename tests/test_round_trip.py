@@ -49,6 +49,15 @@ RICH_POOL: dict[str, Any] = {
     "metadata": [{"name": "team", "value": "batch"}],
 }
 
+#: A pool that claims hosts by label: the made-up hosts have none, so {} matches them all.
+RICH_SELECTOR_POOL: dict[str, Any] = {
+    k: v for k, v in RICH_POOL.items() if k not in ("hosts", "targetDedicatedNodes")
+} | {
+    "hostSelector": {"labels": {}},
+    "targetDedicatedNodes": 1,
+    "resizeTimeout": "PT10M",
+}
+
 _RESOURCE_FILES = [
     {
         "autoStorageContainerName": "inputs",
@@ -200,6 +209,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 
 KINDS = {
     "pool": (RICH_POOL, {"id", "hosts"}, Lab.pool),
+    "selector pool": (RICH_SELECTOR_POOL, {"id", "hostSelector"}, Lab.pool),
     "job": (RICH_JOB, {"id", "poolInfo"}, Lab.job_),
     "task": (RICH_TASK, {"id", "commandLine"}, Lab.task),
 }
@@ -207,6 +217,7 @@ KINDS = {
 
 def _round_trip(lab: Lab, kind: str, spec: dict[str, Any]) -> None:
     rich, _, create = KINDS[kind]
+    kind = kind.split()[-1]  # a selector pool is a pool
     first_spec, first = create(lab, spec | {"id": lab.new_id(kind)})
     second_spec, second = create(lab, _as_input(first, lab.new_id(kind)))
     assert _strip(kind, second) == _strip(kind, first)
@@ -271,6 +282,20 @@ def cli(fleet, tmp_path):
         input=json.dumps(_without(RICH_POOL, _NODE_TARGETS) | {"id": "p", "hosts": ["h3", "h4"]}),
     )
     return fleet
+
+
+def test_a_selector_pool_shown_after_a_resize_creates_a_pool_at_the_new_target(cli):
+    spec = RICH_SELECTOR_POOL | {"id": "sized", "targetDedicatedNodes": 1}
+    cli("pool", "create", "--json-file", "-", input=json.dumps(spec))
+    first = cli.json("pool", "resize", "sized", "--target-dedicated-nodes", "2")
+    assert first["targetDedicatedNodes"] == 2 and first["allocationState"] == "resizing"
+    cli("pool", "delete", "sized")
+    cli("pool", "create", "--json-file", "-", input=json.dumps(first | {"id": "again"}))
+    second = cli.json("pool", "show", "again")
+    assert (second["targetDedicatedNodes"], second["currentDedicatedNodes"]) == (2, 2)
+    assert second["allocationState"] == "steady"
+    assert _strip("pool", second) == _strip("pool", first)
+    assert set(RICH_SELECTOR_POOL) <= set(second)
 
 
 def _create_from(cli, kind: str, shown: dict[str, Any], *extra: str) -> dict[str, Any]:

@@ -192,3 +192,111 @@ def test_a_password_hash_is_sha512_crypt_that_the_system_accepts():
         check=True,
     ).stdout.strip()
     assert hashed == expected
+
+
+_SELECTOR_POOL = {
+    "id": "p",
+    "hostSelector": {"labels": {"role": "worker"}},
+    "targetDedicatedNodes": 2,
+}
+
+#: (case, pool spec, field named, error code)
+BAD_HOST_SELECTION = [
+    ("neither hosts nor selector", {"id": "p"}, "hosts", "MissingRequiredProperty"),
+    (
+        "both hosts and selector",
+        _SELECTOR_POOL | {"hosts": ["h1"]},
+        "hostSelector",
+        "ConflictingProperties",
+    ),
+    ("selector not an object", {"id": "p", "hostSelector": ["role"]}, "hostSelector", None),
+    (
+        "selector without labels",
+        {"id": "p", "hostSelector": {}},
+        "hostSelector.labels",
+        "MissingRequiredProperty",
+    ),
+    (
+        "unknown selector property",
+        {"id": "p", "hostSelector": {"labels": {}, "role": "x"}},
+        "hostSelector.role",
+        "UnknownProperty",
+    ),
+    (
+        "a label value that is no string",
+        {"id": "p", "hostSelector": {"labels": {"cores": 8}}},
+        "hostSelector.labels.cores",
+        None,
+    ),
+    (
+        "negative target",
+        _SELECTOR_POOL | {"targetDedicatedNodes": -1},
+        "targetDedicatedNodes",
+        None,
+    ),
+    (
+        "target not an int",
+        _SELECTOR_POOL | {"targetDedicatedNodes": "2"},
+        "targetDedicatedNodes",
+        None,
+    ),
+    (
+        "low-priority nodes",
+        _SELECTOR_POOL | {"targetLowPriorityNodes": 1},
+        "targetLowPriorityNodes",
+        None,
+    ),
+    (
+        "low-priority nodes on a hosts pool",
+        _POOL | {"targetLowPriorityNodes": 2},
+        "targetLowPriorityNodes",
+        None,
+    ),
+    (
+        "a hosts pool's target is its host count",
+        _POOL | {"targetDedicatedNodes": 3},
+        "targetDedicatedNodes",
+        None,
+    ),
+    (
+        "resizeTimeout not ISO 8601",
+        _SELECTOR_POOL | {"resizeTimeout": "15m"},
+        "resizeTimeout",
+        "InvalidDuration",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "spec", "field", "code"),
+    BAD_HOST_SELECTION,
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_bad_host_selection_is_refused_naming_the_field(case, spec, field, code):
+    with pytest.raises(BadInput) as caught:
+        specs.parse_pool(spec)
+    assert caught.value.field == field, case
+    assert caught.value.code == (code or "InvalidPropertyValue"), case
+
+
+def test_a_selector_pool_is_normalized_and_parses_back_unchanged():
+    spec = specs.parse_pool(
+        _SELECTOR_POOL
+        | {"hostSelector": {"labels": {"z": "1", "a": "2"}}, "targetLowPriorityNodes": 0}
+        | {"resizeTimeout": "PT900S"}
+    )
+    assert spec["hostSelector"] == {"labels": {"a": "2", "z": "1"}}
+    assert spec["targetDedicatedNodes"] == 2 and "hosts" not in spec
+    assert spec["resizeTimeout"] == "PT15M" and "targetLowPriorityNodes" not in spec
+    assert specs.parse_pool(spec) == spec
+    assert (
+        specs.parse_pool({"id": "p", "hostSelector": {"labels": {}}})["targetDedicatedNodes"] == 0
+    )
+
+
+def test_a_host_matches_when_every_selector_label_is_its_own():
+    selector = {"labels": {"role": "worker", "zone": "a"}}
+    assert specs.selector_matches(selector, {"role": "worker", "zone": "a", "gpu": "true"})
+    assert not specs.selector_matches(selector, {"role": "worker"})
+    assert not specs.selector_matches(selector, {"role": "worker", "zone": "b"})
+    assert specs.selector_matches({"labels": {}}, {})

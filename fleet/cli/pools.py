@@ -45,6 +45,7 @@ POOL_COLUMNS = [
     ("STATE", "state"),
     ("ALLOCATION", "allocationState"),
     ("NODES", "currentDedicatedNodes"),
+    ("TARGET", "targetDedicatedNodes"),
     ("SLOTS/NODE", "taskSlotsPerNode"),
     ("NODE STATES", "nodeCounts"),
 ]
@@ -150,6 +151,40 @@ def delete(pool_id: str, output: OutputOpt = None) -> None:
     """Delete a pool; its hosts return to the free inventory."""
     service.delete_pool(CURRENT.store, pool_id)
     emit({"deleted": pool_id}, output)
+
+
+@app.command("resize")
+def resize(
+    pool_id: str,
+    target_dedicated_nodes: Annotated[
+        int,
+        typer.Option(
+            "--target-dedicated-nodes", help="Nodes the pool should have (hostSelector pools)."
+        ),
+    ],
+    node_deallocation_option: Annotated[
+        str,
+        typer.Option(
+            "--node-deallocation-option",
+            help="When shrinking, what happens to the running tasks of nodes that leave: "
+            "requeue (default), terminate, taskcompletion (let them finish) or retaineddata.",
+        ),
+    ] = "requeue",
+    output: OutputOpt = None,
+) -> None:
+    """Resize a hostSelector pool: the controller claims free matching hosts or removes
+    nodes (idle ones first) until the pool has the target; allocationState is resizing
+    meanwhile, and resizeErrors say why when too few hosts match."""
+    service.resize_pool(CURRENT.store, pool_id, target_dedicated_nodes, node_deallocation_option)
+    emit(views.pool(*service.show_pool(CURRENT.store, pool_id)), output)
+
+
+@app.command("stop-resize")
+def stop_resize(pool_id: str, output: OutputOpt = None) -> None:
+    """Stop a resize under way: no more hosts are claimed nor nodes asked to leave (those
+    leaving already go), and the target becomes the nodes the pool has."""
+    service.stop_resize(CURRENT.store, pool_id)
+    emit(views.pool(*service.show_pool(CURRENT.store, pool_id)), output)
 
 
 @app.command("node-counts")

@@ -126,7 +126,7 @@ def _check_pool(s: Session, spec: dict[str, Any]) -> None:
     if "poolId" in pool_info:
         get_pool(s, pool_info["poolId"])
         return
-    for host_id in pool_info["autoPoolSpecification"]["pool"]["hosts"]:
+    for host_id in pool_info["autoPoolSpecification"]["pool"].get("hosts") or []:
         if s.get(Host, host_id) is None:
             raise NotFound(
                 f"no host with id {host_id!r} in the inventory",

@@ -83,19 +83,32 @@ def request(
         )
     if not node_ids:
         raise BadInput("name at least one node", target=f"pool {pool_id}", field="nodeList")
-    now = time.time()
     with store.session() as s:
-        get_pool(s, pool_id)
-        nodes = [_node(s, pool_id, node_id) for node_id in dict.fromkeys(node_ids)]
-        for node in nodes:
-            _check(node, operation)
-            if node.operation == operation:
-                continue  # asked again: the first request stands
-            node.operation, node.operation_option = operation.value, option
-            node.operation_at, node.operation_issued_at = now, None
-            if operation == NodeOperation.DISABLE_SCHEDULING:
-                node.scheduling_state = SchedulingState.DISABLED
-            s.add(node)
+        return request_in(s, pool_id, node_ids, operation, option, time.time())
+
+
+def request_in(
+    s: Session,
+    pool_id: str,
+    node_ids: Sequence[str],
+    operation: NodeOperation,
+    option: str,
+    now: float,
+) -> list[Node]:
+    """Record ``operation`` on the nodes in session ``s``, as :func:`request` does (its
+    caller has checked the option); for the controller's pool sizing, which asks nodes to
+    leave in the transaction that decides it. Raises as :func:`request`."""
+    get_pool(s, pool_id)
+    nodes = [_node(s, pool_id, node_id) for node_id in dict.fromkeys(node_ids)]
+    for node in nodes:
+        _check(node, operation)
+        if node.operation == operation:
+            continue  # asked again: the first request stands
+        node.operation, node.operation_option = operation.value, option
+        node.operation_at, node.operation_issued_at = now, None
+        if operation == NodeOperation.DISABLE_SCHEDULING:
+            node.scheduling_state = SchedulingState.DISABLED
+        s.add(node)
     return nodes
 
 

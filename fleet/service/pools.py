@@ -5,11 +5,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from fleet import secret_store, specs
-from fleet.domain import JobState
-from fleet.errors import Conflict, NotFound
+from fleet.domain import (
+    NODE_DEALLOCATION_OPTIONS,
+    AllocationState,
+    JobState,
+    NodeOperation,
+    NodeState,
+    PoolState,
+)
+from fleet.errors import BadInput, Conflict, NotFound
 from fleet.secret_store import SecretStore
 from fleet.service import applications
 from fleet.service.certificates import check_references
@@ -21,6 +28,10 @@ from fleet.tables import Host, Job, Node, Pool
 def create_pool(store: Store, data: dict[str, Any], settings: Settings | None = None) -> Pool:
     """Validate an Azure-style pool spec, then store the pool and one node per host; user
     account passwords go to the secret store of ``settings`` (default: the environment's).
+
+    A pool with a ``hostSelector`` claims up to ``targetDedicatedNodes`` free hosts that
+    match at once; when fewer match it is created with those and its ``resizeErrors`` say
+    why (``InsufficientHosts``).
 
     Raises BadInput (bad spec), NotFound (unknown host or certificate) or Conflict (pool
     id taken, host already in a pool). Nothing is stored on error.
@@ -47,7 +58,7 @@ def add_pool(
             "a pool with this id exists already", code="PoolExists", target=f"pool {spec['id']}"
         )
     applications.check_references(s, spec["applicationPackageReferences"], f"pool {spec['id']}")
-    for host_id in spec["hosts"]:
+    for host_id in spec.get("hosts") or []:
         if s.get(Host, host_id) is None:
             raise NotFound(
                 f"no host with id {host_id!r} in the inventory",
@@ -74,10 +85,149 @@ def add_pool(
         state_changed_at=now,
         auto_owner=auto_owner,
         auto_keep_alive=keep_alive if auto_owner else None,
+        allocation_state_changed_at=now,
     )
     s.add(pool)
-    for host_id in spec["hosts"]:
+    host_ids = list(spec.get("hosts") or [])
+    if "hostSelector" in spec:
+        target = spec["targetDedicatedNodes"]
+        pool.target_dedicated_nodes, pool.resize_option = target, "requeue"
+        host_ids = free_matching_hosts(s, spec["hostSelector"], target)
+        if len(host_ids) < target:
+            pool.resize_errors = [insufficient_hosts(spec["hostSelector"], target, len(host_ids))]
+    for host_id in host_ids:
         s.add(Node(id=host_id, pool_id=pool.id, created_at=now, state_changed_at=now))
+    return pool
+
+
+def free_matching_hosts(
+    s: Session, selector: dict[str, Any], limit: int, skip: set[str] | frozenset[str] = frozenset()
+) -> list[str]:
+    """Return the ids of up to ``limit`` hosts, in id order, that are in no pool, match the
+    normalized ``selector`` and are not in ``skip``."""
+    if limit <= 0:
+        return []
+    taken = select(Node.id)
+    hosts = s.exec(select(Host).where(col(Host.id).not_in(taken)).order_by(Host.id))
+    out: list[str] = []
+    for host in hosts:
+        if host.id not in skip and specs.selector_matches(selector, host.labels or {}):
+            out.append(host.id)
+            if len(out) == limit:
+                break
+    return out
+
+
+def insufficient_hosts(selector: dict[str, Any], wanted: int, found: int) -> dict[str, Any]:
+    """Return Azure's resizeError for a pool that wanted ``wanted`` more nodes and found
+    only ``found`` free hosts matching ``selector``."""
+    labels = ", ".join(f"{k}={v}" for k, v in selector["labels"].items()) or "(any labels)"
+    return {
+        "code": "InsufficientHosts",
+        "message": f"wanted {wanted} more nodes, found {found} free hosts matching {labels}",
+    }
+
+
+def leaving(node: Node) -> bool:
+    """Return whether ``node`` is leaving its pool (asked to, or on its way out)."""
+    return node.operation == NodeOperation.REMOVE or node.state == NodeState.LEAVING_POOL
+
+
+def set_allocation_state(pool: Pool, state: AllocationState, now: float) -> None:
+    """Set the pool's allocation state, and when it changed if it did."""
+    if pool.allocation_state != state:
+        pool.allocation_state = state
+        pool.allocation_state_changed_at = now
+
+
+def set_target(s: Session, pool: Pool, target: int, option: str, now: float) -> None:
+    """Record a new target node count for ``pool`` and the deallocation option its shrinking
+    uses, in session ``s``; the pool's ``resizeErrors`` are cleared. It goes ``resizing``
+    (the controller's PoolSizing then claims hosts or removes nodes) unless it already has
+    exactly ``target`` nodes and none is leaving, when it is ``steady``."""
+    nodes = list(s.exec(select(Node).where(Node.pool_id == pool.id)))
+    settled = len(nodes) == target and not any(leaving(n) for n in nodes)
+    pool.target_dedicated_nodes, pool.resize_option = target, option
+    pool.resize_errors = None
+    set_allocation_state(pool, AllocationState.STEADY if settled else AllocationState.RESIZING, now)
+    s.add(pool)
+
+
+def resize_pool(store: Store, pool_id: str, target: Any, option: str = "requeue") -> Pool:
+    """Ask for pool ``pool_id`` to have ``target`` dedicated nodes; shrinking removes nodes
+    with deallocation ``option`` (requeue, terminate, taskcompletion or retaineddata).
+
+    Raises BadInput (target not an integer in 0..MAX_TARGET_NODES, unknown option),
+    NotFound (PoolNotFound) or Conflict: ``PoolNotResizable`` (a pool with a hosts list),
+    ``AutoScaleEnabled``, ``PoolNotSteady`` (a resize is under way: stop it first, as in
+    Azure) or ``PoolBeingDeleted``."""
+    where = f"pool {pool_id}"
+    if isinstance(target, bool) or not isinstance(target, int):
+        raise BadInput(
+            f"targetDedicatedNodes must be an integer, got {target!r}",
+            target=where,
+            field="targetDedicatedNodes",
+        )
+    if not 0 <= target <= specs.MAX_TARGET_NODES:
+        raise BadInput(
+            f"targetDedicatedNodes must be between 0 and {specs.MAX_TARGET_NODES}, got {target}",
+            target=where,
+            field="targetDedicatedNodes",
+        )
+    if option not in NODE_DEALLOCATION_OPTIONS:
+        raise BadInput(
+            f"nodeDeallocationOption must be one of {', '.join(NODE_DEALLOCATION_OPTIONS)}, "
+            f"not {option!r}",
+            target=where,
+            field="nodeDeallocationOption",
+        )
+    with store.session() as s:
+        pool = _sizable(s, pool_id)
+        if pool.allocation_state != AllocationState.STEADY:
+            raise Conflict(
+                f"the pool is {pool.allocation_state}: stop that resize first",
+                code="PoolNotSteady",
+                target=where,
+                details={"allocationState": pool.allocation_state},
+            )
+        set_target(s, pool, target, option, time.time())
+        return pool
+
+
+def stop_resize(store: Store, pool_id: str) -> Pool:
+    """Stop a resize under way: the controller claims no more hosts and asks no more nodes
+    to leave (those leaving already go), then sets the target to the nodes the pool has
+    and makes it ``steady``. A steady pool is left as it is.
+
+    Raises NotFound (PoolNotFound) or Conflict (``PoolNotResizable``, ``AutoScaleEnabled``,
+    ``PoolBeingDeleted``)."""
+    with store.session() as s:
+        pool = _sizable(s, pool_id)
+        if pool.allocation_state == AllocationState.RESIZING:
+            set_allocation_state(pool, AllocationState.STOPPING, time.time())
+            s.add(pool)
+        return pool
+
+
+def _sizable(s: Session, pool_id: str) -> Pool:
+    """Return the pool if an admin may resize it; Raises NotFound or Conflict."""
+    pool = get_pool(s, pool_id)
+    where = f"pool {pool_id}"
+    if pool.state != PoolState.ACTIVE:
+        raise Conflict(f"the pool is {pool.state}", code="PoolBeingDeleted", target=where)
+    if pool.spec.get("enableAutoScale"):
+        raise Conflict(
+            "the pool sizes itself by its autoscale formula: disable autoscale to resize it",
+            code="AutoScaleEnabled",
+            target=where,
+        )
+    if pool.target_dedicated_nodes is None:
+        raise Conflict(
+            "a pool with a hosts list has one node per listed host and cannot be resized: "
+            "add or remove nodes with fleet node remove, or create the pool with hostSelector",
+            code="PoolNotResizable",
+            target=where,
+        )
     return pool
 
 
