@@ -19,7 +19,7 @@ from typing import Any
 
 from fleet import applications, certificates, environment, identity, node_rules, targets, views
 from fleet.agent_client import AgentClient
-from fleet.domain import NodeOperation, NodeState
+from fleet.domain import NodeOperation, NodeState, SchedulingState
 from fleet.errors import (
     AgentError,
     AuthenticationFailed,
@@ -168,10 +168,12 @@ class NodeLink:
             node = s.get(Node, self.node_id)
             if node is None:
                 return
-            # A node that never connected keeps its bootstrap state but shows the error; so
-            # does a node fleet is rebooting (its host is expected to be away a while).
-            keep = (NodeState.CREATING, NodeState.REBOOTING)
-            if was_ready or node.state not in keep or state == NodeState.UNUSABLE:
+            # A node that never connected keeps its bootstrap state but shows the error; a
+            # node operation's state stays (a rebooting host is expected to be away).
+            held = node.state in node_rules.OPERATION_STATES
+            if not held and (
+                was_ready or node.state != NodeState.CREATING or state == NodeState.UNUSABLE
+            ):
                 _set_state(node, state)
             node.errors = [{"code": exc.code, "message": str(exc), "time": views.iso(time.time())}]
             s.add(node)
@@ -222,7 +224,7 @@ class NodeLink:
         )
         await applications.install_pool_packages(self, pool.spec, hello.get("root", root))
         issued = node.operation_issued_at is not None
-        if not node_rules.rebooted(node.state, issued, hello.get("bootId"), node.boot_id):
+        if not node_rules.rebooted(node.operation, issued, hello.get("bootId"), node.boot_id):
             raise RemoteError(  # the reboot command is not through yet: try again soon
                 "the node has not rebooted yet", code="NodeRebooting", target=f"node {self.node_id}"
             )
@@ -264,6 +266,8 @@ class NodeLink:
             node = s.get(Node, self.node_id)
             if node is None:
                 return
+            if state == NodeState.IDLE and node.scheduling_state == SchedulingState.DISABLED:
+                state = NodeState.OFFLINE  # ready, but an admin stopped its scheduling
             if state is not None:
                 _set_state(node, state)
             for name, value in fields.items():

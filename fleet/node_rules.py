@@ -25,6 +25,9 @@ STATE_DURING = {
     NodeOperation.DISABLE_SCHEDULING: NodeState.OFFLINE,
 }
 
+#: States a node operation owns: losing the connection does not change them.
+OPERATION_STATES = frozenset({NodeState.REBOOTING, NodeState.REIMAGING, NodeState.LEAVING_POOL})
+
 
 @dataclass(frozen=True)
 class NodeFacts:
@@ -71,9 +74,11 @@ def node_step(facts: NodeFacts, now: float, limit: float) -> NodeStep:
     return NodeStep(state=STATE_DURING[op], issue=True)
 
 
-def rebooted(state: str, issued: bool, seen_boot: str | None, recorded_boot: str | None) -> bool:
+def rebooted(
+    operation: str | None, issued: bool, seen_boot: str | None, recorded_boot: str | None
+) -> bool:
     """Return whether a node fleet told to reboot has come back: its host answers with a
     boot id other than the one recorded before. A node not rebooting counts as back."""
-    if state != NodeState.REBOOTING or not issued or recorded_boot is None:
+    if operation != NodeOperation.REBOOT or not issued or recorded_boot is None:
         return True
     return seen_boot != recorded_boot

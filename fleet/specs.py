@@ -256,6 +256,12 @@ def parse_pool(data: Any) -> dict[str, Any]:
     if resize_timeout is not None:
         out["resizeTimeout"] = resize_timeout
     out.update(autoscale_rules.parse_settings(data, target))
+    if out.get("enableAutoScale") and "hostSelector" not in out:
+        raise fail(
+            target,
+            "enableAutoScale",
+            "autoscale needs hostSelector: a pool of listed hosts cannot grow or shrink",
+        )
     start_user = ((out["startTask"] or {}).get("userIdentity") or {}).get("username")
     if start_user and start_user not in {a["name"] for a in out["userAccounts"]}:
         raise fail(

@@ -90,6 +90,7 @@ def pool(row: Pool | Row, nodes: Sequence[Node | Row]) -> dict[str, Any]:
             "currentLowPriorityNodes": 0,
             "targetLowPriorityNodes": 0,
             "resizeErrors": row.resize_errors or None,
+            "autoScaleRun": row.auto_scale_run,
             "nodeCounts": {s: counts.get(s, 0) for s in NodeState if counts.get(s)},
         }
     )

@@ -80,7 +80,10 @@ def test_evaluate_prints_every_value_and_changes_nothing(fleet, lab_inventory, t
     assert run["results"].startswith("$TargetDedicatedNodes=1;")
     assert run["values"]["pending"] == "0"
     assert run["values"]["$CurrentDedicatedNodes"] == "1"
-    failed = fleet("pool", "autoscale", "evaluate", "auto", "--formula", "$x = 1 / 0;", check=False)
+    failed = fleet(
+        "pool", "autoscale", "evaluate", "auto", "--formula", "$x = 1 / 0;", "-o", "json",
+        check=False,
+    )  # fmt: skip
     assert failed.code == 1
     assert json.loads(failed.stdout)["error"]["code"] == "AutoScaleFormulaEvaluationError"
     assert _pool(fleet) == before

@@ -35,6 +35,7 @@ OWNERS = {
         "schedule_runner.py",
         "node_ops.py",
         "pool_sizing.py",
+        "autoscale.py",
     },
     # DB-API drivers used directly (the store reaches them through SQLAlchemy)
     "sqlite3": {"reads.py"},
@@ -55,6 +56,7 @@ FORBIDDEN = {
     "rules.py": {"fleet.store", "fleet.tables", "fleet.ssh", "fleet.controller", "fleet.service"},
     # `fleet task file list|download` read the database without the ORM
     "task_files.py": {"fleet.store", "fleet.tables", "fleet.service"},
+    "autoscale_rules.py": {"fleet.store", "fleet.tables", "fleet.ssh", "fleet.controller"},
     # the autoscale formula language is pure: text and inputs in, an Evaluation out
     "formula/": {
         "fleet.store",
@@ -97,6 +99,7 @@ PIECES = {
     "control_server.py",
     "node_ops.py",
     "pool_sizing.py",
+    "autoscale.py",
 }
 
 

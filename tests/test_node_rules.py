@@ -77,22 +77,22 @@ def test_node_step(case: str, facts: NodeFacts, expected: NodeStep) -> None:
     assert node_rules.node_step(facts, NOW, LIMIT) == expected
 
 
-# (case, state, issued, boot seen, boot recorded) -> back
+# (case, operation, issued, boot seen, boot recorded) -> back
 REBOOTED_CASES = [
-    ("same boot id after the reboot was issued: not back", "rebooting", True, "a", "a", False),
-    ("a new boot id: back", "rebooting", True, "b", "a", True),
-    ("not issued yet: nothing to wait for", "rebooting", False, "a", "a", True),
-    ("no boot recorded: cannot tell, so back", "rebooting", True, "a", None, True),
-    ("a node not rebooting is back", "idle", True, "a", "a", True),
+    ("same boot id after the reboot was issued: not back", "reboot", True, "a", "a", False),
+    ("a new boot id: back", "reboot", True, "b", "a", True),
+    ("not issued yet: nothing to wait for", "reboot", False, "a", "a", True),
+    ("no boot recorded: cannot tell, so back", "reboot", True, "a", None, True),
+    ("a node not rebooting is back", "reimage", True, "a", "a", True),
 ]
 
 
 @pytest.mark.parametrize(
-    ("case", "state", "issued", "seen", "recorded", "back"),
+    ("case", "operation", "issued", "seen", "recorded", "back"),
     REBOOTED_CASES,
     ids=[c[0] for c in REBOOTED_CASES],
 )
 def test_rebooted(
-    case: str, state: str, issued: bool, seen: str, recorded: str | None, back: bool
+    case: str, operation: str, issued: bool, seen: str, recorded: str | None, back: bool
 ) -> None:
-    assert node_rules.rebooted(state, issued, seen, recorded) is back
+    assert node_rules.rebooted(operation, issued, seen, recorded) is back
