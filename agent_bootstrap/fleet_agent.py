@@ -781,6 +781,27 @@ class Agent:
         """Return {"bootId", "time"}."""
         return {"bootId": self.boot_id, "time": utc_now()}
 
+    def op_metrics(self, _request_id, _args) -> dict:
+        """Return the host's CPU and memory counters for autoscale's node metrics:
+        {"cpuBusy", "cpuTotal"} (clock ticks since boot, from /proc/stat) and
+        {"memoryTotal", "memoryAvailable"} (bytes, from /proc/meminfo); a counter the
+        kernel does not give is left out."""
+        out = {}
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+            idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+            total = sum(ticks[:8])  # guest time is counted in user already
+            out.update(cpuBusy=total - idle, cpuTotal=total)
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            info = {}
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    name, _, rest = line.partition(":")
+                    info[name] = int(rest.split()[0]) * 1024
+            out.update(memoryTotal=info["MemTotal"], memoryAvailable=info["MemAvailable"])
+        return out
+
     def op_setup(self, _request_id, _args) -> dict:
         """Create the layout; return {"bootId", "root"}."""
         try:

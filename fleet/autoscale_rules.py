@@ -5,13 +5,14 @@ The controller (fleet/autoscale.py) takes a sample of each pool's task counts ev
 SAMPLE_PERIOD seconds and before each evaluation, and evaluates the formula every
 ``autoScaleEvaluationInterval``; the formula language itself is fleet/formula. Samples
 live in the controller's memory: a restarted controller starts with an empty history
-(``GetSample`` then returns fewer samples, as on a new Azure pool).
+(``GetSample`` then returns fewer samples, as on a new Azure pool). Node metrics come
+from the node agents' ``metrics`` (CPU and memory counters of each host).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -193,3 +194,24 @@ def task_metrics(rows: Iterable[tuple[str, str | None, bool, int, int]]) -> dict
     m["$PendingTasks"] = m["$ActiveTasks"] + m["$RunningTasks"]
     m["$PendingTaskSlots"] = m["$ActiveTaskSlots"] + running_slots
     return m
+
+
+def node_metrics(readings: Sequence[Sequence[Mapping[str, int]]]) -> dict[str, float]:
+    """Return ``$CPUPercent`` (the nodes' average busy share between their last two
+    readings) and ``$MemoryBytes`` (their average memory in use at the last one) from
+    each node's readings of the agent's ``metrics``, oldest first; a metric no node can
+    give is left out (its history then has no sample for this time)."""
+    cpu, memory = [], []
+    for node in readings:
+        if len(node) >= 2 and {"cpuBusy", "cpuTotal"} <= node[-2].keys() & node[-1].keys():
+            total = node[-1]["cpuTotal"] - node[-2]["cpuTotal"]
+            if total > 0:
+                cpu.append(100.0 * (node[-1]["cpuBusy"] - node[-2]["cpuBusy"]) / total)
+        if node and {"memoryTotal", "memoryAvailable"} <= node[-1].keys():
+            memory.append(float(node[-1]["memoryTotal"] - node[-1]["memoryAvailable"]))
+    out = {}
+    if cpu:
+        out["$CPUPercent"] = sum(cpu) / len(cpu)
+    if memory:
+        out["$MemoryBytes"] = sum(memory) / len(memory)
+    return out

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 REBOOT_LIMIT = 600.0
 #: Seconds to wait for a host's SSH after its reimage command, and for a reboot command.
 HOST_COMMAND_LIMIT = 300.0
-#: The commands a node is rebooted with over SSH when its host names no reboot command.
-REBOOT_ARGV = ("systemctl", "reboot")
+#: The commands a node is rebooted with over SSH (through ``sudo -n`` unless the login user
+#: is root) when its host names no reboot command: the first that works.
+REBOOT_ARGVS = (("systemctl", "reboot"), ("reboot",))
 #: Directories every node root has (fleet_agent.py LAYOUT): a path without them is no
 #: node root, and is never deleted.
 ROOT_MARKERS = ("volatile", "workitems")
@@ -150,17 +151,30 @@ class NodeOps:
             await host_hooks.run_hook(host, "reboot", timeout=HOST_COMMAND_LIMIT)
             log.info("node %s: rebooted by its host's reboot command", node_id)
             return
+        if node_rules.is_loopback(host.address):  # that would reboot the controller's own machine
+            raise RemoteError(
+                f"node {node_id} is reached on {host.address}, this machine: fleet does not "
+                "reboot it over SSH; give the host a fleet_reboot_command",
+                code="NodeRebootRefused",
+                target=f"node {node_id}",
+            )
         conn = await self._connect(node_id)
         try:
-            argv = [*REBOOT_ARGV] if conn.target.user == "root" else ["sudo", "-n", *REBOOT_ARGV]
-            try:
-                result = await conn.run(argv, timeout=HOST_COMMAND_LIMIT)
-            except RemoteError:
-                return  # the connection went down with the host: that is a reboot
-            if result.exit_code not in (0, None):
-                message = result.stderr.decode(errors="replace").strip()[-500:]
+            sudo = [] if conn.target.user == "root" else ["sudo", "-n"]
+            failures = []
+            for command in REBOOT_ARGVS:  # systemd's, then the classic one
+                argv = [*sudo, *command]
+                try:
+                    result = await conn.run(argv, timeout=HOST_COMMAND_LIMIT)
+                except RemoteError:
+                    return  # the connection went down with the host: that is a reboot
+                if result.exit_code in (0, None):
+                    break
+                message = result.stderr.decode(errors="replace").strip()[-300:]
+                failures.append(f"{' '.join(argv)} exited with {result.exit_code}: {message}")
+            else:
                 raise RemoteError(
-                    f"node {node_id}: {' '.join(argv)} exited with {result.exit_code}: {message}",
+                    f"node {node_id}: cannot reboot: {'; '.join(failures)}",
                     code="NodeRebootFailed",
                     target=f"node {node_id}",
                 )

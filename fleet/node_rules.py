@@ -13,6 +13,7 @@ the node. fleet/node_ops.py reads the facts and applies the step.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from fleet.domain import NodeOperation, NodeState
@@ -82,3 +83,14 @@ def rebooted(
     if operation != NodeOperation.REBOOT or not issued or recorded_boot is None:
         return True
     return seen_boot != recorded_boot
+
+
+def is_loopback(address: str) -> bool:
+    """Return whether ``address`` names this machine (a loopback address or name): fleet
+    never reboots such a host over SSH, which would reboot the controller's machine."""
+    if address.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

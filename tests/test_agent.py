@@ -234,6 +234,10 @@ def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
     ping = agent.call("ping")
     assert ping["bootId"] == hello["bootId"] and ISO_UTC.fullmatch(ping["time"])
 
+    metrics = agent.call("metrics")
+    assert 0 < metrics["cpuBusy"] < metrics["cpuTotal"]
+    assert 0 < metrics["memoryAvailable"] < metrics["memoryTotal"]
+
     shutil.rmtree(root / "shared")
     assert agent.call("setup") == {"bootId": hello["bootId"], "root": hello["root"]}
     assert (root / "shared").is_dir()

@@ -15,6 +15,7 @@ from tests.conftest import make_pool, wait_for
 pytestmark = pytest.mark.lab
 
 FORMULA = (
+    "memorySamples = $MemoryBytes.Count();\n"
     "pending = val($PendingTasks.GetSample(1), 0);\n"
     "$TargetDedicatedNodes = max(1, min(3, pending));\n"
     "$NodeDeallocationOption = taskcompletion;"
@@ -64,7 +65,10 @@ def test_a_formula_grows_the_pool_as_tasks_queue_and_shrinks_it_when_they_finish
     )
     assert fleet("job", "wait", "j", "--timeout", "180", check=False).code == 0
     wait_for(lambda: _idle_count(fleet) == 1, 120, message="the pool shrunk back to 1 node")
-    assert _pool(fleet)["autoScaleRun"]["results"].startswith("$TargetDedicatedNodes=1;")
+    results = _pool(fleet)["autoScaleRun"]["results"]
+    assert results.startswith("$TargetDedicatedNodes=1;")
+    samples = dict(item.split("=", 1) for item in results.split(";"))["memorySamples"]
+    assert int(samples) > 0  # node metrics, from the agents, reach the formula
     # the hosts it let go are free again: another pool can claim them
     free = [h["id"] for h in fleet.json("host", "list")]
     taken = {n["id"] for n in fleet.json("node", "list", "--pool", "auto")}

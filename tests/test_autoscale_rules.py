@@ -123,3 +123,13 @@ def test_a_formula_that_fails_records_the_error_and_changes_nothing() -> None:
 def test_the_target_starts_at_the_node_count_when_the_pool_has_none() -> None:
     out = rules.evaluate("$x = $TargetDedicatedNodes;", History(), PoolFacts(2, None), NOW)
     assert out.target == 2
+
+
+def test_node_metrics_average_the_nodes_busy_share_and_memory_in_use() -> None:
+    a = [
+        {"cpuBusy": 100, "cpuTotal": 1000, "memoryTotal": 8, "memoryAvailable": 6},
+        {"cpuBusy": 150, "cpuTotal": 1100, "memoryTotal": 8, "memoryAvailable": 4},
+    ]
+    b = [{"cpuBusy": 0, "cpuTotal": 0, "memoryTotal": 8, "memoryAvailable": 8}]  # one reading
+    assert rules.node_metrics([a, b]) == {"$CPUPercent": 50.0, "$MemoryBytes": 2.0}
+    assert rules.node_metrics([[{}], []]) == {}  # nothing known: no sample at all

@@ -241,3 +241,14 @@ def test_bad_node_operations_are_refused_with_nothing_changed(fleet, lab_invento
     fleet("node", "remove", "--pool", "p", "--node", host)
     refused = fleet("node", "reboot", "--pool", "p", "--node", host, check=False)
     assert refused.code == 4 and "NodeStateConflict" in refused.stderr
+
+
+def test_a_loopback_host_without_a_reboot_command_is_never_rebooted_over_ssh(fleet, tmp_path):
+    inventory = tmp_path / "loop.ini"
+    inventory.write_text("[x]\nloop ansible_host=127.0.0.1 ansible_port=1\n")
+    fleet("host", "import", str(inventory))
+    fleet("pool", "create", "--id", "p", "--hosts", "loop")
+    refused = fleet("node", "reboot", "--pool", "p", "--node", "loop", check=False)
+    assert refused.code == 4 and "NodeRebootRefused" in refused.stderr
+    assert "fleet_reboot_command" in refused.stderr
+    assert _node(fleet).get("schedulingState") == "enabled"

@@ -116,3 +116,14 @@ def pool_metrics(s: Any, pool_id: str, since: float | None) -> dict[str, float]:
     return autoscale_rules.task_metrics(
         (state, result, bool(held), int(n), int(slots)) for state, result, held, n, slots in rows
     )
+
+
+def pool_node_ids(s: Any, pool_id: str) -> list[str]:
+    """Return the ids of the nodes of ``pool_id`` that are not leaving it."""
+    return list(
+        s.execute(
+            select(col(Node.id)).where(
+                col(Node.pool_id) == pool_id, col(Node.state) != NodeState.LEAVING_POOL
+            )
+        ).scalars()
+    )

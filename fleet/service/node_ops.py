@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session
 
+from fleet import host_hooks, node_rules
 from fleet.domain import (
     DISABLE_SCHEDULING_OPTIONS,
     NODE_DEALLOCATION_OPTIONS,
@@ -22,7 +23,7 @@ from fleet.domain import (
 from fleet.errors import BadInput, Conflict, NotFound
 from fleet.service.pools import get_pool
 from fleet.store import Store
-from fleet.tables import Node
+from fleet.tables import Host, Node
 
 #: Node states from which each operation may start. Reboot and reimage are also how an
 #: admin recovers a node that failed its start task or became unusable.
@@ -101,6 +102,8 @@ def request_in(
     get_pool(s, pool_id)
     nodes = [_node(s, pool_id, node_id) for node_id in dict.fromkeys(node_ids)]
     for node in nodes:
+        if operation == NodeOperation.REBOOT:
+            _check_rebootable(s, node)
         _check(node, operation)
         if node.operation == operation:
             continue  # asked again: the first request stands
@@ -149,6 +152,22 @@ def _check(node: Node, operation: NodeOperation) -> None:
         return
     if node.state not in _FROM[operation]:
         raise _conflict(node, f"it is {node.state}")
+
+
+def _check_rebootable(s: Session, node: Node) -> None:
+    host = s.get(Host, node.id)
+    if (
+        host is not None
+        and not host_hooks.hook_argv(host, "reboot")
+        and node_rules.is_loopback(host.address)
+    ):
+        raise Conflict(
+            f"node {node.id} is reached on {host.address}, this machine: fleet does not "
+            "reboot it over SSH; give the host a fleet_reboot_command",
+            code="NodeRebootRefused",
+            target=f"node {node.id}",
+            field="rebootCommand",
+        )
 
 
 def _conflict(node: Node, why: str) -> Conflict:
