@@ -252,3 +252,16 @@ def test_a_loopback_host_without_a_reboot_command_is_never_rebooted_over_ssh(fle
     assert refused.code == 4 and "NodeRebootRefused" in refused.stderr
     assert "fleet_reboot_command" in refused.stderr
     assert _node(fleet).get("schedulingState") == "enabled"
+
+
+def test_removing_a_node_of_a_sized_pool_lowers_its_target(fleet, lab_inventory, tmp_path):
+    fleet("host", "import", str(lab_inventory))
+    spec = {"id": "p", "hostSelector": {"labels": {"lab": "true"}}, "targetDedicatedNodes": 2}
+    (tmp_path / "p.json").write_text(json.dumps(spec))
+    fleet("pool", "create", "--json-file", str(tmp_path / "p.json"))
+    first, second = (n["id"] for n in fleet.json("node", "list", "--pool", "p"))
+    fleet("node", "remove", "--pool", "p", "--node", first)
+    fleet("node", "remove", "--pool", "p", "--node", first)  # again: counted once
+    assert fleet.json("pool", "show", "p")["targetDedicatedNodes"] == 1
+    fleet("node", "remove", "--pool", "p", "--node", second)
+    assert fleet.json("pool", "show", "p")["targetDedicatedNodes"] == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from fleet import host_hooks, node_rules
 from fleet.domain import (
@@ -85,7 +85,24 @@ def request(
     if not node_ids:
         raise BadInput("name at least one node", target=f"pool {pool_id}", field="nodeList")
     with store.session() as s:
-        return request_in(s, pool_id, node_ids, operation, option, time.time())
+        pool = get_pool(s, pool_id)
+        leaving_before = {n.id for n in _leaving(s, pool_id)}
+        nodes = request_in(s, pool_id, node_ids, operation, option, time.time())
+        newly = [n for n in nodes if n.operation == NodeOperation.REMOVE]
+        newly = [n for n in newly if n.id not in leaving_before]
+        if newly and pool.target_dedicated_nodes is not None:
+            # As Azure's "remove nodes": a sized pool's target drops by the nodes removed.
+            pool.target_dedicated_nodes = max(0, pool.target_dedicated_nodes - len(newly))
+            s.add(pool)
+        return nodes
+
+
+def _leaving(s: Session, pool_id: str) -> list[Node]:
+    return list(
+        s.exec(
+            select(Node).where(Node.pool_id == pool_id, Node.operation == NodeOperation.REMOVE)
+        )
+    )
 
 
 def request_in(
