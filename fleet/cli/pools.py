@@ -172,17 +172,21 @@ def resize(
     ] = "requeue",
     output: OutputOpt = None,
 ) -> None:
-    """Resize a hostSelector pool: the controller claims free matching hosts or removes
-    nodes (idle ones first) until the pool has the target; allocationState is resizing
-    meanwhile, and resizeErrors say why when too few hosts match."""
+    """Grow or shrink a hostSelector pool to a target number of nodes.
+
+    The controller claims free matching hosts or removes nodes (idle ones first) until the
+    pool has the target; allocationState is resizing meanwhile, and resizeErrors say why
+    when too few hosts match."""
     service.resize_pool(CURRENT.store, pool_id, target_dedicated_nodes, node_deallocation_option)
     emit(views.pool(*service.show_pool(CURRENT.store, pool_id)), output)
 
 
 @app.command("stop-resize")
 def stop_resize(pool_id: str, output: OutputOpt = None) -> None:
-    """Stop a resize under way: no more hosts are claimed nor nodes asked to leave (those
-    leaving already go), and the target becomes the nodes the pool has."""
+    """Stop a resize under way.
+
+    No more hosts are claimed nor nodes asked to leave (those leaving already go), and the
+    target becomes the nodes the pool has."""
     service.stop_resize(CURRENT.store, pool_id)
     emit(views.pool(*service.show_pool(CURRENT.store, pool_id)), output)
 
