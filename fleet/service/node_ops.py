@@ -99,9 +99,7 @@ def request(
 
 def _leaving(s: Session, pool_id: str) -> list[Node]:
     return list(
-        s.exec(
-            select(Node).where(Node.pool_id == pool_id, Node.operation == NodeOperation.REMOVE)
-        )
+        s.exec(select(Node).where(Node.pool_id == pool_id, Node.operation == NodeOperation.REMOVE))
     )
 
 
