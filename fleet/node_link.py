@@ -208,6 +208,11 @@ class NodeLink:
             self._write_node(state=NodeState.STARTING)
         self.agent = await AgentClient.launch(self.conn, root, self._agent_event)
         hello = self.agent.hello
+        issued = node.operation_issued_at is not None
+        if not node_rules.rebooted(node.operation, issued, hello.get("bootId"), node.boot_id):
+            raise RemoteError(  # the reboot command is not through yet: try again soon
+                "the node has not rebooted yet", code="NodeRebooting", target=f"node {self.node_id}"
+            )
         self.login_user = str(hello.get("user", ""))
         self.can_sudo = self.login_user == "root" or await identity.can_sudo(self.conn)
         if pool.spec.get("userAccounts"):
@@ -223,11 +228,6 @@ class NodeLink:
             self.login_user,
         )
         await applications.install_pool_packages(self, pool.spec, hello.get("root", root))
-        issued = node.operation_issued_at is not None
-        if not node_rules.rebooted(node.operation, issued, hello.get("bootId"), node.boot_id):
-            raise RemoteError(  # the reboot command is not through yet: try again soon
-                "the node has not rebooted yet", code="NodeRebooting", target=f"node {self.node_id}"
-            )
         self.boot_id_changed = bool(node.boot_id and node.boot_id != hello.get("bootId"))
         start_needed = pool.spec.get("startTask") is not None and (
             self.boot_id_changed
