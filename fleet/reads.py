@@ -304,20 +304,22 @@ def list_nodes(db: Reader, pool_id: str) -> list[tuple[Row, str]]:
 def show_node(db: Reader, pool_id: str, node_id: str) -> tuple[Row, Row]:
     """Return one node and its host; Raises NotFound."""
 
-    def read(tx: Transaction) -> tuple[Row, Row]:
-        _pool_or_raise(tx, pool_id)
-        node = tx.one("nodes", "id", node_id)
-        if node is None or node.pool_id != pool_id:
-            raise NotFound(
-                f"pool {pool_id} has no node {node_id!r}",
-                code="NodeNotFound",
-                target=f"node {node_id}",
-            )
-        host = tx.one("hosts", "id", node_id)
-        assert host is not None
-        return node, host
+    return db.run(lambda tx: _node_and_host(tx, pool_id, node_id))
 
-    return db.run(read)
+
+def _node_and_host(tx: Transaction, pool_id: str, node_id: str) -> tuple[Row, Row]:
+    """Return a node of ``pool_id`` and its host; Raises NotFound."""
+    _pool_or_raise(tx, pool_id)
+    node = tx.one("nodes", "id", node_id)
+    if node is None or node.pool_id != pool_id:
+        raise NotFound(
+            f"pool {pool_id} has no node {node_id!r}",
+            code="NodeNotFound",
+            target=f"node {node_id}",
+        )
+    host = tx.one("hosts", "id", node_id)
+    assert host is not None
+    return node, host
 
 
 def list_jobs(db: Reader, schedule_id: str | None = None) -> list[Row]:
@@ -528,16 +530,7 @@ def node_access(db: Reader, pool_id: str, node_id: str) -> tuple[Row, Row, Row |
     snapshot; Raises NotFound (PoolNotFound or NodeNotFound)."""
 
     def read(tx: Transaction) -> tuple[Row, Row, Row | None]:
-        _pool_or_raise(tx, pool_id)
-        node = tx.one("nodes", "id", node_id)
-        if node is None or node.pool_id != pool_id:
-            raise NotFound(
-                f"pool {pool_id} has no node {node_id!r}",
-                code="NodeNotFound",
-                target=f"node {node_id}",
-            )
-        host = tx.one("hosts", "id", node_id)
-        assert host is not None
+        node, host = _node_and_host(tx, pool_id, node_id)
         return node, host, tx.one("host_keys", "host_id", node_id)
 
     return db.run(read)

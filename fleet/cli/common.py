@@ -259,3 +259,35 @@ def write_whole(destination: Path, write: Callable[[BinaryIO], int]) -> int:
     finally:
         part.unlink(missing_ok=True)
     return written
+
+
+#: The columns of a table of node or task files (Azure's NodeFile objects).
+FILE_COLUMNS = [
+    ("NAME", "name"),
+    ("DIR", "isDirectory"),
+    ("SIZE", "properties.contentLength"),
+    ("MODIFIED", "properties.lastModified"),
+]
+
+
+def transfer_bar() -> Any:
+    """Return a transient rich progress bar on stderr for byte transfers (rich.progress is
+    imported only when a terminal shows one)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        transient=True,
+    )

@@ -9,14 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from fleet import file_store
 from fleet.cli.common import (
@@ -26,8 +18,8 @@ from fleet.cli.common import (
     emit,
     fmt,
     progress_enabled,
-    stderr,
     stdout,
+    transfer_bar,
     write_whole,
 )
 from fleet.errors import BadInput
@@ -53,15 +45,7 @@ def _progress(show: bool, total: int, label: str) -> Iterator[file_store.Progres
     if not show:
         yield None
         return
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        transient=True,
-    )
+    bar = transfer_bar()
     with bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)

@@ -16,6 +16,7 @@ from fleet import reads, views
 from fleet.cli import autoscale, node_ops, node_users
 from fleet.cli.common import (
     CURRENT,
+    FILE_COLUMNS,
     OutputFormat,
     OutputOpt,
     emit,
@@ -24,6 +25,7 @@ from fleet.cli.common import (
     load_json_file,
     progress_enabled,
     stderr,
+    transfer_bar,
     write_whole,
 )
 from fleet.domain import NodeState
@@ -276,12 +278,7 @@ def node_file_list(
     emit(
         rows,
         output,
-        [
-            ("NAME", "name"),
-            ("DIR", "isDirectory"),
-            ("SIZE", "properties.contentLength"),
-            ("MODIFIED", "properties.lastModified"),
-        ],
+        FILE_COLUMNS,
     )
 
 
@@ -323,24 +320,7 @@ def _download_progress(show: bool, label: str) -> Iterator[Any]:
     if not show:
         yield None
         return
-    from rich.progress import (  # only when a terminal shows it
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        transient=True,
-    )
+    bar = transfer_bar()
     task = bar.add_task(label, total=None, visible=False)
 
     def advance(written: int, size: int) -> None:

@@ -13,6 +13,7 @@ import typer
 from fleet import reads, specs, views
 from fleet.cli.common import (
     CURRENT,
+    FILE_COLUMNS,
     OutputFormat,
     OutputOpt,
     emit,
@@ -248,12 +249,7 @@ def file_list(
     emit(
         rows,
         output,
-        [
-            ("NAME", "name"),
-            ("DIR", "isDirectory"),
-            ("SIZE", "properties.contentLength"),
-            ("MODIFIED", "properties.lastModified"),
-        ],
+        FILE_COLUMNS,
     )
 
 
