@@ -37,7 +37,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-PROTOCOL = 3
+PROTOCOL = 4
 # The node root's directories and their modes: 0711 lets a task that runs as another
 # user (sudo -n -u) reach its own working dir without listing anything; shared/ is
 # writable by every task, sticky like /tmp.
@@ -62,6 +62,7 @@ KILL_SIGNAL = signal.SIGUSR1  # agent -> wrapper: stop the task (TERM, grace, KI
 WAKE_SIGNALS = [signal.SIGCHLD, KILL_SIGNAL]  # what a wrapper waits for
 NOTIFY_TIMEOUT_SECONDS = 10.0
 MAX_LINE_BYTES = 16 << 20
+BATCH_BYTES = 1 << 20  # messages sent together share one batch line up to about this size
 MAX_SOCKET_LINE_BYTES = 1 << 20  # an exit notice or a call on agent.sock
 INLINE_BYTES = 64 << 10  # stdout.txt, stderr.txt and exit.json up to this ride the exit event
 MAX_CALLS = 64  # call connections open at once (waiting for or receiving an answer)
@@ -107,9 +108,36 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def encode(message: dict) -> bytes:
+    """Return message as compact JSON (bytes, no newline)."""
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+
+
 def encode_line(message: dict) -> bytes:
     """Return message as one compact JSON line (bytes, newline-terminated)."""
-    return json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+    return encode(message) + b"\n"
+
+
+def batch_lines(encoded: list) -> list:
+    """Frame encoded messages as lines: a lone message as itself, several as
+    {"type": "batch", "messages": [...]} lines of up to about BATCH_BYTES each."""
+    lines, group, size = [], [], 0
+    for item in encoded:
+        if group and size + len(item) > BATCH_BYTES:
+            lines.append(frame(group))
+            group, size = [], 0
+        group.append(item)
+        size += len(item) + 1
+    if group:
+        lines.append(frame(group))
+    return lines
+
+
+def frame(group: list) -> bytes:
+    """Return one line carrying the encoded messages of group, in order."""
+    if len(group) == 1:
+        return group[0] + b"\n"
+    return b'{"type":"batch","messages":[' + b",".join(group) + b"]}\n"
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -633,7 +661,7 @@ class Agent:
         self.selector = selectors.DefaultSelector()
         self.selector.register(0, selectors.EVENT_READ, self.on_stdin)
         self.selector.register(listener, selectors.EVENT_READ, self.on_accept)
-        self.outbox = []  # encoded lines, written before the loop blocks again
+        self.outbox = []  # encoded messages, written (batched) before the loop blocks again
         self.stdin_buffer = b""
         self.discarding = False  # inside an overlong line
         self.spawns = {}  # start-result pipe fd -> PendingSpawn
@@ -667,7 +695,7 @@ class Agent:
 
     def send(self, message: dict) -> None:
         """Queue one message for the controller."""
-        self.outbox.append(encode_line(message))
+        self.outbox.append(encode(message))
 
     def reply_error(self, request_id, code: str, message: str) -> None:
         """Queue an error reply."""
@@ -675,8 +703,11 @@ class Agent:
         self.send({"type": "reply", "id": request_id, "ok": False, "error": error})
 
     def flush(self) -> None:
-        """Write the queued messages to stdout; stop the agent if the controller is gone."""
-        data, self.outbox = b"".join(self.outbox), []
+        """Write the queued messages to stdout, batched; stop the agent if the controller
+        is gone."""
+        if not self.outbox:
+            return
+        data, self.outbox = b"".join(batch_lines(self.outbox)), []
         try:
             write_all(1, data)
         except OSError as exc:
@@ -746,7 +777,8 @@ class Agent:
             self.stdin_buffer, self.discarding = b"", True
 
     def handle_line(self, line: bytes) -> None:
-        """Decode one request line and answer it (now or, for spawn, later)."""
+        """Decode one line, a request or a batch of them, and answer each (now or, for
+        spawn, later)."""
         if not line.strip():
             return
         try:
@@ -755,6 +787,20 @@ class Agent:
             error = "not a JSON line: %s" % exc
             self.send({"type": "event", "event": "protocolError", "message": error})
             return
+        if isinstance(message, dict) and message.get("type") == "batch":
+            messages = message.get("messages")
+            if not isinstance(messages, list):
+                error = 'a batch needs "messages": a list of requests'
+                self.send({"type": "event", "event": "protocolError", "message": error})
+                return
+            for one in messages:
+                if self.running:
+                    self.handle_request(one)
+        else:
+            self.handle_request(message)
+
+    def handle_request(self, message) -> None:
+        """Answer one decoded request (now or, for spawn, later)."""
         request_id = message.get("id") if isinstance(message, dict) else None
         try:
             if not isinstance(message, dict) or message.get("type") != "request":

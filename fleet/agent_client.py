@@ -15,8 +15,9 @@ from fleet.ssh import Connection, Process
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 3
+PROTOCOL = 4
 HELLO_TIMEOUT = 30.0
+BATCH_BYTES = 1 << 20  # requests sent together share one batch line up to about this size
 
 EventHandler = Callable[[dict[str, Any]], None]
 
@@ -47,6 +48,30 @@ async def install_agent(conn: Connection, root: str) -> str:
     return path
 
 
+def batch_lines(encoded: list[bytes]) -> list[bytes]:
+    """Frame encoded messages as lines: a lone message as itself, several as
+    ``{"type": "batch", "messages": [...]}`` lines of up to about BATCH_BYTES each
+    (docs/agent-protocol.md, "Batches"; the agent frames its replies and events alike)."""
+    lines: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for item in encoded:
+        if group and size + len(item) > BATCH_BYTES:
+            lines.append(_frame(group))
+            group, size = [], 0
+        group.append(item)
+        size += len(item) + 1
+    if group:
+        lines.append(_frame(group))
+    return lines
+
+
+def _frame(group: list[bytes]) -> bytes:
+    if len(group) == 1:
+        return group[0] + b"\n"
+    return b'{"type":"batch","messages":[' + b",".join(group) + b"]}\n"
+
+
 class AgentClient:
     """One running agent on one node: requests with futures, events to a callback."""
 
@@ -56,7 +81,7 @@ class AgentClient:
         self._on_event = on_event
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
-        self._out: list[bytes] = []  # request lines written together at the next flush
+        self._out: list[bytes] = []  # encoded requests, written together at the next flush
         self._reader: asyncio.Task[None] | None = None
         self.hello: dict[str, Any] = {}
         self.closed = asyncio.Event()
@@ -109,20 +134,11 @@ class AgentClient:
                         "node %s: agent sent a line that is not JSON: %r", self.node_id, line
                     )
                     continue
-                kind = msg.get("type")
-                if kind == "reply":
-                    future = self._pending.pop(msg.get("id"), None)
-                    if future is not None and not future.done():
-                        future.set_result(msg)
-                elif kind == "event":
-                    try:
-                        self._on_event(msg)
-                    except Exception:
-                        log.exception(
-                            "node %s: event handler failed for a %s event",
-                            self.node_id,
-                            msg.get("event"),
-                        )  # calls carry tokens
+                if isinstance(msg, dict) and msg.get("type") == "batch":
+                    for one in msg.get("messages") or ():
+                        self._receive(one)
+                else:
+                    self._receive(msg)
         finally:
             self.closed.set()
             error = Unreachable("agent channel closed", target=f"node {self.node_id}")
@@ -130,6 +146,21 @@ class AgentClient:
                 if not future.done():
                     future.set_exception(error)
             self._pending.clear()
+
+    def _receive(self, msg: Any) -> None:
+        """Settle the request a reply answers, or hand an event to the callback."""
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "reply":
+            future = self._pending.pop(msg.get("id"), None)
+            if future is not None and not future.done():
+                future.set_result(msg)
+        elif kind == "event":
+            try:
+                self._on_event(msg)
+            except Exception:
+                log.exception(
+                    "node %s: event handler failed for a %s event", self.node_id, msg.get("event")
+                )  # calls carry tokens
 
     async def request(self, op: str, timeout: float | None = 60.0, **args: Any) -> dict[str, Any]:
         """Send one request and return its result. Raises AgentError with the agent's code,
@@ -141,7 +172,7 @@ class AgentClient:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         payload = {"type": "request", "id": rid, "op": op, "args": args}
-        self._send(json.dumps(payload, separators=(",", ":")).encode() + b"\n")
+        self._send(json.dumps(payload, separators=(",", ":")).encode())
         try:
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
@@ -160,15 +191,15 @@ class AgentClient:
             )
         return dict(reply.get("result") or {})
 
-    def _send(self, line: bytes) -> None:
-        """Queue a request line; every line queued during one turn of the event loop goes
-        out in one write (one SSH packet for a whole batch of spawns, not one each)."""
+    def _send(self, message: bytes) -> None:
+        """Queue an encoded request; every request queued during one turn of the event
+        loop goes out in one batch line (one write, one line for the agent to parse)."""
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(line)
+        self._out.append(message)
 
     def _flush(self) -> None:
-        data, self._out = b"".join(self._out), []
+        data, self._out = b"".join(batch_lines(self._out)), []
         with contextlib.suppress(BrokenPipeError):  # closed: the reader fails the futures
             self._process.write(data)
 

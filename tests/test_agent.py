@@ -34,6 +34,7 @@ from tests.task_session import TaskSession
 
 AGENT = Path(agent_bootstrap.__file__).resolve().parent / "fleet_agent.py"
 CLIENT = AGENT.parent / "fleet_task.py"
+OLD_AGENT = Path(__file__).parent / "cases" / "agents" / "fleet_agent_protocol3.py"
 AGENT_PYTHON = os.environ.get("FLEET_TEST_AGENT_PYTHON", sys.executable)
 LAYOUT = ("startup", "shared", "applications", "certs", "fsmounts", "volatile", "workitems")
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -43,13 +44,13 @@ TIMEOUT = 10.0
 class AgentClient:
     """One agent subprocess and the protocol spoken with it."""
 
-    def __init__(self, root, stderr_path, env=None, cwd=None, read_hello=True):
+    def __init__(self, root, stderr_path, env=None, cwd=None, read_hello=True, agent=AGENT):
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.stderr_path = stderr_path
         with open(stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
-                [AGENT_PYTHON, str(AGENT), str(root)],
+                [AGENT_PYTHON, str(agent), str(root)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -60,13 +61,20 @@ class AgentClient:
         self.transcript = []  # every message received, in order
         self.backlog = []  # received but not yet claimed by a wait
         self.next_id = 0
+        self.lines_with_batches = 0
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.hello = self.next_message() if read_hello else None
 
     def _read(self):
         for line in self.proc.stdout:
-            self.incoming.put(json.loads(line))
+            message = json.loads(line)
+            if message.get("type") == "batch":  # several messages sent together
+                self.lines_with_batches += 1
+                for one in message["messages"]:
+                    self.incoming.put(one)
+            else:
+                self.incoming.put(message)
         self.incoming.put(None)
 
     def stderr_text(self):
@@ -185,10 +193,10 @@ def agents(tmp_path, root):
     """Start agents on a node root; close them and kill leftover tasks afterwards."""
     started = []
 
-    def start(env=None, node_root=None, cwd=None, read_hello=True):
+    def start(env=None, node_root=None, cwd=None, read_hello=True, agent=AGENT):
         stderr_path = tmp_path / f"agent{len(started)}.stderr"
         node_root = root if node_root is None else node_root
-        client = AgentClient(node_root, stderr_path, env=env, cwd=cwd, read_hello=read_hello)
+        client = AgentClient(node_root, stderr_path, env, cwd, read_hello, agent)
         started.append(client)
         return client
 
@@ -219,7 +227,7 @@ def test_package_helpers_return_the_client_file():
 def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
     agent = agents(node_root="root", cwd=tmp_path)  # a relative root resolves against cwd
     hello = agent.hello
-    assert hello["type"] == "hello" and hello["protocol"] == 3 and "error" not in hello
+    assert hello["type"] == "hello" and hello["protocol"] == 4 and "error" not in hello
     assert hello["pid"] == agent.proc.pid
     assert hello["bootId"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert hello["root"] == os.path.realpath(root)
@@ -256,7 +264,7 @@ def test_spawn_records_output_exit_code_and_event(agents, root):
     record = event["exit"]
     assert event["key"] == "job/t1" and event["attempt"] == 1
     assert record == json.loads((task / "exit.json").read_text())
-    assert record["protocol"] == 3 and record["key"] == "job/t1" and record["attempt"] == 1
+    assert record["protocol"] == 4 and record["key"] == "job/t1" and record["attempt"] == 1
     assert record["exitCode"] == 3 and record["signal"] is None
     assert record["timedOut"] is False and record["error"] is None
     assert record["pid"] == started["result"]["pid"]
@@ -499,7 +507,7 @@ def test_second_agent_waits_for_the_lock(agents):
     first = agents()
     began = time.monotonic()
     busy = agents(env={"FLEET_AGENT_LOCK_TIMEOUT": "0.5"})
-    assert busy.hello["protocol"] == 3 and busy.hello["error"]["code"] == "AgentBusy"
+    assert busy.hello["protocol"] == 4 and busy.hello["error"]["code"] == "AgentBusy"
     assert busy.proc.wait(5) == 3
     assert time.monotonic() - began >= 0.45
     assert first.call("ping")
@@ -596,6 +604,73 @@ def test_hundreds_of_spawns_are_served_quickly(agents):
     elapsed = time.monotonic() - began
     assert elapsed < 10, f"{count} tasks took {elapsed:.2f} s"
     assert len(list(agent_fds.iterdir())) == fds_before  # no pipe or connection leaked
+
+
+def batch_line(messages):
+    return json.dumps({"type": "batch", "messages": messages}).encode() + b"\n"
+
+
+def test_one_batch_line_carries_many_spawns_and_replies_come_batched(agents):
+    agent = agents()
+    count = 40
+    requests = [
+        {"type": "request", "id": 100 + i, "op": "spawn", "args": spawn_args(f"b{i}", ["true"])}
+        for i in range(count)
+    ]
+    requests.append({"type": "request", "id": 999, "op": "nosuchop", "args": {}})
+    requests.append("not a request")
+    agent.send_raw(batch_line(requests))
+    for i in range(count):
+        assert agent.wait_reply(100 + i)["ok"]
+    assert agent.wait_reply(999)["error"]["code"] == "BadRequest"
+    assert agent.wait_reply(None)["error"]["code"] == "BadRequest"  # no id to answer to
+    for i in range(count):
+        assert agent.wait_exited(f"workitems/job/b{i}")["exit"]["exitCode"] == 0
+    # the agent sent what it had together: some lines carried several messages
+    assert agent.lines_with_batches >= 1
+    # and a spawn's reply still comes before its exited event
+    order = [(m.get("id"), m.get("taskDir")) for m in agent.transcript]
+    for i in range(count):
+        assert order.index((100 + i, None)) < order.index((None, f"workitems/job/b{i}"))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type": "batch", "messages": 5}\n',
+        b'{"type": "batch"}\n',
+        b'{"type": "batch", "messages": [{"type": "batch", "messages": []}]}\n',
+    ],
+)
+def test_malformed_batches_are_refused_and_the_agent_goes_on(agents, line):
+    agent = agents()
+    agent.send_raw(line)
+    if b"[{" in line:  # a batch inside a batch is not a request
+        assert agent.wait_reply(None)["error"]["code"] == "BadRequest"
+    else:
+        assert "batch" in agent.wait_event("protocolError")["message"]
+    assert agent.call("ping")["bootId"]
+
+
+def test_tasks_of_a_protocol_3_agent_are_reported_by_the_new_agent(agents, root):
+    """An upgrade: the old agent (released file, protocol 3) exits with its channel, its
+    task keeps running, and the new agent, uploaded beside it, reports that task."""
+    old = agents(agent=OLD_AGENT)
+    assert old.hello["protocol"] == 3
+    gate, args = gated_task(root, "upgraded")
+    pid = old.call("spawn", args)["pid"]
+    old.close()
+    assert not process_gone(pid)
+
+    new = agents()
+    assert new.hello["protocol"] == 4 and "error" not in new.hello
+    query = {"key": args["key"], "taskDir": args["taskDir"], "attempt": 1}
+    assert new.call("status", {"tasks": [query]})["tasks"][0]["state"] == "running"
+    with open(gate, "w") as f:
+        f.write("after the upgrade\n")
+    event = new.wait_exited(args["taskDir"])
+    assert event["exit"]["exitCode"] == 0 and event["exit"]["protocol"] == 3
+    assert base64.b64decode(event["files"]["stdout.txt"]) == b"got after the upgrade\n"
 
 
 # ---------------------------------------------------------------- calls from tasks
