@@ -137,7 +137,9 @@ class PoolSizing:
         free: list[str] = []
         if pool.allocation_state == AllocationState.RESIZING and need > 0:
             selector = pool.spec["hostSelector"]
-            free = pool_service.free_matching_hosts(s, selector, need, skip=self.powering_off)
+            free = pool_service.free_matching_hosts(
+                s, selector, need, self.powering_off, pool_service.preferred_labels(pool.spec)
+            )
         return sizing_rules.PoolFacts(pool.allocation_state, target, node_facts, tuple(free))
 
     def _apply(

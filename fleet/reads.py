@@ -392,11 +392,10 @@ def show_job_with_stats(
     return db.run(read)
 
 
-def iter_tasks(db: Reader, job_id: str, page: int = PAGE) -> Iterator[Row]:
-    """Yield the job's tasks in submission order, ``page`` rows per query (keyset on the
-    primary key, one short transaction each); Raises NotFound for an unknown job before
-    the first row."""
-    after = -1
+def iter_tasks(db: Reader, job_id: str, page: int = PAGE, after: int = -1) -> Iterator[Row]:
+    """Yield the job's tasks in submission order (those after the one whose primary key
+    is ``after``), ``page`` rows per query (keyset on the primary key, one short
+    transaction each); Raises NotFound for an unknown job before the first row."""
     first = True
     while True:
 

@@ -40,6 +40,8 @@ OWNERS = {
     # DB-API drivers used directly (the store reaches them through SQLAlchemy)
     "sqlite3": {"reads.py"},
     "psycopg": {"reads.py"},
+    "starlette": {"api/app.py"},
+    "uvicorn": {"api/server.py"},
 }
 #: module -> fleet modules it must never import
 FORBIDDEN = {
@@ -68,6 +70,12 @@ FORBIDDEN = {
         "fleet.context",
     },
 }
+# the REST API's pure parts: text in, answers out; no web framework, store or nodes
+for _pure in ("api/shared_key.py", "api/odata.py", "api/wire.py"):
+    FORBIDDEN[_pure] = {"fleet.store", "fleet.tables", "fleet.ssh", "fleet.controller", "fleet.cli"}
+# the controller and the rest of fleet never import the API; it imports them
+for _below in ("controller.py", "service/", "reads.py", "views.py", "specs.py"):
+    FORBIDDEN.setdefault(_below, set()).add("fleet.api")
 #: What a warm ``fleet exec`` loads: stdlib only, no SSH, ORM or CLI framework.
 _WARM_EXEC_BANS = {
     "fleet.ssh",

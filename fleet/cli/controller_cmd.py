@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -54,11 +55,34 @@ def run(
             help="Seconds without renewal after which a standby may take this controller's lease.",
         ),
     ] = LEASE_TTL,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            help="Serve Azure Batch's REST API on HOST:PORT (loopback unless TLS or "
+            "--insecure-http); clients sign requests with a key from `fleet account create`.",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate (chain) for --listen.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="PEM private key for --tls-cert.")
+    ] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option("--insecure-http", help="Allow plain HTTP on an address other than loopback."),
+    ] = False,
     output: OutputOpt = None,
 ) -> None:
     """Bootstrap nodes and run tasks until SIGTERM or Ctrl-C. Logs go to stderr
     (one JSON object per line with -o json). One controller runs per database: a second
     one exits with status 4 naming the first, or waits with --standby."""
+    served = None
+    if listen is not None or tls_cert is not None or insecure_http:
+        from fleet.api.server import parse_listen
+
+        served = parse_listen(listen or "127.0.0.1", tls_cert, tls_key, insecure_http)
     handler = logging.StreamHandler()
     if fmt(output) == OutputFormat.JSON:
         handler.setFormatter(_JsonFormatter())
@@ -86,9 +110,16 @@ def run(
         controller = Controller(
             CURRENT.settings, store, node_grace=node_grace, sweep_interval=sweep_interval
         )
+        server = None
         try:
+            if served is not None:
+                from fleet.api import serve
+
+                server = await serve(CURRENT.settings, served)
             await controller.run(stop)
         finally:
+            if server is not None:
+                await server.close()
             keeper.cancel()
             lease.release()  # the guard stays: nothing is written after this
         if lease.lost is not None:

@@ -92,7 +92,9 @@ def add_pool(
     if "hostSelector" in spec:
         target = spec["targetDedicatedNodes"]
         pool.target_dedicated_nodes, pool.resize_option = target, "requeue"
-        host_ids = free_matching_hosts(s, spec["hostSelector"], target)
+        host_ids = free_matching_hosts(
+            s, spec["hostSelector"], target, prefer=preferred_labels(spec)
+        )
         if len(host_ids) < target:
             pool.resize_errors = [insufficient_hosts(spec["hostSelector"], target, len(host_ids))]
     for host_id in host_ids:
@@ -101,21 +103,31 @@ def add_pool(
 
 
 def free_matching_hosts(
-    s: Session, selector: dict[str, Any], limit: int, skip: set[str] | frozenset[str] = frozenset()
+    s: Session,
+    selector: dict[str, Any],
+    limit: int,
+    skip: set[str] | frozenset[str] = frozenset(),
+    prefer: dict[str, str] | None = None,
 ) -> list[str]:
-    """Return the ids of up to ``limit`` hosts, in id order, that are in no pool, match the
-    normalized ``selector`` and are not in ``skip``."""
+    """Return the ids of up to ``limit`` hosts that are in no pool, match the normalized
+    ``selector`` and are not in ``skip``: those whose labels include ``prefer`` (a pool's
+    ``vmSize``) first, each group in id order."""
     if limit <= 0:
         return []
     taken = select(Node.id)
     hosts = s.exec(select(Host).where(col(Host.id).not_in(taken)).order_by(Host.id))
-    out: list[str] = []
-    for host in hosts:
-        if host.id not in skip and specs.selector_matches(selector, host.labels or {}):
-            out.append(host.id)
-            if len(out) == limit:
-                break
-    return out
+    found = [
+        h for h in hosts if h.id not in skip and specs.selector_matches(selector, h.labels or {})
+    ]
+    wanted = (prefer or {}).items()
+    found.sort(key=lambda h: not all((h.labels or {}).get(k) == v for k, v in wanted))
+    return [h.id for h in found[:limit]]
+
+
+def preferred_labels(spec: dict[str, Any]) -> dict[str, str]:
+    """Return the labels a sized pool's new nodes should have if free hosts have them:
+    ``vmSize`` as the pool's ``vmSize`` (Azure's size of VM, here a label of the host)."""
+    return {"vmSize": spec["vmSize"]} if isinstance(spec.get("vmSize"), str) else {}
 
 
 def insufficient_hosts(selector: dict[str, Any], wanted: int, found: int) -> dict[str, Any]:

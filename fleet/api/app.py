@@ -1,0 +1,137 @@
+"""The ASGI application: Azure Batch's REST API, authenticated with SharedKey. The only
+module that uses Starlette.
+
+Every request is authenticated (fleet/api/shared_key.py) before anything else is read;
+handlers (fleet/api/routes.py) run in worker threads, since the store is synchronous,
+and their errors become Azure's OData envelope with the status Azure uses. Every answer
+carries ``request-id`` and, when the client sent one, its ``client-request-id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from fleet.api import shared_key
+from fleet.api.context import Api
+from fleet.api.routes import OPERATIONS, Handler, openapi
+from fleet.api.wire import JSON_TYPE, ApiRequest, Reply, error_body, new_request_id, status_of
+from fleet.errors import FleetError
+
+log = logging.getLogger(__name__)
+
+#: The largest request body read (Azure's limit for a task collection is 1 MB).
+MAX_BODY = 4 << 20
+
+KeyLookup = Callable[[str], list[str] | None]
+
+
+def build(api: Api, keys: KeyLookup) -> Starlette:
+    """Return the app serving ``api`` to clients whose accounts ``keys`` knows."""
+    routes = [
+        Route(op.path, _endpoint(api, keys, op.handler, op.operation_id), methods=[op.method])
+        for op in OPERATIONS
+    ]
+    routes.append(Route("/openapi.json", _openapi, methods=["GET"]))
+    return Starlette(routes=routes)
+
+
+async def _openapi(_request: Request) -> Response:
+    return JSONResponse(openapi())
+
+
+def _endpoint(
+    api: Api, keys: KeyLookup, handler: Handler, operation_id: str
+) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        request_id = new_request_id()
+        headers = {"request-id": request_id}
+        if client_id := request.headers.get("client-request-id"):
+            headers["client-request-id"] = client_id
+        try:
+            req = await _request(request, keys)
+            reply = await run_in_threadpool(handler, api, req)
+        except FleetError as exc:
+            return _error(request, exc, request_id, headers, operation_id)
+        except Exception:
+            log.exception("api: %s %s failed", request.method, request.url.path)
+            failed = FleetError("the server failed on this request", code="InternalError")
+            return _error(request, failed, request_id, headers, operation_id)
+        return _response(reply, headers)
+
+    endpoint.__name__ = operation_id
+    return endpoint
+
+
+async def _request(request: Request, keys: KeyLookup) -> ApiRequest:
+    """Authenticate ``request`` and return it as handlers see it."""
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    pairs = list(request.query_params.multi_items())
+    account = shared_key.authenticate(
+        request.method, raw_path.decode("latin-1"), pairs, headers, keys, time.time()
+    )
+    body = b""
+    if request.method in ("POST", "PUT", "PATCH"):
+        if int(headers.get("content-length") or 0) > MAX_BODY:
+            raise FleetError(
+                f"the request body is larger than {MAX_BODY} bytes", code="RequestBodyTooLarge"
+            )
+        body = await request.body()
+    base = f"{request.url.scheme}://{request.url.netloc}"
+    return ApiRequest(
+        method=request.method,
+        path=request.url.path,
+        params={k: str(v) for k, v in request.path_params.items()},
+        query=dict(pairs),
+        headers=headers,
+        body=body,
+        base_url=base,
+        account=account,
+        query_pairs=pairs,
+    )
+
+
+def _error(
+    request: Request, exc: FleetError, request_id: str, headers: dict[str, str], operation: str
+) -> Response:
+    status = status_of(exc)
+    if exc.code == "AuthenticationFailed":
+        reason = getattr(exc, "reason", "")
+        log.warning(
+            "api: %s %s refused: %s (%s) from %s",
+            request.method,
+            request.url.path,
+            exc.message,
+            reason,
+            request.client.host if request.client else "?",
+        )
+        body = error_body(exc, request_id)
+        body["values"].append({"key": "AuthenticationErrorDetail", "value": exc.message})
+    else:
+        log.info("api: %s: %s %s (%s)", operation, status, exc.code, exc)
+        body = error_body(exc, request_id)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers)
+    return Response(json.dumps(body), status, headers, media_type=JSON_TYPE)
+
+
+def _response(reply: Reply, headers: dict[str, str]) -> Response:
+    headers = {**reply.headers, **headers}
+    if reply.stream is not None:
+        return StreamingResponse(
+            iterate_in_threadpool(reply.stream), reply.status, headers, reply.media_type
+        )
+    if reply.body is None:
+        return Response(status_code=reply.status, headers=headers, media_type=reply.media_type)
+    body = json.dumps(reply.body, separators=(",", ":"))
+    return Response(body, reply.status, headers, media_type=reply.media_type)
