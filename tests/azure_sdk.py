@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,9 @@ def sdk_dir(version: str) -> Path:
     return SDK_ROOT / f"azure-batch-{version}"
 
 
-def run_sdk(version: str, code: str, timeout: float = 120) -> str:
-    """Run ``code`` with azure-batch ``version`` importable and return its stdout.
+def run_sdk(version: str, code: str, args: Sequence[str] = (), timeout: float = 120) -> str:
+    """Run ``code`` (its ``sys.argv[1:]`` is ``args``) with azure-batch ``version``
+    importable and return its stdout.
 
     Skips the test when that version is not installed; fails it, with the snippet's
     stderr, when the snippet exits non-zero."""
@@ -38,7 +40,7 @@ def run_sdk(version: str, code: str, timeout: float = 120) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONPATH"] = str(where)
     proc = subprocess.run(
-        [sys.executable, "-S", "-c", code],
+        [sys.executable, "-S", "-c", code, *args],
         env=env,
         capture_output=True,
         text=True,

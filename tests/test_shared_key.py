@@ -354,6 +354,7 @@ calls = [
     lambda: client.delete_task("j1", "t1"),
     lambda: client.job_schedule_exists("s1"),
     lambda: client.begin_enable_job("j1").result(),
+    lambda: client.update_job("j1", models.BatchJobUpdateOptions(priority=1)),
 ]
 """
 
@@ -371,6 +372,7 @@ calls = [
     lambda: client.task.delete("j1", "t1"),
     lambda: client.job_schedule.exists("s1"),
     lambda: client.job.enable("j1"),
+    lambda: client.job.patch("j1", models.JobPatchParameter(priority=1)),
 ]
 """
 
@@ -392,6 +394,7 @@ SENT = [
     ("DELETE", "/jobs/j1/tasks/t1"),
     ("HEAD", "/jobschedules/s1"),
     ("POST", "/jobs/j1/enable"),
+    ("PATCH", "/jobs/j1"),
 ]
 
 
@@ -431,6 +434,7 @@ def test_the_sdk_sent_each_call_once(sdk_requests: Recorder) -> None:
     assert (query["$filter"], query["maxresults"]) == (FILTER, "5")
     assert (query["$select"], query["$expand"]) == ("id,state", "stats")
     assert get_file.headers["ocp-range"] == "bytes=0-99"
+    assert json.loads(sdk_requests.bodies[-1]) == {"priority": 1}
 
 
 def test_every_sdk_request_is_accepted_with_the_accounts_key(sdk_requests: Recorder) -> None:
@@ -463,6 +467,8 @@ def test_an_sdk_request_changed_on_the_way_is_refused(sdk_requests: Recorder) ->
 
 def test_an_sdk_request_without_its_content_length_0_is_accepted(sdk_requests: Recorder) -> None:
     # a transport may send a bodiless DELETE or POST without Content-Length
-    for req in sdk_requests.requests[3:]:
+    bodiless = [r for r in sdk_requests.requests if r.headers.get("Content-Length") == "0"]
+    assert [(r.method, r.path) for r in bodiless] == [SENT[3], SENT[5]]
+    for req in bodiless:
         stripped = req.with_headers(**{"Content-Length": None})
         assert stripped.check(KEYS, time.time()) == ACCOUNT
