@@ -1,4 +1,4 @@
-"""Database rows (SQLModel tables): hosts and pools to secrets, node users and applications.
+"""Database rows (SQLModel tables): hosts and pools to secrets, API accounts, node users and applications.
 
 Times are UTC epoch seconds (floats); the views render them as ISO 8601. Specs
 that users wrote are kept whole in a JSON ``spec`` column next to the columns the
@@ -276,6 +276,18 @@ class Secret(SQLModel, table=True):
     created_at: float = 0.0
 
 
+class Account(SQLModel, table=True):
+    """An account of the REST API: its name and its SharedKey key, which is a secret
+    (fleet/service/accounts.py)."""
+
+    __tablename__ = "accounts"
+
+    name: str = Field(primary_key=True)
+    secret_id: str  # the base64 key
+    created_at: float = 0.0
+    key_rotated_at: float | None = None  # None until the key is first rotated
+
+
 class Certificate(SQLModel, table=True):
     """A certificate added with ``fleet certificate create``; its private key and the
     password of the PFX that nodes get are secrets."""
@@ -371,6 +383,7 @@ ALL_TABLES = (
     StaleAttempt,
     ControllerLease,
     Secret,
+    Account,
     Certificate,
     NodeUser,
     Application,

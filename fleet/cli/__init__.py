@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "certificate": ("certificates", "app", "Certificates that pools install on their nodes."),
     "secrets": ("secrets", "app", "The key that encrypts secrets at rest."),
+    "account": ("accounts", "app", "Accounts of the REST API and their SharedKey keys."),
     "application": (
         "applications",
         "app",
