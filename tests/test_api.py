@@ -117,7 +117,10 @@ def _tampered_query(client):
 
     from fleet.api import shared_key
 
-    headers = {"ocp-date": formatdate(time.time(), usegmt=True)}
+    headers = {
+        "ocp-date": formatdate(time.time(), usegmt=True),
+        "client-request-id": "test-request",
+    }
     signed = [("api-version", "2025-06-01"), ("maxresults", "5")]
     sig = shared_key.sign(
         client.key, shared_key.string_to_sign("GET", "/jobs", signed, headers, client.account)
@@ -138,6 +141,7 @@ def _tampered_body(client, body):
         "ocp-date": formatdate(time.time(), usegmt=True),
         "content-type": "application/json",
         "content-length": str(len(data)),
+        "client-request-id": "test-request",
     }
     query = [("api-version", "2025-06-01")]
     sig = shared_key.sign(
@@ -276,6 +280,24 @@ def test_job_lifecycle_status_codes(api):
     assert api.call("DELETE", "/jobs/j").status == 202
     wait_for(lambda: api.call("GET", "/jobs/j").status == 404, 30)
     assert api.call("DELETE", "/pools/p").status == 202
+
+
+def test_a_repeated_query_option_is_refused(api):
+    """SharedKey signs one value per name: a second one appended on the way is refused."""
+    answer = api.call("GET", "/jobs", {"maxresults": "5"})
+    assert answer.status == 200
+    from email.utils import formatdate
+
+    from fleet.api import shared_key
+
+    headers = {"ocp-date": formatdate(time.time(), usegmt=True)}
+    query = [("api-version", "1"), ("maxresults", "5")]
+    sig = shared_key.sign(
+        api.key, shared_key.string_to_sign("GET", "/jobs", query, headers, api.account)
+    )
+    headers["authorization"] = f"SharedKey {api.account}:{sig}"
+    twice = api.raw("GET", "/jobs?api-version=1&maxresults=5&maxresults=1000", b"", headers)
+    assert twice.status == 400 and twice.json()["code"] == "InvalidQueryParameterValue"
 
 
 def test_openapi_document_lists_the_operations(api):

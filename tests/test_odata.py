@@ -15,7 +15,6 @@ from fleet.api.odata import (
     MAX_DEPTH,
     MAX_LENGTH,
     next_link,
-    page,
     parse_expand,
     parse_filter,
     parse_maxresults,
@@ -570,60 +569,6 @@ def test_bad_maxresults_is_refused(text: str, kwargs: dict[str, int]):
 
 
 # ---------------------------------------------------------------------------- paging
-
-TASKS = [{"id": f"t{i:04}"} for i in range(10)]
-
-
-@pytest.mark.parametrize(
-    ("count", "maxresults", "ids", "token"),
-    [
-        (10, 4, ["t0000", "t0001", "t0002", "t0003"], "t0003"),
-        (10, 10, [f"t{i:04}" for i in range(10)], None),
-        (10, 11, [f"t{i:04}" for i in range(10)], None),
-        (5, 4, ["t0000", "t0001", "t0002", "t0003"], "t0003"),
-        (4, 4, ["t0000", "t0001", "t0002", "t0003"], None),
-        (0, 4, [], None),
-    ],
-)
-def test_page_returns_a_token_only_when_more_follow(count, maxresults, ids, token):
-    items, next_token = page(iter(TASKS[:count]), maxresults)
-    assert [t["id"] for t in items] == ids
-    assert next_token == token
-
-
-def test_page_reads_at_most_one_item_past_the_page():
-    seen = []
-
-    def stream():
-        for task in TASKS:
-            seen.append(task["id"])
-            yield task
-
-    page(stream(), 3)
-    assert seen == ["t0000", "t0001", "t0002", "t0003"]
-
-
-def test_paging_by_token_walks_every_item_once():
-    flt = parse_filter("id ne 't0004'")
-    token: str | None = None
-    pages = []
-    while True:
-        after = (t for t in TASKS if (token is None or t["id"] > token) and flt.matches(t))
-        items, token = page(after, 3)
-        pages.append([t["id"] for t in items])
-        if token is None:
-            break
-    assert pages == [
-        ["t0000", "t0001", "t0002"],
-        ["t0003", "t0005", "t0006"],
-        ["t0007", "t0008", "t0009"],
-    ]
-
-
-def test_page_tokens_can_come_from_another_key():
-    files = [{"name": "a.txt"}, {"name": "b.txt"}]
-    assert page(files, 1, key="name") == ([{"name": "a.txt"}], "a.txt")
-
 
 BASE = "http://127.0.0.1:8443/jobs/job%201/tasks"
 

@@ -25,7 +25,7 @@ from fleet.api import shared_key
 from fleet.api.context import Api
 from fleet.api.routes import OPERATIONS, Handler, openapi
 from fleet.api.wire import JSON_TYPE, ApiRequest, Reply, error_body, new_request_id, status_of
-from fleet.errors import FleetError
+from fleet.errors import BadInput, FleetError
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,15 @@ async def _request(request: Request, keys: KeyLookup) -> ApiRequest:
     account = shared_key.authenticate(
         request.method, raw_path.decode("latin-1"), pairs, headers, keys, time.time()
     )
-    body = b""
-    if request.method in ("POST", "PUT", "PATCH"):
-        if int(headers.get("content-length") or 0) > MAX_BODY:
-            raise FleetError(
-                f"the request body is larger than {MAX_BODY} bytes", code="RequestBodyTooLarge"
-            )
-        body = await request.body()
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):  # SharedKey signs one value of a name: refuse more
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise BadInput(
+            f"query option {repeated[0]} is given more than once",
+            code="InvalidQueryParameterValue",
+            field=repeated[0],
+        )
+    body = await _body(request) if request.method in ("POST", "PUT", "PATCH") else b""
     base = f"{request.url.scheme}://{request.url.netloc}"
     return ApiRequest(
         method=request.method,
@@ -99,6 +101,20 @@ async def _request(request: Request, keys: KeyLookup) -> ApiRequest:
         account=account,
         query_pairs=pairs,
     )
+
+
+async def _body(request: Request) -> bytes:
+    """Return the request's body, refusing (413) one larger than MAX_BODY however it is
+    sent (Content-Length or chunked)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise FleetError(
+                f"the request body is larger than {MAX_BODY} bytes", code="RequestBodyTooLarge"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error(

@@ -35,12 +35,9 @@ message names the column (1-based) and what was expected there; ``details["colum
 the column. A blank option (``$filter=``, ``$select=``, ``$expand=``, ``maxresults=``) is
 as if it were absent.
 
-Paging: a list returns at most ``maxresults`` objects and, when more follow,
+Paging: ``parse_maxresults`` reads the page size and ``next_link`` builds
 ``odata.nextLink``: the request's URL with every query option kept and ``$skiptoken`` set
-to the id of the page's last object. Lists are in id order, so the next page is the objects
-whose id is greater than the token: the server resumes with an index seek (``id > token``),
-never an offset scan, and objects created or deleted between pages neither shift nor repeat
-the rest. The token is neither secret nor signed; any string is a valid place to resume.
+to where the next page starts (fleet/api/listing.py pages the lists).
 """
 
 from __future__ import annotations
@@ -630,21 +627,6 @@ def parse_maxresults(text: str | None, default: int = 1000, limit: int = 1000) -
         shown = text if len(text) <= 40 else text[:37] + "..."
         raise _error("maxresults", f"expected a whole number from 1 to {limit}, got '{shown}'")
     return int(digits.group())
-
-
-def page(items: Iterable[Obj], maxresults: int, key: str = "id") -> tuple[list[Obj], str | None]:
-    """Return the first ``maxresults`` of ``items`` and the skip token of the next page.
-
-    ``items`` are the objects after the request's skip token, in ``key`` order, already
-    filtered; they are read lazily, one past the page at most. The token is the page's last
-    ``key`` when another item follows, else None (the last page).
-    """
-    out: list[Obj] = []
-    for item in items:
-        if len(out) == maxresults:
-            return out, str(out[-1][key])
-        out.append(item)
-    return out, None
 
 
 def next_link(base_url: str, query: Sequence[tuple[str, str]], skip_token: str) -> str:

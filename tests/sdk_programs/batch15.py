@@ -37,7 +37,7 @@ tasks = [
     for i in range(250)
 ]
 added = client.create_tasks("sdk15job", tasks)
-statuses = sorted({str(r.status) for r in added.values})
+statuses = sorted({str(r.status) for r in added.result_values})
 deadline = time.monotonic() + 240
 while True:
     states = [t.state for t in client.list_tasks("sdk15job")]
@@ -50,7 +50,9 @@ exit_codes = sorted({t.execution_info.exit_code for t in client.list_tasks("sdk1
 stdout = b"".join(client.download_task_file("sdk15job", "t7", "stdout.txt")).decode()
 props = client.get_task_file_properties("sdk15job", "t7", "stdout.txt")
 pool = client.get_pool("sdk15pool")
-client.begin_terminate_job("sdk15job", polling_interval=1).result()
+# 15.1 does not export BatchJobTerminateOptions and cannot build a terminate request
+# without options: its JSON form does
+client.begin_terminate_job("sdk15job", {"terminateReason": "done"}, polling_interval=1).result()
 state = str(client.get_job("sdk15job").state)
 client.begin_delete_job("sdk15job", polling_interval=1).result()
 gone = not any(j.id == "sdk15job" for j in client.list_jobs())
@@ -58,7 +60,7 @@ print(
     json.dumps(
         {
             "statuses": statuses,
-            "added": len(added.values),
+            "added": len(added.result_values),
             "exitCodes": exit_codes,
             "stdout": stdout,
             "size": props.content_length,
