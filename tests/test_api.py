@@ -21,14 +21,7 @@ def api(fleet, controller):
     port = free_port()
     proc = controller("--listen", f"127.0.0.1:{port}")
     client = ApiClient(port, ACCOUNT, key)
-
-    def up():
-        try:
-            return client.raw("GET", "/openapi.json", b"", {}).status == 200
-        except OSError:
-            return False
-
-    wait_for(up, 30, message="the API to listen")
+    wait_for(lambda: _listening(client), 30, message="the API to listen")
     client.controller = proc
     return client
 
@@ -311,3 +304,33 @@ def test_listen_on_a_public_address_needs_tls_or_insecure_http(fleet):
     assert result.code == 2 and "InsecureListenAddress" in result.stderr
     half = fleet("controller", "run", "--listen", "127.0.0.1:8443", "--tls-cert", "/x", check=False)
     assert half.code == 2
+
+
+def test_the_api_serves_a_postgresql_store(pg_server, tmp_path):
+    from tests.conftest import ControllerProcess, Fleet, pg_database
+
+    for url in pg_database(pg_server):
+        pg_fleet = Fleet(tmp_path / "pg-home", {"FLEET_DB_URL": url})
+        key = pg_fleet.json("account", "create", ACCOUNT)["key"]
+        port = free_port()
+        proc = ControllerProcess(pg_fleet, tmp_path / "pg.log", ("--listen", f"127.0.0.1:{port}"))
+        proc.start()
+        try:
+            client = ApiClient(port, ACCOUNT, key)
+            wait_for(lambda c=client: _listening(c), 30, message="the API to listen")
+            make_job(client)
+            add_collection(client, "j", [{"id": f"t{i}", "commandLine": "true"} for i in range(5)])
+            page = client.call("GET", "/jobs/j/tasks", {"maxresults": "2"}).json()
+            assert [t["id"] for t in page["value"]] == ["t0", "t1"]
+            rest = client.follow(page["odata.nextLink"]).json()
+            assert [t["id"] for t in rest["value"]] == ["t2", "t3"]
+            assert not (tmp_path / "pg-home" / "fleet.db").exists()
+        finally:
+            assert proc.stop() == 0
+
+
+def _listening(client):
+    try:
+        return client.raw("GET", "/openapi.json", b"", {}).status == 200
+    except OSError:
+        return False
