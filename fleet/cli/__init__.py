@@ -126,6 +126,27 @@ def _global(
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="Output format.")
     ] = OutputFormat.TABLE,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            envvar="FLEET_URL",
+            help="A controller's REST API (fleet controller run --listen): send commands "
+            "there instead of to the local database.",
+        ),
+    ] = None,
+    account: Annotated[
+        str | None,
+        typer.Option("--account", envvar="FLEET_ACCOUNT", help="The API account for --url."),
+    ] = None,
+    key_file: Annotated[
+        str | None,
+        typer.Option("--key-file", help="A file holding the account's key (default: $FLEET_KEY)."),
+    ] = None,
+    ca_file: Annotated[
+        str | None,
+        typer.Option("--ca-file", help="CA certificates (PEM) to verify an https --url with."),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -136,6 +157,10 @@ def _global(
     common.CURRENT.home = home
     common.CURRENT.db_url = db_url
     common.CURRENT.output = output
+    common.CURRENT.url = url
+    common.CURRENT.account = account
+    common.CURRENT.ca_file = ca_file
+    common.CURRENT.key = common.read_key(key_file)
 
 
 def main() -> None:

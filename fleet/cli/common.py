@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from fleet.reads import Reader
 from fleet.settings import Settings, private_dir
 
 if TYPE_CHECKING:
+    from fleet.remote import Remote
     from fleet.store import Store
 
 
@@ -46,14 +48,47 @@ class Context:
     home: str | None = None
     db_url: str | None = None
     output: OutputFormat = OutputFormat.TABLE
+    url: str | None = None  # a remote controller's API: commands go there, not to the DB
+    account: str | None = None
+    key: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
     _store: Store | None = field(default=None, repr=False)
+    _remote: Remote | None = field(default=None, repr=False)
 
     @property
     def settings(self) -> Settings:
         return Settings.resolve(self.home, self.db_url)
 
     @property
+    def remote(self) -> Remote | None:
+        """The remote controller commands talk to (``--url``), or None: the local database."""
+        if self.url is None:
+            return None
+        if self._remote is None:
+            from fleet.remote import Remote
+
+            if not self.account or not self.key:
+                raise BadInput(
+                    "--url needs an account (--account or FLEET_ACCOUNT) and its key "
+                    "(FLEET_KEY or --key-file)",
+                    code="MissingRequiredProperty",
+                    field="--account" if not self.account else "--key-file",
+                )
+            self._remote = Remote(self.url, self.account, self.key, self.ca_file)
+        return self._remote
+
+    def _local_only(self) -> None:
+        if self.url is not None:
+            command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
+            raise BadInput(
+                f"`fleet {command}` works on the local database only, not yet through --url",
+                code="NotAvailableRemotely",
+                field="--url",
+            )
+
+    @property
     def store(self) -> Store:
+        self._local_only()
         if self._store is None:
             from fleet.store import Store  # the ORM loads only for commands that write
 
@@ -65,6 +100,7 @@ class Context:
     def reader(self) -> Reader:
         """Read-only access without the ORM; a missing or older database is first
         created or upgraded by opening ``store``."""
+        self._local_only()
         settings = self.settings
         private_dir(settings.home)
         reader = Reader(settings.db_url, upgrade=lambda: self.store)
@@ -73,6 +109,21 @@ class Context:
 
 
 CURRENT = Context()
+
+
+def read_key(key_file: str | None) -> str | None:
+    """Return the API key from ``key_file`` (its first line), else ``$FLEET_KEY``."""
+    if key_file is None:
+        return os.environ.get("FLEET_KEY") or None
+    try:
+        lines = Path(key_file).read_text().splitlines()
+    except OSError as exc:
+        raise BadInput(
+            f"cannot read the key file {key_file}: {exc.strerror}",
+            code="InvalidKeyFile",
+            field="--key-file",
+        ) from None
+    return lines[0].strip() if lines else None
 
 
 def lazy_module(name: str) -> ModuleType:

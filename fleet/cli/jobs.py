@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -21,6 +22,8 @@ from fleet.domain import JobState
 from fleet.errors import EXIT_FAILED, BadInput, TimedOut
 
 if TYPE_CHECKING:
+    from fleet.reads import Reader
+    from fleet.remote import Remote
     from fleet.service import jobs as service
 else:
     service = lazy_module("fleet.service.jobs")
@@ -62,8 +65,18 @@ def create(
         data = {"id": job_id, "poolInfo": {"poolId": pool}}
         if priority is not None:
             data["priority"] = priority
+    if (remote := CURRENT.remote) is not None:
+        remote.call("POST", "/jobs", body=data)
+        emit(_remote_job(remote, str(data.get("id"))), output)
+        return
     job = service.create_job(CURRENT.store, data, CURRENT.settings)
     emit(views.job(job), output)
+
+
+def _remote_job(remote: Remote, job_id: str) -> dict[str, Any]:
+    """Return a remote job as the local write commands print it (no counts or stats)."""
+    job = remote.get(f"/jobs/{job_id}")
+    return {k: v for k, v in job.items() if k not in ("taskCounts", "stats")}
 
 
 @app.command("terminate")
@@ -76,6 +89,11 @@ def terminate(
     output: OutputOpt = None,
 ) -> None:
     """End a job: running tasks are killed, then it completes."""
+    if (remote := CURRENT.remote) is not None:
+        body = {"terminateReason": reason} if reason else None
+        remote.call("POST", f"/jobs/{job_id}/terminate", body=body)
+        emit(_remote_job(remote, job_id), output)
+        return
     emit(views.job(service.terminate_job(CURRENT.store, job_id, reason)), output)
 
 
@@ -162,6 +180,10 @@ def list_(
     output: OutputOpt = None,
 ) -> None:
     """List jobs."""
+    if (remote := CURRENT.remote) is not None:
+        path = f"/jobschedules/{job_schedule}/jobs" if job_schedule else "/jobs"
+        emit(list(remote.list(path)), output, COLUMNS)
+        return
     jobs = reads.list_jobs(CURRENT.reader, job_schedule)  # NotFound: unknown schedule
     emit([views.job(j) for j in jobs], output, COLUMNS)
 
@@ -169,12 +191,18 @@ def list_(
 @app.command("show")
 def show(job_id: str, output: OutputOpt = None) -> None:
     """Show one job with its task counts and its tasks' resource statistics."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.get(f"/jobs/{job_id}"), output)
+        return
     emit(views.job(*reads.show_job_with_stats(CURRENT.reader, job_id)), output)
 
 
 @app.command("task-counts")
 def task_counts(job_id: str, output: OutputOpt = None) -> None:
     """Count the job's tasks: active, running, completed, succeeded, failed."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.call("GET", f"/jobs/{job_id}/taskcounts")["taskCounts"], output)
+        return
     emit(reads.task_counts(CURRENT.reader, job_id), output)
 
 
@@ -190,14 +218,15 @@ def wait(
 
     Exit 0 when every task succeeded, 1 when any failed or the job ended with tasks
     left undone, 5 on timeout."""
-    db = CURRENT.reader  # polls without the ORM and without taking the write lock
+    remote = CURRENT.remote
+    db = None if remote is not None else CURRENT.reader  # no ORM, no write lock
     deadline = None if timeout is None else time.monotonic() + timeout
     status = stderr.status("", spinner="dots") if progress_enabled(output) else None
     if status is not None:
         status.start()
     try:
         while True:
-            job, counts = reads.show_job_with_counts(db, job_id)
+            job, counts = _job_and_counts(db, remote, job_id)
             total = counts["active"] + counts["running"] + counts["completed"]
             if status is not None:
                 status.update(
@@ -228,6 +257,25 @@ def wait(
         },
         output,
     )
+
+
+@dataclass(frozen=True)
+class _JobState:
+    state: str
+    termination_reason: str | None
+
+
+def _job_and_counts(
+    db: Reader | None, remote: Remote | None, job_id: str
+) -> tuple[_JobState, dict[str, int]]:
+    """Return a job's state and task counts, from the database or the remote API."""
+    if remote is not None:
+        job = remote.get(f"/jobs/{job_id}")
+        reason = (job.get("executionInfo") or {}).get("terminateReason")
+        return _JobState(job["state"], reason), job["taskCounts"]
+    assert db is not None
+    row, counts = reads.show_job_with_counts(db, job_id)
+    return _JobState(row.state, row.termination_reason), counts
     if counts["failed"] or counts["active"] or counts["running"]:
         raise typer.Exit(EXIT_FAILED)
 

@@ -135,6 +135,9 @@ def _wait_for_nodes(pool_id: str, timeout: float | None, output: Any) -> None:
 @app.command("list")
 def list_(output: OutputOpt = None) -> None:
     """List pools."""
+    if (remote := CURRENT.remote) is not None:
+        emit(list(remote.list("/pools")), output, POOL_COLUMNS)
+        return
     emit(
         [views.pool(p, nodes) for p, nodes in reads.list_pools(CURRENT.reader)],
         output,
@@ -145,6 +148,9 @@ def list_(output: OutputOpt = None) -> None:
 @app.command("show")
 def show(pool_id: str, output: OutputOpt = None) -> None:
     """Show one pool."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.get(f"/pools/{pool_id}"), output)
+        return
     emit(views.pool(*reads.show_pool(CURRENT.reader, pool_id)), output)
 
 
@@ -229,6 +235,9 @@ def node_list(
     output: OutputOpt = None,
 ) -> None:
     """List the nodes of a pool."""
+    if (remote := CURRENT.remote) is not None:
+        emit(list(remote.list(f"/pools/{pool}/nodes")), output, NODE_COLUMNS)
+        return
     rows = [views.node(n, address) for n, address in reads.list_nodes(CURRENT.reader, pool)]
     emit(rows, output, NODE_COLUMNS)
 
@@ -240,6 +249,9 @@ def node_show(
     output: OutputOpt = None,
 ) -> None:
     """Show one node, with its errors and start task information."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.get(f"/pools/{pool}/nodes/{node}"), output)
+        return
     row, host = reads.show_node(CURRENT.reader, pool, node)
     emit(views.node(row, host.address), output)
 

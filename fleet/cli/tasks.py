@@ -6,7 +6,7 @@ import gc
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 
@@ -27,6 +27,7 @@ from fleet.errors import BadInput
 
 if TYPE_CHECKING:
     from fleet import task_files
+    from fleet.remote import Remote
     from fleet.service import tasks as service
 else:
     service = lazy_module("fleet.service.tasks")
@@ -94,6 +95,13 @@ def create(
             "commandLine": command_line,
             "environmentSettings": specs.env_pairs(env or [], f"task {job}/{task_id}"),
         }
+    if (remote := CURRENT.remote) is not None:
+        out = _add_remote(remote, job, data)
+        if fmt(output) == OutputFormat.TABLE and len(out) > CREATE_TABLE_ROWS:
+            emit({"jobId": job, "tasksAdded": len(out)}, output)
+        else:
+            emit(out[0] if len(out) == 1 and not json_file else out, output, COLUMNS)
+        return
     # Thousands of tasks make hundreds of thousands of small objects and no cyclic
     # garbage: the collector's passes over them cost about a fifth of the time.
     gc.disable()
@@ -144,6 +152,9 @@ def list_(
     job: Annotated[str, typer.Option("--job", help="Job id.")], output: OutputOpt = None
 ) -> None:
     """List a job's tasks."""
+    if (remote := CURRENT.remote) is not None:
+        emit_stream(remote.list(f"/jobs/{job}/tasks"), output, COLUMNS)
+        return
     emit_stream((views.task(t) for t in reads.iter_tasks(CURRENT.reader, job)), output, COLUMNS)
 
 
@@ -154,7 +165,35 @@ def show(
     output: OutputOpt = None,
 ) -> None:
     """Show one task with its execution information."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.get(f"/jobs/{job}/tasks/{task_id}"), output)
+        return
     emit(views.task(reads.show_task(CURRENT.reader, job, task_id)), output)
+
+
+def _add_remote(remote: Remote, job: str, data: Any) -> list[dict[str, Any]]:
+    """Add tasks through the API, 100 per call (its limit): each call adds its good tasks,
+    so a bad one stops the rest with its error, saying how many were added before."""
+    items = specs.parse_task_collection(data, job, limit=None)  # checked whole first
+    added: list[str] = []
+    for i in range(0, len(items), specs.MAX_TASKS_PER_ADD):
+        chunk = items[i : i + specs.MAX_TASKS_PER_ADD]
+        body = {"value": [specs.request_fields("task", t) for t in chunk]}
+        results = remote.call("POST", f"/jobs/{job}/addtaskcollection", body=body)["value"]
+        added += [r["taskId"] for r in results if r.get("status") == "success"]
+        failed = next((r for r in results if r.get("status") != "success"), None)
+        if failed is not None:
+            error = failed.get("error") or {}
+            message = (error.get("message") or {}).get("value", "refused")
+            raise BadInput(
+                f"{message} ({len(added)} of {len(items)} tasks were added before it)",
+                code=error.get("code", "TaskRejected"),
+                target=f"task {job}/{failed.get('taskId')}",
+            )
+    if len(added) == 1:
+        return [remote.get(f"/jobs/{job}/tasks/{added[0]}")]
+    wanted = set(added)
+    return [t for t in remote.list(f"/jobs/{job}/tasks") if t["id"] in wanted]
 
 
 TaskOpt = Annotated[str, typer.Option("--id", help="Task id.")]
@@ -164,12 +203,20 @@ JobOpt = Annotated[str, typer.Option("--job", help="Job id.")]
 @app.command("terminate")
 def terminate(job: JobOpt, task_id: TaskOpt, output: OutputOpt = None) -> None:
     """End a task; it completes with failure TaskEnded and is not retried."""
+    if (remote := CURRENT.remote) is not None:
+        remote.call("POST", f"/jobs/{job}/tasks/{task_id}/terminate")
+        emit(remote.get(f"/jobs/{job}/tasks/{task_id}"), output)
+        return
     emit(views.task(service.terminate_task(CURRENT.store, job, task_id)), output)
 
 
 @app.command("reactivate")
 def reactivate(job: JobOpt, task_id: TaskOpt, output: OutputOpt = None) -> None:
     """Run a failed task again, with its counters reset."""
+    if (remote := CURRENT.remote) is not None:
+        remote.call("POST", f"/jobs/{job}/tasks/{task_id}/reactivate")
+        emit(remote.get(f"/jobs/{job}/tasks/{task_id}"), output)
+        return
     emit(views.task(service.reactivate_task(CURRENT.store, job, task_id)), output)
 
 
@@ -245,7 +292,11 @@ def file_list(
     output: OutputOpt = None,
 ) -> None:
     """List the files under a task's directory on its node."""
-    rows = task_files.list_files(CURRENT.settings, CURRENT.reader, job, task_id, recursive)
+    if (remote := CURRENT.remote) is not None:
+        query = {"recursive": "true"} if recursive else {}
+        rows = list(remote.list(f"/jobs/{job}/tasks/{task_id}/files", query))
+    else:
+        rows = task_files.list_files(CURRENT.settings, CURRENT.reader, job, task_id, recursive)
     emit(
         rows,
         output,
@@ -273,14 +324,21 @@ def download(
 
     With --destination, -o json prints {name, destination, bytes}; the file appears
     whole or not at all."""
-    settings, db = CURRENT.settings, CURRENT.reader
+    if (remote := CURRENT.remote) is not None:
+        path = f"/jobs/{job}/tasks/{task_id}/files/{name}"
+
+        def fetch(f: BinaryIO) -> int:
+            return remote.download(path, f, start, end)
+    else:
+        settings, db = CURRENT.settings, CURRENT.reader
+
+        def fetch(f: BinaryIO) -> int:
+            return task_files.download(settings, db, job, task_id, name, f, start, end)
+
     if destination is None:
-        task_files.download(settings, db, job, task_id, name, sys.stdout.buffer, start, end)
+        fetch(sys.stdout.buffer)
         sys.stdout.flush()
         return
-    written = write_whole(
-        destination,
-        lambda f: task_files.download(settings, db, job, task_id, name, f, start, end),
-    )
+    written = write_whole(destination, fetch)
     if fmt(output) == OutputFormat.JSON:
         emit({"name": name, "destination": str(destination), "bytes": written}, output)

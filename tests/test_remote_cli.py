@@ -1,0 +1,109 @@
+"""The CLI as a client: ``fleet --url URL --account NAME`` (key in FLEET_KEY) prints what
+the local commands print and exits with the same statuses, through a real controller's
+REST API."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.api_client import free_port
+from tests.conftest import Fleet, make_pool, wait_for, wait_for_idle_nodes
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+def remote(fleet, lab_inventory, controller, tmp_path):
+    """A lab pool behind a controller with --listen, and a CLI that only has the URL."""
+    make_pool(fleet, lab_inventory, "p", 2, "--task-slots-per-node", "4")
+    key = fleet.json("account", "create", "cli")["key"]
+    port = free_port()
+    controller("--listen", f"127.0.0.1:{port}")
+    wait_for_idle_nodes(fleet, "p")
+    env = {"FLEET_URL": f"http://127.0.0.1:{port}", "FLEET_ACCOUNT": "cli", "FLEET_KEY": key}
+    client = Fleet(tmp_path / "elsewhere", env)  # an empty home: everything comes over HTTP
+
+    def listening():
+        return client("pool", "list", check=False).code == 0
+
+    wait_for(listening, 30, message="the API to listen")
+    return client
+
+
+def test_reads_print_what_the_local_commands_print(fleet, remote):
+    for args in (
+        ("pool", "list"),
+        ("pool", "show", "p"),
+        ("node", "list", "--pool", "p"),
+    ):
+        assert remote.json(*args) == fleet.json(*args), args
+    node = fleet.json("node", "list", "--pool", "p")[0]["id"]
+    assert remote.json("node", "show", "--pool", "p", "--node", node) == fleet.json(
+        "node", "show", "--pool", "p", "--node", node
+    )
+
+
+def test_a_job_runs_through_the_remote_cli(fleet, remote, tmp_path):
+    created = remote.json("job", "create", "--id", "j", "--pool", "p")
+    assert created["id"] == "j" and created["state"] == "active"
+    one = remote.json("task", "create", "--job", "j", "--id", "t0", "--command-line", "echo zero")
+    assert one["id"] == "t0"
+    tasks = [{"id": f"t{i}", "commandLine": f"echo task {i}"} for i in range(1, 151)]
+    spec = tmp_path / "tasks.json"
+    spec.write_text(json.dumps(tasks))
+    added = remote.json("task", "create", "--job", "j", "--json-file", str(spec))
+    assert [t["id"] for t in added] == [t["id"] for t in tasks]
+    waited = remote("job", "wait", "j", "--timeout", "120", "-o", "json")
+    assert waited.json()["taskCounts"]["succeeded"] == 151
+    assert remote.json("task", "list", "--job", "j") == fleet.json("task", "list", "--job", "j")
+    assert remote.json("job", "show", "j") == fleet.json("job", "show", "j")
+    assert remote.json("job", "task-counts", "j") == fleet.json("job", "task-counts", "j")
+    shown = remote.json("task", "show", "--job", "j", "--id", "t7")
+    assert shown == fleet.json("task", "show", "--job", "j", "--id", "t7")
+    out = remote("task", "file", "download", "stdout.txt", "--job", "j", "--id", "t7").stdout
+    assert out == "task 7\n"
+    part = remote(
+        "task",
+        "file",
+        "download",
+        "stdout.txt",
+        "--job",
+        "j",
+        "--id",
+        "t7",
+        "--start",
+        "5",
+        "--end",
+        "5",
+    ).stdout
+    assert part == "7"
+    names = {f["name"] for f in remote.json("task", "file", "list", "--job", "j", "--id", "t7")}
+    assert "stdout.txt" in names
+    ended = remote.json("job", "terminate", "j", "--reason", "enough")
+    assert ended["id"] == "j"
+
+
+def test_errors_have_the_local_codes_and_exit_statuses(fleet, remote):
+    for args in (("job", "show", "nope"), ("task", "show", "--job", "nope", "--id", "t")):
+        mine, theirs = (
+            remote(*args, "-o", "json", check=False),
+            fleet(*args, "-o", "json", check=False),
+        )
+        assert (mine.code, json.loads(mine.stderr)["error"]["code"]) == (
+            theirs.code,
+            json.loads(theirs.stderr)["error"]["code"],
+        )
+    bad = remote("job", "create", "--id", "bad id!", "--pool", "p", check=False)
+    assert bad.code == fleet("job", "create", "--id", "bad id!", "--pool", "p", check=False).code
+    local_only = remote("host", "list", check=False)
+    assert local_only.code == 2 and "NotAvailableRemotely" in local_only.stderr
+    wrong = Fleet(remote.home, {**remote.env, "FLEET_KEY": "d3Jvbmcg" * 11})
+    refused = wrong("pool", "list", check=False)
+    assert refused.code == 1 and "AuthenticationFailed" in refused.stderr
+    garbled = Fleet(remote.home, {**remote.env, "FLEET_KEY": "not base64!"})
+    assert "InvalidKey" in garbled("pool", "list", check=False).stderr
+    nokey = Fleet(remote.home, {k: v for k, v in remote.env.items() if k != "FLEET_KEY"})
+    missing = nokey("pool", "list", check=False)
+    assert missing.code == 2 and "MissingRequiredProperty" in missing.stderr
