@@ -107,3 +107,30 @@ def test_errors_have_the_local_codes_and_exit_statuses(fleet, remote):
     nokey = Fleet(remote.home, {k: v for k, v in remote.env.items() if k != "FLEET_KEY"})
     missing = nokey("pool", "list", check=False)
     assert missing.code == 2 and "MissingRequiredProperty" in missing.stderr
+
+
+def test_writes_through_the_remote_cli(fleet, remote, tmp_path):
+    spec = tmp_path / "pool.json"
+    spec.write_text(
+        json.dumps({"id": "q", "hostSelector": {"labels": {}}, "targetDedicatedNodes": 1})
+    )
+    made = remote.json("pool", "create", "--json-file", str(spec), "--wait", "--timeout", "60")
+    assert made["id"] == "q" and made["currentDedicatedNodes"] == 1
+    assert made == fleet.json("pool", "show", "q")
+    shrunk = remote.json("pool", "resize", "q", "--target-dedicated-nodes", "0")
+    assert shrunk["targetDedicatedNodes"] == 0
+    wait_for(lambda: not fleet.json("node", "list", "--pool", "q"), 60, message="q empty")
+    assert remote.json("pool", "delete", "q") == {"deleted": "q"}
+    assert fleet("pool", "show", "q", check=False).code == 3
+
+    remote("job", "create", "--id", "k", "--pool", "p")
+    assert remote.json("job", "disable", "k", "--disable-tasks", "requeue")["state"] in (
+        "disabling",
+        "disabled",
+    )
+    assert remote.json("job", "enable", "k")["state"] in ("enabling", "active")
+    remote("task", "create", "--job", "k", "--id", "t", "--command-line", "sleep 60")
+    deleted = remote.json("task", "delete", "--job", "k", "--id", "t")
+    assert deleted["id"] == "t" and deleted["state"] in ("deleted", "deleting")
+    assert remote.json("job", "delete", "k")["state"] == "deleting"
+    wait_for(lambda: fleet("job", "show", "k", check=False).code == 3, 60, message="k gone")

@@ -109,18 +109,31 @@ def disable(
     output: OutputOpt = None,
 ) -> None:
     """Stop scheduling a job's tasks."""
+    if (remote := CURRENT.remote) is not None:
+        remote.call("POST", f"/jobs/{job_id}/disable", body={"disableTasks": disable_tasks})
+        emit(_remote_job(remote, job_id), output)
+        return
     emit(views.job(service.disable_job(CURRENT.store, job_id, disable_tasks)), output)
 
 
 @app.command("enable")
 def enable(job_id: str, output: OutputOpt = None) -> None:
     """Schedule a disabled job's tasks again."""
+    if (remote := CURRENT.remote) is not None:
+        remote.call("POST", f"/jobs/{job_id}/enable")
+        emit(_remote_job(remote, job_id), output)
+        return
     emit(views.job(service.enable_job(CURRENT.store, job_id)), output)
 
 
 @app.command("delete")
 def delete(job_id: str, output: OutputOpt = None) -> None:
     """Delete a job, its tasks and their collected files (running tasks are killed)."""
+    if (remote := CURRENT.remote) is not None:
+        job = _remote_job(remote, job_id)
+        remote.call("DELETE", f"/jobs/{job_id}")
+        emit(job | {"state": JobState.DELETING}, output)
+        return
     emit(views.job(service.delete_job(CURRENT.store, job_id)), output)
 
 

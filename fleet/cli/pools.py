@@ -99,14 +99,30 @@ def create(
             data["taskSlotsPerNode"] = task_slots_per_node
         if start_task:
             data["startTask"] = {"commandLine": start_task, "waitForSuccess": True}
-    pool = service.create_pool(CURRENT.store, data, CURRENT.settings)
+    remote = CURRENT.remote
+    if remote is not None:
+        remote.call("POST", "/pools", body=data)
+        pool_id = str(data.get("id"))
+    else:
+        pool_id = service.create_pool(CURRENT.store, data, CURRENT.settings).id
     if wait:
-        _wait_for_nodes(pool.id, timeout, output)
-    emit(views.pool(*service.show_pool(CURRENT.store, pool.id)), output)
-    if wait:
-        nodes = service.list_nodes(CURRENT.store, pool.id)
-        if any(n.state not in (NodeState.IDLE, NodeState.RUNNING) for n in nodes):
-            raise typer.Exit(EXIT_FAILED)
+        _wait_for_nodes(pool_id, timeout, output)
+    emit(_pool(pool_id), output)
+    if wait and any(s not in (NodeState.IDLE, NodeState.RUNNING) for s in _node_states(pool_id)):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _pool(pool_id: str) -> dict[str, Any]:
+    """Return a pool as `pool show` prints it, from the database or the remote API."""
+    if (remote := CURRENT.remote) is not None:
+        return remote.get(f"/pools/{pool_id}")
+    return views.pool(*service.show_pool(CURRENT.store, pool_id))
+
+
+def _node_states(pool_id: str) -> list[str]:
+    if (remote := CURRENT.remote) is not None:
+        return [n["state"] for n in remote.list(f"/pools/{pool_id}/nodes")]
+    return [n.state for n in service.list_nodes(CURRENT.store, pool_id)]
 
 
 def _wait_for_nodes(pool_id: str, timeout: float | None, output: Any) -> None:
@@ -114,14 +130,14 @@ def _wait_for_nodes(pool_id: str, timeout: float | None, output: Any) -> None:
     show = progress_enabled(output)
     with stderr.status("", spinner="dots") if show else contextlib.nullcontext() as status:
         while True:
-            nodes = service.list_nodes(CURRENT.store, pool_id)
+            states = _node_states(pool_id)
             counts: dict[str, int] = {}
-            for n in nodes:
-                counts[n.state] = counts.get(n.state, 0) + 1
+            for state in states:
+                counts[state] = counts.get(state, 0) + 1
             if status is not None:
                 summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
                 status.update(f"pool {pool_id}: {summary}")
-            if all(n.state in SETTLED for n in nodes):
+            if all(state in SETTLED for state in states):
                 return
             if deadline is not None and time.monotonic() > deadline:
                 raise TimedOut(
@@ -157,7 +173,10 @@ def show(pool_id: str, output: OutputOpt = None) -> None:
 @app.command("delete")
 def delete(pool_id: str, output: OutputOpt = None) -> None:
     """Delete a pool; its hosts return to the free inventory."""
-    service.delete_pool(CURRENT.store, pool_id)
+    if (remote := CURRENT.remote) is not None:
+        remote.call("DELETE", f"/pools/{pool_id}")
+    else:
+        service.delete_pool(CURRENT.store, pool_id)
     emit({"deleted": pool_id}, output)
 
 
@@ -185,8 +204,17 @@ def resize(
     The controller claims free matching hosts or removes nodes (idle ones first) until the
     pool has the target; allocationState is resizing meanwhile, and resizeErrors say why
     when too few hosts match."""
-    service.resize_pool(CURRENT.store, pool_id, target_dedicated_nodes, node_deallocation_option)
-    emit(views.pool(*service.show_pool(CURRENT.store, pool_id)), output)
+    if (remote := CURRENT.remote) is not None:
+        body = {
+            "targetDedicatedNodes": target_dedicated_nodes,
+            "nodeDeallocationOption": node_deallocation_option,
+        }
+        remote.call("POST", f"/pools/{pool_id}/resize", body=body)
+    else:
+        service.resize_pool(
+            CURRENT.store, pool_id, target_dedicated_nodes, node_deallocation_option
+        )
+    emit(_pool(pool_id), output)
 
 
 @app.command("stop-resize")
@@ -195,8 +223,11 @@ def stop_resize(pool_id: str, output: OutputOpt = None) -> None:
 
     No more hosts are claimed nor nodes asked to leave (those leaving already go), and the
     target becomes the nodes the pool has."""
-    service.stop_resize(CURRENT.store, pool_id)
-    emit(views.pool(*service.show_pool(CURRENT.store, pool_id)), output)
+    if (remote := CURRENT.remote) is not None:
+        remote.call("POST", f"/pools/{pool_id}/stopresize")
+    else:
+        service.stop_resize(CURRENT.store, pool_id)
+    emit(_pool(pool_id), output)
 
 
 @app.command("node-counts")

@@ -23,7 +23,7 @@ from fleet.cli.common import (
     read_text,
     write_whole,
 )
-from fleet.errors import BadInput
+from fleet.errors import BadInput, NotFound
 
 if TYPE_CHECKING:
     from fleet import task_files
@@ -223,7 +223,15 @@ def reactivate(job: JobOpt, task_id: TaskOpt, output: OutputOpt = None) -> None:
 @app.command("delete")
 def delete(job: JobOpt, task_id: TaskOpt, output: OutputOpt = None) -> None:
     """Delete a task and its collected files (a running task is killed first)."""
-    gone = service.delete_task(CURRENT.settings, CURRENT.store, job, task_id)
+    if (remote := CURRENT.remote) is not None:
+        remote.call("DELETE", f"/jobs/{job}/tasks/{task_id}")
+        try:
+            remote.get(f"/jobs/{job}/tasks/{task_id}")
+            gone = False  # running: the controller kills it, then deletes it
+        except NotFound:
+            gone = True
+    else:
+        gone = service.delete_task(CURRENT.settings, CURRENT.store, job, task_id)
     emit(
         {"id": task_id, "jobId": job, "deleted": gone, "state": "deleted" if gone else "deleting"},
         output,
