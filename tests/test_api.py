@@ -334,3 +334,63 @@ def _listening(client):
         return client.raw("GET", "/openapi.json", b"", {}).status == 200
     except OSError:
         return False
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleet test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+def test_tls_serves_the_api_and_the_remote_cli_verifies_it(fleet, controller, tmp_path):
+    from tests.conftest import Fleet
+
+    cert, key_file = _self_signed(tmp_path)
+    key = fleet.json("account", "create", ACCOUNT)["key"]
+    port = free_port()
+    controller("--listen", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key_file))
+    env = {"FLEET_URL": f"https://127.0.0.1:{port}", "FLEET_ACCOUNT": ACCOUNT, "FLEET_KEY": key}
+    remote = Fleet(tmp_path / "elsewhere", env)
+    wait_for(
+        lambda: remote("--ca-file", str(cert), "pool", "list", check=False).code == 0,
+        30,
+        message="the API to listen over TLS",
+    )
+    assert remote.json("--ca-file", str(cert), "pool", "list") == []
+    untrusted = remote("pool", "list", check=False)  # the system CAs do not know this one
+    assert untrusted.code == 1 and "Unreachable" in untrusted.stderr
