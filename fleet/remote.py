@@ -158,8 +158,9 @@ def _error(status: int, data: bytes) -> FleetError:
         code = str(body["code"])
         message = str(body["message"]["value"]).split("\nRequestId:", 1)[0]
         values = {v["key"]: v["value"] for v in body.get("values", [])}
-    except (ValueError, KeyError, TypeError):
-        return FleetError(f"the controller answered HTTP {status}", code="RemoteApiError")
+    except (ValueError, KeyError, TypeError):  # no envelope (an answer to HEAD): the status
+        cls = _ERROR_OF_STATUS.get(status, FleetError)
+        return cls(f"the controller answered HTTP {status}")
     target, field = values.get("Target"), values.get("PropertyName")
     where = " ".join(p for p in (target, field and f"field {field}") if p)
     if where:  # the envelope's message is the error's str(): "target field F: message"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -12,6 +13,8 @@ from fleet.errors import EXIT_NOT_FOUND, BadInput, NotFound
 
 if TYPE_CHECKING:
     from fleet.service import job_schedules as service
+    from fleet.store import Store
+    from fleet.tables import JobSchedule
 else:
     service = lazy_module("fleet.service.job_schedules")
 
@@ -79,12 +82,37 @@ def create(
                 "jobManagerTask": {"commandLine": command_line},
             },
         }
+    if (remote := CURRENT.remote) is not None:
+        remote.call("POST", "/jobschedules", body=data)
+        emit(remote.get(f"/jobschedules/{data.get('id')}"), output)
+        return
     emit(views.job_schedule(service.create_schedule(CURRENT.store, data)), output)
+
+
+def _act(
+    schedule_id: str,
+    local: Callable[[Store, str], JobSchedule],
+    suffix: str,
+    method: str = "POST",
+) -> dict[str, Any]:
+    """Do one schedule operation locally or through the API; return the schedule after."""
+    if (remote := CURRENT.remote) is None:
+        return views.job_schedule(local(CURRENT.store, schedule_id))
+    path = f"/jobschedules/{schedule_id}"
+    if method == "DELETE":  # it may be gone by the time it could be read again
+        schedule = remote.get(path)
+        remote.call(method, path)
+        return schedule | {"state": "deleting"}
+    remote.call(method, path + suffix)
+    return remote.get(path)
 
 
 @app.command("list")
 def list_(output: OutputOpt = None) -> None:
     """List job schedules."""
+    if (remote := CURRENT.remote) is not None:
+        emit(list(remote.list("/jobschedules")), output, COLUMNS)
+        return
     rows = reads.list_schedules(CURRENT.reader)
     emit([views.job_schedule(r) for r in rows], output, COLUMNS)
 
@@ -92,6 +120,9 @@ def list_(output: OutputOpt = None) -> None:
 @app.command("show")
 def show(schedule_id: str, output: OutputOpt = None) -> None:
     """Show a job schedule (its JSON is valid ``create --json-file`` input)."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.get(f"/jobschedules/{schedule_id}"), output)
+        return
     emit(views.job_schedule(reads.show_schedule(CURRENT.reader, schedule_id)), output)
 
 
@@ -99,7 +130,10 @@ def show(schedule_id: str, output: OutputOpt = None) -> None:
 def exists(schedule_id: str, output: OutputOpt = None) -> None:
     """Exit 0 if the job schedule exists, 3 if not."""
     try:
-        reads.show_schedule(CURRENT.reader, schedule_id)
+        if (remote := CURRENT.remote) is not None:
+            remote.call("HEAD", f"/jobschedules/{schedule_id}")
+        else:
+            reads.show_schedule(CURRENT.reader, schedule_id)
         found = True
     except NotFound:
         found = False
@@ -127,7 +161,7 @@ def set_(
     """Change a schedule or its job specification, from the next occurrence on."""
     changes: dict[str, Any] = load_json_file(json_file) if json_file else {}
     if every is not None or cron is not None or time_zone is not None:
-        timing = dict(service.show_schedule(CURRENT.store, schedule_id).spec["schedule"])
+        timing = dict(_current_timing(schedule_id))
         for name in ("recurrenceInterval", "cron", "timeZone"):
             timing.pop(name, None)
         for name, value in (("recurrenceInterval", every), ("cron", cron), ("timeZone", time_zone)):
@@ -138,28 +172,38 @@ def set_(
         raise BadInput(
             "nothing to change: give --json-file, --every or --cron", code="MissingRequiredProperty"
         )
+    if (remote := CURRENT.remote) is not None:
+        remote.call("PATCH", f"/jobschedules/{schedule_id}", body=changes)
+        emit(remote.get(f"/jobschedules/{schedule_id}"), output)
+        return
     emit(views.job_schedule(service.set_schedule(CURRENT.store, schedule_id, changes)), output)
+
+
+def _current_timing(schedule_id: str) -> dict[str, Any]:
+    if (remote := CURRENT.remote) is not None:
+        return dict(remote.get(f"/jobschedules/{schedule_id}")["schedule"])
+    return dict(service.show_schedule(CURRENT.store, schedule_id).spec["schedule"])
 
 
 @app.command("disable")
 def disable(schedule_id: str, output: OutputOpt = None) -> None:
     """Stop creating jobs until enabled (occurrences meanwhile are recorded as skipped)."""
-    emit(views.job_schedule(service.disable_schedule(CURRENT.store, schedule_id)), output)
+    emit(_act(schedule_id, service.disable_schedule, "/disable"), output)
 
 
 @app.command("enable")
 def enable(schedule_id: str, output: OutputOpt = None) -> None:
     """Create jobs again from the next occurrence."""
-    emit(views.job_schedule(service.enable_schedule(CURRENT.store, schedule_id)), output)
+    emit(_act(schedule_id, service.enable_schedule, "/enable"), output)
 
 
 @app.command("terminate")
 def terminate(schedule_id: str, output: OutputOpt = None) -> None:
     """End the schedule and terminate its active job."""
-    emit(views.job_schedule(service.terminate_schedule(CURRENT.store, schedule_id)), output)
+    emit(_act(schedule_id, service.terminate_schedule, "/terminate"), output)
 
 
 @app.command("delete")
 def delete(schedule_id: str, output: OutputOpt = None) -> None:
     """Delete the schedule and every job it created."""
-    emit(views.job_schedule(service.delete_schedule(CURRENT.store, schedule_id)), output)
+    emit(_act(schedule_id, service.delete_schedule, "", "DELETE"), output)

@@ -6,15 +6,17 @@ the node's state shows how far it got (``fleet node show``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fleet import views
 from fleet.cli.common import CURRENT, OutputOpt, emit, lazy_module
 from fleet.domain import NodeOperation
+from fleet.errors import NotFound
 
 if TYPE_CHECKING:
+    from fleet.remote import Remote
     from fleet.service import node_ops as service
 else:
     service = lazy_module("fleet.service.node_ops")
@@ -35,8 +37,44 @@ COLUMNS = [("ID", "id"), ("STATE", "state"), ("SCHEDULING", "schedulingState")]
 def _request(
     pool: str, nodes: list[str], op: NodeOperation, option: str, output: OutputOpt
 ) -> None:
+    if (remote := CURRENT.remote) is not None:
+        if op == NodeOperation.REMOVE:
+            body = {"nodeList": nodes, "nodeDeallocationOption": option}
+            remote.call("POST", f"/pools/{pool}/removenodes", body=body)
+        else:
+            for node in nodes:
+                remote.call(
+                    "POST", f"/pools/{pool}/nodes/{node}/{_PATH[op]}", body={_OPTION[op]: option}
+                )
+        emit(_remote_nodes(remote, pool, nodes), output, COLUMNS)
+        return
     rows = service.request(CURRENT.store, pool, nodes, op, option)
     emit([views.node(n) for n in rows], output, COLUMNS)
+
+
+#: Azure's operation path and option field of each node operation.
+_PATH = {
+    NodeOperation.REBOOT: "reboot",
+    NodeOperation.REIMAGE: "reimage",
+    NodeOperation.DISABLE_SCHEDULING: "disablescheduling",
+}
+_OPTION = {
+    NodeOperation.REBOOT: "nodeRebootOption",
+    NodeOperation.REIMAGE: "nodeReimageOption",
+    NodeOperation.DISABLE_SCHEDULING: "nodeDisableSchedulingOption",
+}
+
+
+def _remote_nodes(remote: Remote, pool: str, nodes: list[str]) -> list[dict[str, Any]]:
+    """Return the nodes as the local operations print them (without the host address)."""
+    out = []
+    for node in nodes:
+        try:
+            row = remote.get(f"/pools/{pool}/nodes/{node}")
+        except NotFound:
+            continue  # removed already
+        out.append({k: v for k, v in row.items() if k != "ipAddress"})
+    return out
 
 
 def reboot(
@@ -85,6 +123,11 @@ def disable_scheduling(
 
 def enable_scheduling(pool: PoolOpt, node: NodesOpt, output: OutputOpt = None) -> None:
     """Give nodes tasks again."""
+    if (remote := CURRENT.remote) is not None:
+        for one in node:
+            remote.call("POST", f"/pools/{pool}/nodes/{one}/enablescheduling")
+        emit(_remote_nodes(remote, pool, node), output, COLUMNS)
+        return
     rows = service.enable_scheduling(CURRENT.store, pool, node)
     emit([views.node(n) for n in rows], output, COLUMNS)
 
