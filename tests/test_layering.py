@@ -42,6 +42,7 @@ OWNERS = {
     "psycopg": {"reads.py"},
     "starlette": {"api/app.py"},
     "uvicorn": {"api/server.py"},
+    "jinja2": {"api/pages.py"},
 }
 #: module -> fleet modules it must never import
 FORBIDDEN = {
