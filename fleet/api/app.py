@@ -5,6 +5,10 @@ Every request is authenticated (fleet/api/shared_key.py) before anything else is
 handlers (fleet/api/routes.py) run in worker threads, since the store is synchronous,
 and their errors become Azure's OData envelope with the status Azure uses. Every answer
 carries ``request-id`` and, when the client sent one, its ``client-request-id``.
+
+``GET /metrics`` (fleet/metrics.py) is the one route without SharedKey, since Prometheus
+scrapes without it: it says how much work there is, not what the work is, and it is
+served on loopback unless the API has TLS (fleet/api/server.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fleet import metrics
 from fleet.api import shared_key
 from fleet.api.context import Api
 from fleet.api.routes import OPERATIONS, Handler, openapi
@@ -42,6 +47,8 @@ def build(api: Api, keys: KeyLookup) -> Starlette:
         for op in OPERATIONS
     ]
     routes.append(Route("/openapi.json", _openapi, methods=["GET"]))
+    routes.append(Route("/metrics", _metrics, methods=["GET"]))
+    metrics.count_from(api.reader)
     return Starlette(routes=routes)
 
 
@@ -49,10 +56,22 @@ async def _openapi(_request: Request) -> Response:
     return JSONResponse(openapi())
 
 
+async def _metrics(_request: Request) -> Response:
+    """Every metric in Prometheus' text format (the counts read the database: a thread)."""
+    body, content_type = await run_in_threadpool(metrics.exposition)
+    return Response(body, headers={"Cache-Control": "no-store"}, media_type=content_type)
+
+
 def _endpoint(
     api: Api, keys: KeyLookup, handler: Handler, operation_id: str
 ) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await answer(request)
+        metrics.api_request(operation_id, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def answer(request: Request) -> Response:
         request_id = new_request_id()
         headers = {"request-id": request_id}
         if client_id := request.headers.get("client-request-id"):
