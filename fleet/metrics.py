@@ -26,6 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from fleet import reads
 from fleet.domain import JobState, NodeState, PoolState, TaskState
@@ -94,7 +95,7 @@ class Durations:
         with self._lock:
             counts, total = list(self._counts), self._sum
         cumulative, running = [], 0
-        for bound, n in zip([*map(str, self.bounds), "+Inf"], counts, strict=True):
+        for bound, n in zip([*map(floatToGoString, self.bounds), "+Inf"], counts, strict=True):
             running += n
             cumulative.append((bound, float(running)))
         yield HistogramMetricFamily(
