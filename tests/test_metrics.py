@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import configparser
 import json
+import logging
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet import metrics
+from fleet.cli.controller_cmd import _JsonFormatter
 from tests.api_client import ApiClient, free_port
 from tests.conftest import make_pool, wait_for
 
@@ -120,6 +123,23 @@ def test_exposition_is_prometheus_text_of_fleets_own_registry():
         "process_cpu_seconds",
     } <= names
     assert not any(n.startswith("python_gc") for n in names)  # not the global registry
+
+
+def test_json_log_lines_carry_time_level_logger_message_and_exception():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("fleet.x", logging.ERROR, "f.py", 1, "a %s", ("b",), exc_info)
+    entry = json.loads(_JsonFormatter().format(record))
+    assert entry["level"] == "error" and entry["logger"] == "fleet.x"
+    assert entry["message"] == "a b"
+    assert "ValueError: boom" in entry["exception"]
+    assert datetime.fromisoformat(entry["time"]).timestamp() == pytest.approx(
+        record.created, abs=0.001
+    )
+    plain = logging.LogRecord("fleet.x", logging.INFO, "f.py", 1, "c", (), None)
+    assert "exception" not in json.loads(_JsonFormatter().format(plain))
 
 
 # -- a real controller -----------------------------------------------------------------
