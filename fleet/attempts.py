@@ -24,6 +24,10 @@ class Attempt:
     kill_sent: bool = False
     on_exit: str | None = None  # None, or what its exit means: terminate | requeue | delete
     end_reason: str | None = None
+    #: epoch seconds its task became eligible to run (created, retried or requeued)
+    eligible_at: float = 0.0
+    #: epoch seconds its exit event reached the controller (0: none yet)
+    exit_seen_at: float = 0.0
 
     @property
     def key(self) -> str:

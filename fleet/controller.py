@@ -25,6 +25,7 @@ from fleet import (
     applications,
     environment,
     identity,
+    metrics,
     outcomes,
     queue,
     rules,
@@ -174,6 +175,7 @@ class Controller:
                     failures += 1
                     delay = min(TURN_RETRY_MAX, self.tick * 2**failures)
                     log.error("controller: %s (%s); retrying in %.1f s", exc, exc.code, delay)
+                metrics.end_turn()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
         finally:
@@ -424,6 +426,7 @@ class Controller:
         if att.collecting:
             return
         att.collecting = True
+        att.exit_seen_at = time.time()
         if not self.collector.collect_inline(att, files):
             self.spawn_background(self.collector.collect(link, att, record, files))
         self._wake.set()  # its slots are free: schedule now
@@ -563,6 +566,9 @@ class Controller:
                         a.node_id,
                         task.required_slots,
                         output_files=task.spec.get("outputFiles") or [],
+                        eligible_at=max(
+                            task.created_at, task.last_retry_time or 0, task.last_requeue_time or 0
+                        ),
                     )
                     self.inflight.setdefault(a.node_id, {})[att.key] = att
                     placed.append(att)
@@ -704,5 +710,8 @@ class Controller:
         except FleetError as exc:
             log.info("task %s: node %s dropped during spawn: %s", att.key, att.node_id, exc)
             return
-        self.ctx.outbox.started.append((att, epoch(result.get("startTime")) or time.time()))
+        acked = time.time()
+        if att.eligible_at:
+            metrics.TASK_DISPATCH.add(acked - att.eligible_at)
+        self.ctx.outbox.started.append((att, epoch(result.get("startTime")) or acked))
         self._wake.set()

@@ -17,7 +17,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fleet import applications, certificates, environment, identity, node_rules, targets, views
+from fleet import (
+    applications,
+    certificates,
+    environment,
+    identity,
+    metrics,
+    node_rules,
+    targets,
+    views,
+)
 from fleet.agent_client import AgentClient
 from fleet.domain import NodeOperation, NodeState, SchedulingState
 from fleet.errors import (
@@ -128,6 +137,7 @@ class NodeLink:
             self.agent = None
         if self.conn is not None:
             conn, self.conn = self.conn, None
+            metrics.SSH_CONNECTIONS.dec()
             await conn.close()
 
     async def _run(self) -> None:
@@ -203,7 +213,12 @@ class NodeLink:
         def remember(line: str, fp: str) -> None:
             record_host_key(self.store, target.host_id, line, fp)
 
-        self.conn = await Connection.open(target, on_new_key=remember)
+        try:
+            self.conn = await Connection.open(target, on_new_key=remember)
+        except FleetError as exc:
+            metrics.handshake_failed(exc.code)
+            raise
+        metrics.SSH_CONNECTIONS.inc()
         if node.state in (NodeState.CREATING, NodeState.UNKNOWN, NodeState.UNUSABLE):
             self._write_node(state=NodeState.STARTING)
         self.agent = await AgentClient.launch(self.conn, root, self._agent_event)

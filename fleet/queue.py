@@ -35,6 +35,9 @@ _DISPATCH_COLUMNS = [
         "required_slots",
         "job_manager",
         "token_hash",
+        "created_at",
+        "last_retry_time",
+        "last_requeue_time",
     )
 ]
 #: An attempt written ahead as ``dispatching``, conditional on the task being unchanged.

@@ -558,3 +558,19 @@ def pool_node_counts(db: Reader, pool_id: str | None = None) -> list[tuple[str, 
         return sorted(counts.items())
 
     return db.run(read)
+
+
+#: The tables whose rows :func:`state_counts` counts by state.
+COUNTED = ("tasks", "nodes", "pools", "jobs")
+
+
+def state_counts(db: Reader) -> dict[str, dict[str, int]]:
+    """Return {table: {state: rows}} for the tasks, nodes, pools and jobs, counted by the
+    database in one read-only transaction (one GROUP BY per table); states with no row
+    are absent."""
+
+    def read(tx: Transaction) -> dict[str, dict[str, int]]:
+        sql = "SELECT state, count(*) FROM {} GROUP BY state"  # table names are constants
+        return {table: dict(tx.values(sql.format(table))) for table in COUNTED}
+
+    return db.run(read)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
 
-from fleet import rules, task_stats
+from fleet import metrics, rules, task_stats
 from fleet.context import Context, Outbox
 from fleet.domain import AttemptState, NodeState, TaskState
 from fleet.service import dependency_state
@@ -111,6 +111,10 @@ class TaskEvents:
             self.c.outbox.back_to_queue[:0] = ev.back_to_queue
             self.c.outbox.outputs = ev.outputs | self.c.outbox.outputs
             raise
+        committed = time.time()
+        for att, _ in ev.finished:
+            if att.exit_seen_at:
+                metrics.TASK_COMPLETION.add(committed - att.exit_seen_at)
         for att, _ in [*ev.finished, *ev.back_to_queue]:
             self.c.inflight.get(att.node_id, {}).pop(att.key, None)
         self._dirty_jobs.update(att.job_id for att, _ in ev.finished)

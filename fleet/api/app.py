@@ -10,6 +10,10 @@ Dashboard pages (fleet/api/dashboard.py) get the session of their cookie; a page
 needs one sends a browser without it to the login page. A POST is refused when its
 ``Origin`` (or ``Referer``) is another site, or, once logged in, when its form lacks the
 session's CSRF token. Pages carry a Content-Security-Policy that allows no inline script.
+
+``GET /metrics`` (fleet/metrics.py) is served without SharedKey, since Prometheus
+scrapes without it: it says how much work there is, not what the work is, and it is
+served on loopback unless the API has TLS (fleet/api/server.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from fleet import metrics
 from fleet.api import dashboard, shared_key
 from fleet.api.context import Api
 from fleet.api.dashboard import Dashboard, PageHandler, PageRequest
@@ -66,6 +71,8 @@ def build(api: Api, keys: KeyLookup) -> Starlette:
         Route(page.path, _page(board, page.handler, page.public), methods=[page.method])
         for page in dashboard.PAGES
     )
+    routes.append(Route("/metrics", _metrics, methods=["GET"]))
+    metrics.count_from(api.reader)
     return Starlette(routes=routes)
 
 
@@ -73,10 +80,22 @@ async def _openapi(_request: Request) -> Response:
     return JSONResponse(openapi())
 
 
+async def _metrics(_request: Request) -> Response:
+    """Every metric in Prometheus' text format (the counts read the database: a thread)."""
+    body, content_type = await run_in_threadpool(metrics.exposition)
+    return Response(body, headers={"Cache-Control": "no-store"}, media_type=content_type)
+
+
 def _endpoint(
     api: Api, keys: KeyLookup, handler: Handler, operation_id: str
 ) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
+        response = await answer(request)
+        metrics.api_request(operation_id, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def answer(request: Request) -> Response:
         request_id = new_request_id()
         headers = {"request-id": request_id}
         if client_id := request.headers.get("client-request-id"):

@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import threading
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +27,13 @@ SHUTDOWN_DEADLINE = 15.0
 app = typer.Typer(help="Run the controller.", no_args_is_help=True)
 
 
+class LogFormat(StrEnum):
+    """How the controller writes its log lines to stderr."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
 @app.command("run")
 def run(
     node_grace: Annotated[
@@ -36,6 +45,14 @@ def run(
     log_level: Annotated[
         str, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = "info",
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option(
+            "--log-format",
+            help="text, or json: one object per line with time, level, logger, message "
+            "and exception (default: text, or json with -o json).",
+        ),
+    ] = None,
     sweep_interval: Annotated[
         float,
         typer.Option("--sweep-interval", help="Seconds between retention sweeps of task dirs."),
@@ -75,16 +92,19 @@ def run(
     ] = False,
     output: OutputOpt = None,
 ) -> None:
-    """Bootstrap nodes and run tasks until SIGTERM or Ctrl-C. Logs go to stderr
-    (one JSON object per line with -o json). One controller runs per database: a second
-    one exits with status 4 naming the first, or waits with --standby."""
+    """Bootstrap nodes and run tasks until SIGTERM or Ctrl-C. Logs go to stderr, as text
+    or (--log-format json) one JSON object per line. One controller runs per database: a
+    second one exits with status 4 naming the first, or waits with --standby. With
+    --listen, GET /metrics serves Prometheus metrics without SharedKey."""
     served = None
     if listen is not None or tls_cert is not None or insecure_http:
         from fleet.api.server import parse_listen
 
         served = parse_listen(listen or "127.0.0.1", tls_cert, tls_key, insecure_http)
     handler = logging.StreamHandler()
-    if fmt(output) == OutputFormat.JSON:
+    if log_format is None:  # -o json, the older way to ask, still gives JSON logs
+        log_format = LogFormat.JSON if fmt(output) == OutputFormat.JSON else LogFormat.TEXT
+    if log_format == LogFormat.JSON:
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -148,9 +168,12 @@ def _shutdown_overdue() -> None:
 
 
 class _JsonFormatter(logging.Formatter):
+    """A log record as one JSON object: time (ISO 8601, UTC), level, logger, message, and
+    exception (its traceback) when there is one."""
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": self.formatTime(record),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
