@@ -144,6 +144,9 @@ def list_(pool: PoolOpt, node: NodeOpt, output: OutputOpt = None) -> None:
 
 def remote_login_settings(pool: PoolOpt, node: NodeOpt, output: OutputOpt = None) -> None:
     """Print the address and port to log in to the node with SSH."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.call("GET", f"/pools/{pool}/nodes/{node}/remoteloginsettings"), output)
+        return
     emit(service.remote_login_settings(CURRENT.store, pool, node), output)
 
 

@@ -241,9 +241,15 @@ def node_counts(
 
     -o json prints a list of {poolId, dedicated: {<state>: n, ..., total}, lowPriority};
     the table shows each pool's states that have nodes."""
-    counts = [
-        views.pool_node_counts(p, c) for p, c in reads.pool_node_counts(CURRENT.reader, pool_id)
-    ]
+    if (remote := CURRENT.remote) is not None:
+        query = {"$filter": f"poolId eq '{pool_id}'"} if pool_id else None
+        counts = list(remote.list("/nodecounts", query))
+        if pool_id and not counts:
+            remote.get(f"/pools/{pool_id}")  # NotFound, as locally
+    else:
+        counts = [
+            views.pool_node_counts(p, c) for p, c in reads.pool_node_counts(CURRENT.reader, pool_id)
+        ]
     if fmt(output) == OutputFormat.JSON:
         emit(counts, output)
         return
