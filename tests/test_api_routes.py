@@ -451,6 +451,7 @@ def test_node_users_add_update_delete(api, fleet, lab_inventory):
     if os.geteuid() != 0:
         pytest.skip("creating OS user accounts on the lab host needs root")
     (host,) = make_pool(fleet, lab_inventory, "p", 1)
+    wait_for_idle_nodes(fleet, "p")
     name = f"fnu{uuid.uuid4().hex[:8]}"
     users = f"/pools/p/nodes/{host}/users"
     try:
