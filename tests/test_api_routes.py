@@ -5,6 +5,7 @@ its not-found envelope and bad bodies (400 naming the property)."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import uuid
@@ -475,3 +476,61 @@ def test_node_users_add_update_delete(api, fleet, lab_inventory):
         assert fleet.json("node", "user", "list", "--pool", "p", "--node", host) == []
     finally:
         subprocess.run(["userdel", "--force", "--remove", name], capture_output=True)
+
+
+# -- the legacy SDK drives the odd paths
+
+SDK14 = """
+import base64, json, sys
+import azure.batch.models as m
+from azure.batch import BatchServiceClient
+from azure.batch.batch_auth import SharedKeyCredentials
+
+url, account, key, thumbprint, der = sys.argv[1:6]
+client = BatchServiceClient(SharedKeyCredentials(account, key), batch_url=url)
+client.certificate.add(
+    m.CertificateAddParameter(
+        thumbprint=thumbprint, thumbprint_algorithm="sha1", data=der, certificate_format="cer"
+    )
+)
+cert = client.certificate.get("sha1", thumbprint)
+listed = [c.thumbprint for c in client.certificate.list()]
+client.pool.patch("s", m.PoolPatchParameter(metadata=[m.MetadataItem(name="k", value="v")]))
+meta = [(i.name, i.value) for i in client.pool.get("s").metadata]
+run = client.pool.evaluate_auto_scale("s", "$TargetDedicatedNodes = 0;")
+counts = [c.pool_id for c in client.account.list_pool_node_counts()]
+client.job_schedule.add(
+    m.JobScheduleAddParameter(
+        id="js",
+        schedule=m.Schedule(recurrence_interval="PT1H", do_not_run_until="2099-01-01T00:00:00Z"),
+        job_specification=m.JobSpecification(pool_info=m.PoolInformation(pool_id="s")),
+    )
+)
+exists = client.job_schedule.exists("js")
+client.job_schedule.disable("js")
+state = client.job_schedule.get("js").state
+jobs = list(client.job.list_from_job_schedule("js"))
+apps = [a.id for a in client.application.list()]
+client.certificate.delete("sha1", thumbprint)
+print(json.dumps({
+    "cert": cert.thumbprint, "listed": listed, "meta": meta, "results": run.results,
+    "counts": counts, "exists": exists, "state": str(state.value if hasattr(state, "value") else state),
+    "jobs": len(jobs), "apps": apps,
+}))
+"""
+
+
+def test_the_legacy_sdk_drives_certificates_schedules_and_pool_routes(api):
+    from tests.azure_sdk import run_sdk
+
+    sized_pool(api)
+    cert, _ = make_cert()
+    der = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+    url = f"http://127.0.0.1:{api.port}"
+    out = run_sdk("14.2.0", SDK14, [url, api.account, api.key, sha1(cert), der]).splitlines()
+    seen = json.loads(out[-1])
+    assert seen["cert"] == sha1(cert) and seen["listed"] == [sha1(cert)]
+    assert seen["meta"] == [["k", "v"]] and "$TargetDedicatedNodes=0" in seen["results"]
+    assert seen["counts"] == ["s"] and seen["exists"] is True
+    assert seen["state"] == "disabled" and seen["jobs"] == 0 and seen["apps"] == []
+    refused(api.call("GET", cert_path(sha1(cert))), 404, "CertificateNotFound")
