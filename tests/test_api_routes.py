@@ -85,6 +85,13 @@ def test_pool_patch_changes_only_what_it_names_and_update_properties_replaces(ap
             "MissingRequiredProperty",
             "metadata",
         ),
+        (
+            "POST",
+            "/pools/s/updateproperties",
+            {"metadata": []},
+            "MissingRequiredProperty",
+            "applicationPackageReferences",
+        ),
         ("POST", "/pools/s/removenodes", {"nodeList": []}, "InvalidPropertyValue", "nodeList"),
         ("POST", "/pools/s/removenodes", {"nodeList": "n1"}, "InvalidPropertyValue", "nodeList"),
         ("POST", "/pools/s/evaluateautoscale", {}, "MissingRequiredProperty", "autoScaleFormula"),
@@ -534,3 +541,89 @@ def test_the_legacy_sdk_drives_certificates_schedules_and_pool_routes(api):
     assert seen["counts"] == ["s"] and seen["exists"] is True
     assert seen["state"] == "disabled" and seen["jobs"] == 0 and seen["apps"] == []
     refused(api.call("GET", cert_path(sha1(cert))), 404, "CertificateNotFound")
+
+
+SDK15 = """
+import json, sys
+from azure.batch import BatchClient, models as m
+from azure.core.credentials import AzureNamedKeyCredential
+
+url, account, key = sys.argv[1:4]
+client = BatchClient(endpoint=url, credential=AzureNamedKeyCredential(account, key))
+client.update_pool("s", m.BatchPoolUpdateOptions(metadata=[m.BatchMetadataItem(name="k", value="v")]))
+patched = [(i.name, i.value) for i in client.get_pool("s").metadata]
+client.replace_pool_properties(
+    "s",
+    m.BatchPoolReplaceOptions(application_package_references=[], metadata=[]),
+)
+replaced = client.get_pool("s").metadata
+formula = "$TargetDedicatedNodes = 0;"
+client.enable_pool_auto_scale("s", m.BatchPoolEnableAutoScaleOptions(auto_scale_formula=formula))
+enabled = client.get_pool("s").enable_auto_scale
+run = client.evaluate_pool_auto_scale("s", m.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula=formula))
+client.disable_pool_auto_scale("s")
+counts = [c.pool_id for c in client.list_pool_node_counts()]
+client.create_job_schedule(
+    m.BatchJobScheduleCreateOptions(
+        id="js",
+        schedule=m.BatchJobScheduleConfiguration(
+            recurrence_interval="PT1H", do_not_run_until="2099-01-01T00:00:00Z"
+        ),
+        job_specification=m.BatchJobSpecification(pool_info=m.BatchPoolInfo(pool_id="s")),
+    )
+)
+exists = client.job_schedule_exists("js")
+client.disable_job_schedule("js")
+disabled = str(client.get_job_schedule("js").state)
+client.enable_job_schedule("js")
+client.update_job_schedule("js", m.BatchJobScheduleUpdateOptions(metadata=[m.BatchMetadataItem(name="a", value="b")]))
+meta = [(i.name, i.value) for i in client.get_job_schedule("js").metadata]
+jobs = list(client.list_jobs_from_schedule("js"))
+schedules = [s.id for s in client.list_job_schedules()]
+apps = list(client.list_applications())
+print(json.dumps({
+    "patched": patched, "replaced": replaced, "enabled": enabled, "results": run.results,
+    "counts": counts, "exists": exists, "disabled": disabled, "meta": meta, "jobs": len(jobs),
+    "schedules": schedules, "apps": len(apps),
+}))
+"""
+
+
+def test_the_current_sdk_drives_pool_schedule_and_application_routes(api):
+    from tests.azure_sdk import run_sdk
+
+    sized_pool(api)
+    url = f"http://127.0.0.1:{api.port}"
+    seen = json.loads(run_sdk("15.1.0", SDK15, [url, api.account, api.key]).splitlines()[-1])
+    assert seen["patched"] == [["k", "v"]] and not seen["replaced"]
+    assert seen["enabled"] is True and "$TargetDedicatedNodes=0" in seen["results"]
+    assert seen["counts"] == ["s"] and seen["exists"] is True
+    assert seen["disabled"].lower().endswith("disabled") and seen["meta"] == [["a", "b"]]
+    assert seen["jobs"] == 0 and seen["schedules"] == ["js"] and seen["apps"] == 0
+
+
+def test_pool_certificate_references_are_patched_kept_and_guard_the_certificate(api):
+    sized_pool(api)
+    cert, _ = make_cert()
+    body = {
+        "thumbprint": sha1(cert),
+        "thumbprintAlgorithm": "sha1",
+        "data": base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode(),
+        "certificateFormat": "cer",
+    }
+    assert api.call("POST", "/certificates", body=body).status == 201
+    refs = [{"thumbprint": sha1(cert), "thumbprintAlgorithm": "sha1"}]
+    missing = [{"thumbprint": "00" * 20, "thumbprintAlgorithm": "sha1"}]
+    refused(api.call("PATCH", "/pools/s", body={"certificateReferences": missing}), 404)
+    assert api.call("PATCH", "/pools/s", body={"certificateReferences": refs}).status == 200
+    in_use = api.call("DELETE", cert_path(sha1(cert)))
+    refused(in_use, 409, "CertificateInUse")
+    assert api.call("GET", cert_path(sha1(cert))).json()["state"] == "deletefailed"
+    rest = {"applicationPackageReferences": [], "metadata": []}
+    assert api.call("POST", "/pools/s/updateproperties", body=rest).status == 204
+    kept = api.call("GET", "/pools/s").json()["certificateReferences"]
+    assert [r["thumbprint"] for r in kept] == [sha1(cert)]  # absent: kept (API 2025-06-01)
+    gone = rest | {"certificateReferences": []}
+    assert api.call("POST", "/pools/s/updateproperties", body=gone).status == 204
+    assert "certificateReferences" not in api.call("GET", "/pools/s").json()
+    assert api.call("DELETE", cert_path(sha1(cert))).status == 202

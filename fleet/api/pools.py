@@ -105,12 +105,13 @@ def patch(api: Api, req: ApiRequest) -> Reply:
 
 
 def update_properties(api: Api, req: ApiRequest) -> Reply:
-    """POST /pools/{poolId}/updateproperties: replace ``certificateReferences``,
-    ``applicationPackageReferences`` and ``metadata`` (required; empty lists remove them)
-    and ``startTask`` (removed when absent), 204."""
+    """POST /pools/{poolId}/updateproperties: replace ``applicationPackageReferences``
+    and ``metadata`` (required; empty lists remove them), ``startTask`` (removed when
+    absent) and ``certificateReferences`` (kept when absent: API 2025-06-01 has none),
+    204."""
     pool_id = req.params["poolId"]
     body = req.json(f"pool {pool_id}")
-    for name in ("certificateReferences", "applicationPackageReferences", "metadata"):
+    for name in ("applicationPackageReferences", "metadata"):
         if name not in body:
             raise BadInput(
                 f"{name} is required (an empty list removes them all)",
@@ -118,7 +119,9 @@ def update_properties(api: Api, req: ApiRequest) -> Reply:
                 target=f"pool {pool_id}",
                 field=name,
             )
-    check_conditions(req, _current(api, req), _url(req, pool_id))
+    current = _current(api, req)
+    check_conditions(req, current, _url(req, pool_id))
+    body.setdefault("certificateReferences", current.get("certificateReferences") or [])
     service.update_pool(api.store, pool_id, body, replace=True)
     return Reply(204, headers={"DataServiceId": _url(req, pool_id)})
 
