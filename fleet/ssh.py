@@ -19,6 +19,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 
@@ -257,9 +258,12 @@ class Connection:
 
         Raises Unreachable if the connection drops, TimedOut-style Unreachable on timeout.
         """
+        # asyncssh feeds ``input`` and closes stdin only when it is non-empty: an empty
+        # one is closed at once (DEVNULL), or a command reading it would wait forever
+        feed: dict[str, Any] = {"stdin": asyncssh.DEVNULL} if stdin == b"" else {"input": stdin}
         async with _translated(self.target):
             proc = await asyncio.wait_for(
-                self._conn.run(shlex.join(argv), input=stdin, encoding=None, check=False),
+                self._conn.run(shlex.join(argv), encoding=None, check=False, **feed),
                 timeout,
             )
         return RunResult(

@@ -1,5 +1,6 @@
-"""Pool and node routes: add, get, exists, list, delete, resize and stop resizing a pool;
-list and get its nodes."""
+"""Pool routes: add, get, exists, list, patch, update properties, delete, resize and stop
+resizing a pool, remove its nodes, enable, disable and evaluate autoscale; and the node
+counts of every pool."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ from typing import Any
 from fleet import reads, views
 from fleet.api import listing
 from fleet.api.context import Api
+from fleet.api.nodes import optional_body
 from fleet.api.wire import ApiRequest, Reply, check_conditions, entity
+from fleet.domain import NodeOperation
 from fleet.errors import BadInput
+from fleet.service import autoscale, node_ops
 from fleet.service import pools as service
+
+#: The most nodes one removenodes call may name (Azure's limit).
+MAX_REMOVE = 100
+#: What a list adds to an entity; Azure's PoolNodeCounts has none of it.
+_STAMP = ("url", "eTag", "lastModified")
 
 
 def _url(req: ApiRequest, pool_id: str) -> str:
@@ -86,27 +95,113 @@ def stop_resize(api: Api, req: ApiRequest) -> Reply:
     return Reply(202)
 
 
-def _node_url(req: ApiRequest, pool_id: str, node_id: str) -> str:
-    return req.url("pools", pool_id, "nodes", node_id)
-
-
-def list_nodes(api: Api, req: ApiRequest) -> Reply:
-    """GET /pools/{poolId}/nodes."""
+def patch(api: Api, req: ApiRequest) -> Reply:
+    """PATCH /pools/{poolId}: replace the ``startTask``, ``certificateReferences``,
+    ``applicationPackageReferences`` or ``metadata`` the body gives; the rest stay."""
     pool_id = req.params["poolId"]
+    check_conditions(req, _current(api, req), _url(req, pool_id))
+    service.update_pool(api.store, pool_id, req.json(f"pool {pool_id}"))
+    return Reply(200, headers={"DataServiceId": _url(req, pool_id)})
+
+
+def update_properties(api: Api, req: ApiRequest) -> Reply:
+    """POST /pools/{poolId}/updateproperties: replace ``applicationPackageReferences``
+    and ``metadata`` (required; empty lists remove them), ``startTask`` (removed when
+    absent) and ``certificateReferences`` (kept when absent: API 2025-06-01 has none),
+    204."""
+    pool_id = req.params["poolId"]
+    body = req.json(f"pool {pool_id}")
+    for name in ("applicationPackageReferences", "metadata"):
+        if name not in body:
+            raise BadInput(
+                f"{name} is required (an empty list removes them all)",
+                code="MissingRequiredProperty",
+                target=f"pool {pool_id}",
+                field=name,
+            )
+    current = _current(api, req)
+    check_conditions(req, current, _url(req, pool_id))
+    body.setdefault("certificateReferences", current.get("certificateReferences") or [])
+    service.update_pool(api.store, pool_id, body, replace=True)
+    return Reply(204, headers={"DataServiceId": _url(req, pool_id)})
+
+
+def remove_nodes(api: Api, req: ApiRequest) -> Reply:
+    """POST /pools/{poolId}/removenodes (``nodeList``, ``nodeDeallocationOption``): 202;
+    a sized pool's target drops by the nodes removed."""
+    pool_id = req.params["poolId"]
+    body = req.json(f"pool {pool_id}")
+    nodes = body.get("nodeList")
+    if (
+        not isinstance(nodes, list)
+        or not 0 < len(nodes) <= MAX_REMOVE
+        or not all(isinstance(n, str) for n in nodes)
+    ):
+        raise BadInput(
+            f"nodeList must be a list of 1 to {MAX_REMOVE} node ids",
+            code="InvalidPropertyValue",
+            target=f"pool {pool_id}",
+            field="nodeList",
+        )
+    check_conditions(req, _current(api, req), _url(req, pool_id))
+    option = body.get("nodeDeallocationOption") or "requeue"
+    node_ops.request(api.store, pool_id, nodes, NodeOperation.REMOVE, option)
+    return Reply(202, headers={"DataServiceId": _url(req, pool_id)})
+
+
+def _formula(body: dict[str, Any], pool_id: str) -> str:
+    formula = body.get("autoScaleFormula")
+    if not isinstance(formula, str) or not formula.strip():
+        raise BadInput(
+            "autoScaleFormula must be a non-empty string",
+            code="InvalidPropertyValue"
+            if "autoScaleFormula" in body
+            else "MissingRequiredProperty",
+            target=f"pool {pool_id}",
+            field="autoScaleFormula",
+        )
+    return formula
+
+
+def enable_autoscale(api: Api, req: ApiRequest) -> Reply:
+    """POST /pools/{poolId}/enableautoscale (``autoScaleFormula``, optional when the pool
+    has one; ``autoScaleEvaluationInterval``): 200."""
+    pool_id = req.params["poolId"]
+    current = _current(api, req)
+    body = req.json(f"pool {pool_id}")
+    check_conditions(req, current, _url(req, pool_id))
+    if "autoScaleFormula" not in body and current.get("autoScaleFormula"):
+        body["autoScaleFormula"] = current["autoScaleFormula"]
+    interval = body.get("autoScaleEvaluationInterval")
+    autoscale.enable(api.store, pool_id, _formula(body, pool_id), interval)
+    return Reply(200, headers={"DataServiceId": _url(req, pool_id)})
+
+
+def disable_autoscale(api: Api, req: ApiRequest) -> Reply:
+    """POST /pools/{poolId}/disableautoscale: 200; the pool keeps its current target."""
+    pool_id = req.params["poolId"]
+    autoscale.disable(api.store, pool_id)
+    return Reply(200, headers={"DataServiceId": _url(req, pool_id)})
+
+
+def evaluate_autoscale(api: Api, req: ApiRequest) -> Reply:
+    """POST /pools/{poolId}/evaluateautoscale (``autoScaleFormula``): 200 with Azure's
+    AutoScaleRun (``timestamp``, ``results``, ``error``) and fleet's ``values``;
+    nothing changes."""
+    pool_id = req.params["poolId"]
+    body = optional_body(req, f"pool {pool_id}")
+    return Reply(200, autoscale.evaluate(api.store, pool_id, _formula(body, pool_id)))
+
+
+def node_counts(api: Api, req: ApiRequest) -> Reply:
+    """GET /nodecounts: Azure's PoolNodeCounts of every pool, by pool id."""
     flt, fields, limit = listing.query_options(req)
     start = listing.after(req)
-    nodes = (
-        (row.id, views.node(row, address))
-        for row, address in sorted(reads.list_nodes(api.reader, pool_id), key=lambda n: n[0].id)
-        if start is None or row.id > start
+    counts = (
+        (pool_id, views.pool_node_counts(pool_id, c))
+        for pool_id, c in reads.pool_node_counts(api.reader)
+        if start is None or pool_id > start
     )
-    page = listing.page_of(nodes, lambda n: _node_url(req, pool_id, n["id"]), flt, limit)
-    return listing.reply(req, page, fields)
-
-
-def get_node(api: Api, req: ApiRequest) -> Reply:
-    """GET /pools/{poolId}/nodes/{nodeId}."""
-    pool_id, node_id = req.params["poolId"], req.params["nodeId"]
-    node, host = reads.show_node(api.reader, pool_id, node_id)
-    obj = views.node(node, host.address)
-    return entity(req, obj, _node_url(req, pool_id, node_id))
+    page = listing.page_of(counts, lambda c: _url(req, c["poolId"]), flt, limit)
+    plain = [{k: v for k, v in c.items() if k not in _STAMP} for c in page.items]
+    return listing.reply(req, listing.Page(plain, page.next_key), fields)

@@ -4,10 +4,11 @@ the OpenAPI document are both built from it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleet.api import jobs, pools, tasks
+from fleet.api import applications, certificates, job_schedules, jobs, nodes, pools, tasks
 from fleet.api.context import Api
 from fleet.api.wire import ApiRequest, Reply
 
@@ -28,6 +29,9 @@ class Operation:
 _JOB = "/jobs/{jobId}"
 _TASK = _JOB + "/tasks/{taskId}"
 _POOL = "/pools/{poolId}"
+_NODE = _POOL + "/nodes/{nodeId}"
+_SCHEDULE = "/jobschedules/{jobScheduleId}"
+_CERT = "/certificates(thumbprintAlgorithm={thumbprintAlgorithm},thumbprint={thumbprint})"
 
 #: HEAD operations come before the GET of the same path: a GET route answers HEAD too.
 OPERATIONS: tuple[Operation, ...] = (
@@ -38,8 +42,66 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("DELETE", _POOL, pools.delete, "Pool_Delete", 202),
     Operation("POST", _POOL + "/resize", pools.resize, "Pool_Resize", 202),
     Operation("POST", _POOL + "/stopresize", pools.stop_resize, "Pool_StopResize", 202),
-    Operation("GET", _POOL + "/nodes", pools.list_nodes, "ComputeNode_List", 200),
-    Operation("GET", _POOL + "/nodes/{nodeId}", pools.get_node, "ComputeNode_Get", 200),
+    Operation("PATCH", _POOL, pools.patch, "Pool_Patch", 200),
+    Operation(
+        "POST", _POOL + "/updateproperties", pools.update_properties, "Pool_UpdateProperties", 204
+    ),
+    Operation("POST", _POOL + "/removenodes", pools.remove_nodes, "Pool_RemoveNodes", 202),
+    Operation(
+        "POST", _POOL + "/enableautoscale", pools.enable_autoscale, "Pool_EnableAutoScale", 200
+    ),
+    Operation(
+        "POST", _POOL + "/disableautoscale", pools.disable_autoscale, "Pool_DisableAutoScale", 200
+    ),
+    Operation(
+        "POST",
+        _POOL + "/evaluateautoscale",
+        pools.evaluate_autoscale,
+        "Pool_EvaluateAutoScale",
+        200,
+    ),
+    Operation("GET", "/nodecounts", pools.node_counts, "Account_ListPoolNodeCounts", 200),
+    Operation("GET", _POOL + "/nodes", nodes.list_, "ComputeNode_List", 200),
+    Operation("GET", _NODE, nodes.get, "ComputeNode_Get", 200),
+    Operation("POST", _NODE + "/reboot", nodes.reboot, "ComputeNode_Reboot", 202),
+    Operation("POST", _NODE + "/reimage", nodes.reimage, "ComputeNode_Reimage", 202),
+    Operation(
+        "POST",
+        _NODE + "/disablescheduling",
+        nodes.disable_scheduling,
+        "ComputeNode_DisableScheduling",
+        200,
+    ),
+    Operation(
+        "POST",
+        _NODE + "/enablescheduling",
+        nodes.enable_scheduling,
+        "ComputeNode_EnableScheduling",
+        200,
+    ),
+    Operation(
+        "GET",
+        _NODE + "/remoteloginsettings",
+        nodes.remote_login_settings,
+        "ComputeNode_GetRemoteLoginSettings",
+        200,
+    ),
+    Operation("POST", _NODE + "/users", nodes.add_user, "ComputeNode_AddUser", 201),
+    Operation("PUT", _NODE + "/users/{userName}", nodes.update_user, "ComputeNode_UpdateUser", 200),
+    Operation(
+        "DELETE", _NODE + "/users/{userName}", nodes.delete_user, "ComputeNode_DeleteUser", 200
+    ),
+    Operation("GET", _NODE + "/files", nodes.list_files, "File_ListFromComputeNode", 200),
+    Operation(
+        "HEAD",
+        _NODE + "/files/{filePath:path}",
+        nodes.file_properties,
+        "File_GetPropertiesFromComputeNode",
+        200,
+    ),
+    Operation(
+        "GET", _NODE + "/files/{filePath:path}", nodes.get_file, "File_GetFromComputeNode", 200
+    ),
     Operation("GET", "/jobs", jobs.list_, "Job_List", 200),
     Operation("POST", "/jobs", jobs.add, "Job_Add", 201),
     Operation("GET", _JOB, jobs.get, "Job_Get", 200),
@@ -75,6 +137,25 @@ OPERATIONS: tuple[Operation, ...] = (
         200,
     ),
     Operation("GET", _TASK + "/files/{filePath:path}", tasks.get_file, "File_GetFromTask", 200),
+    Operation("POST", "/jobschedules", job_schedules.add, "JobSchedule_Add", 201),
+    Operation("GET", "/jobschedules", job_schedules.list_, "JobSchedule_List", 200),
+    Operation("HEAD", _SCHEDULE, job_schedules.exists, "JobSchedule_Exists", 200),
+    Operation("GET", _SCHEDULE, job_schedules.get, "JobSchedule_Get", 200),
+    Operation("PATCH", _SCHEDULE, job_schedules.patch, "JobSchedule_Patch", 200),
+    Operation("PUT", _SCHEDULE, job_schedules.update, "JobSchedule_Update", 200),
+    Operation("DELETE", _SCHEDULE, job_schedules.delete, "JobSchedule_Delete", 202),
+    Operation("POST", _SCHEDULE + "/disable", job_schedules.disable, "JobSchedule_Disable", 204),
+    Operation("POST", _SCHEDULE + "/enable", job_schedules.enable, "JobSchedule_Enable", 204),
+    Operation(
+        "POST", _SCHEDULE + "/terminate", job_schedules.terminate, "JobSchedule_Terminate", 202
+    ),
+    Operation("GET", _SCHEDULE + "/jobs", jobs.list_, "Job_ListFromJobSchedule", 200),
+    Operation("GET", "/applications", applications.list_, "Application_List", 200),
+    Operation("GET", "/applications/{applicationId}", applications.get, "Application_Get", 200),
+    Operation("POST", "/certificates", certificates.add, "Certificate_Add", 201),
+    Operation("GET", "/certificates", certificates.list_, "Certificate_List", 200),
+    Operation("GET", _CERT, certificates.get, "Certificate_Get", 200),
+    Operation("DELETE", _CERT, certificates.delete, "Certificate_Delete", 202),
 )
 
 
@@ -122,4 +203,4 @@ def openapi() -> dict[str, object]:
 
 
 def _path_names(path: str) -> list[str]:
-    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+    return re.findall(r"\{(\w+)\}", path)

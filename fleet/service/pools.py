@@ -1,10 +1,12 @@
-"""Pool and node requests: create, list, show and delete pools; list and show nodes."""
+"""Pool and node requests: create, list, show, update and delete pools; list and show
+nodes."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session, col, func, select
 
 from fleet import secret_store, specs
@@ -218,6 +220,47 @@ def stop_resize(store: Store, pool_id: str) -> Pool:
         if pool.allocation_state == AllocationState.RESIZING:
             set_allocation_state(pool, AllocationState.STOPPING, time.time())
             s.add(pool)
+        return pool
+
+
+#: What an update may change of a pool (Azure's pool patch and update properties).
+UPDATABLE = ("startTask", "certificateReferences", "applicationPackageReferences", "metadata")
+
+
+def update_pool(store: Store, pool_id: str, changes: dict[str, Any], replace: bool = False) -> Pool:
+    """Change a pool's ``startTask``, ``certificateReferences``,
+    ``applicationPackageReferences`` or ``metadata`` (Azure's pool patch); with ``replace``
+    those not in ``changes`` are removed (Azure's update properties). The merged spec is
+    validated like a new pool's; nodes get the new start task, certificates and packages
+    when they next join or reboot, as in Azure.
+
+    Raises BadInput (``UnsupportedProperty`` for another property, a bad value), NotFound
+    (PoolNotFound, CertificateNotFound, an application package) or Conflict
+    (PoolBeingDeleted)."""
+    where = f"pool {pool_id}"
+    unknown = sorted(set(changes) - set(UPDATABLE))
+    if unknown:
+        raise BadInput(
+            f"cannot change {', '.join(unknown)} of a pool; changeable: {', '.join(UPDATABLE)}",
+            code="UnsupportedProperty",
+            target=where,
+            field=unknown[0],
+        )
+    with store.session() as s:
+        pool = get_pool(s, pool_id)
+        if pool.state != PoolState.ACTIVE:
+            raise Conflict(f"the pool is {pool.state}", code="PoolBeingDeleted", target=where)
+        kept = {
+            k: v
+            for k, v in pool.spec.items()
+            if k != "userAccounts" and not (replace and k in UPDATABLE)
+        }
+        spec = specs.parse_pool(kept | changes)  # its accounts hold secret ids: kept as stored
+        check_references(s, spec["certificateReferences"], where)
+        applications.check_references(s, spec["applicationPackageReferences"], where)
+        pool.spec = spec | {"userAccounts": pool.spec.get("userAccounts") or []}
+        flag_modified(pool, "spec")
+        s.add(pool)
         return pool
 
 
