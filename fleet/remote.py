@@ -21,11 +21,10 @@ from email.utils import formatdate
 from typing import Any, BinaryIO
 
 from fleet.api import shared_key
+from fleet.api.wire import unstamped
 from fleet.errors import BadInput, Conflict, FleetError, NotFound, TimedOut, Unreachable
 
 API_VERSION = "2025-06-01"
-#: What the API adds to the objects the CLI prints.
-API_ONLY = ("url", "eTag", "lastModified")
 _ERROR_OF_STATUS: dict[int, type[FleetError]] = {
     400: BadInput,
     404: NotFound,
@@ -146,9 +145,7 @@ class Remote:
 
 def local(obj: Any) -> Any:
     """Return an API object as the local CLI prints it."""
-    if isinstance(obj, dict):
-        return {k: v for k, v in obj.items() if k not in API_ONLY}
-    return obj
+    return unstamped(obj) if isinstance(obj, dict) else obj
 
 
 def _error(status: int, data: bytes) -> FleetError:

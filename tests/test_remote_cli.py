@@ -134,3 +134,52 @@ def test_writes_through_the_remote_cli(fleet, remote, tmp_path):
     assert deleted["id"] == "t" and deleted["state"] in ("deleted", "deleting")
     assert remote.json("job", "delete", "k")["state"] == "deleting"
     wait_for(lambda: fleet("job", "show", "k", check=False).code == 3, 60, message="k gone")
+
+
+def test_schedules_nodes_and_counts_through_the_remote_cli(fleet, remote):
+    node = fleet.json("node", "list", "--pool", "p")[0]["id"]
+    for args in (
+        ("pool", "node-counts"),
+        ("pool", "node-counts", "p"),
+        ("node", "remote-login-settings", "--pool", "p", "--node", node),
+    ):
+        assert remote.json(*args) == fleet.json(*args), args
+    assert remote("pool", "node-counts", "nope", check=False).code == 3
+
+    [off] = remote.json("node", "disable-scheduling", "--pool", "p", "--node", node)
+    assert off["id"] == node and off == {k: v for k, v in off.items() if k != "ipAddress"}
+    wait_for(
+        lambda: (
+            fleet.json("node", "show", "--pool", "p", "--node", node)["schedulingState"]
+            == "disabled"
+        ),
+        30,
+        message="scheduling disabled",
+    )
+    [on] = remote.json("node", "enable-scheduling", "--pool", "p", "--node", node)
+    assert on["schedulingState"] == "enabled"
+
+    made = remote.json(
+        "schedule",
+        "create",
+        "--id",
+        "s",
+        "--pool",
+        "p",
+        "--every",
+        "PT1H",
+        "--job-manager-command-line",
+        "true",
+    )
+    assert made == fleet.json("schedule", "show", "s")
+    assert remote.json("schedule", "list") == fleet.json("schedule", "list")
+    assert remote("schedule", "exists", "s").code == 0
+    assert remote("schedule", "exists", "nope", check=False).code == 3
+    assert (
+        remote.json("schedule", "set", "s", "--every", "PT2H")["schedule"]["recurrenceInterval"]
+        == "PT2H"
+    )
+    assert remote.json("schedule", "disable", "s")["state"] == "disabled"
+    assert remote.json("schedule", "enable", "s")["state"] == "active"
+    assert remote.json("schedule", "terminate", "s")["state"] in ("terminating", "completed")
+    assert remote.json("schedule", "delete", "s")["state"] == "deleting"

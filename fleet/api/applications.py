@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from fleet.api import listing
 from fleet.api.context import Api
-from fleet.api.wire import ApiRequest, Reply
+from fleet.api.wire import ApiRequest, Reply, unstamped
 from fleet.service import applications as service
 
 #: What a list adds to an entity; an ApplicationSummary has none of it.
-_STAMP = ("url", "eTag", "lastModified")
 
 
 def list_(api: Api, req: ApiRequest) -> Reply:
@@ -22,7 +21,7 @@ def list_(api: Api, req: ApiRequest) -> Reply:
         if start is None or app.id > start
     )
     page = listing.page_of(apps, lambda a: req.url("applications", a["id"]), flt, limit)
-    plain = [{k: v for k, v in a.items() if k not in _STAMP} for a in page.items]
+    plain = [unstamped(a) for a in page.items]
     return listing.reply(req, listing.Page(plain, page.next_key), fields)
 
 

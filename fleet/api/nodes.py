@@ -13,8 +13,7 @@ from urllib.parse import quote
 from fleet import node_files, reads, views
 from fleet.api import listing
 from fleet.api.context import Api
-from fleet.api.tasks import _range as byte_range
-from fleet.api.wire import ApiRequest, Reply, entity, http_date, iso_to_epoch
+from fleet.api.wire import ApiRequest, Reply, byte_range, entity, http_date, iso_to_epoch
 from fleet.domain import NODE_DEALLOCATION_OPTIONS, NodeOperation
 from fleet.errors import BadInput, NotFound
 from fleet.service import node_ops, node_users

@@ -10,7 +10,7 @@ from fleet import reads, views
 from fleet.api import listing
 from fleet.api.context import Api
 from fleet.api.nodes import optional_body
-from fleet.api.wire import ApiRequest, Reply, check_conditions, entity
+from fleet.api.wire import ApiRequest, Reply, check_conditions, entity, unstamped
 from fleet.domain import NodeOperation
 from fleet.errors import BadInput
 from fleet.service import autoscale, node_ops
@@ -19,7 +19,6 @@ from fleet.service import pools as service
 #: The most nodes one removenodes call may name (Azure's limit).
 MAX_REMOVE = 100
 #: What a list adds to an entity; Azure's PoolNodeCounts has none of it.
-_STAMP = ("url", "eTag", "lastModified")
 
 
 def _url(req: ApiRequest, pool_id: str) -> str:
@@ -203,5 +202,5 @@ def node_counts(api: Api, req: ApiRequest) -> Reply:
         if start is None or pool_id > start
     )
     page = listing.page_of(counts, lambda c: _url(req, c["poolId"]), flt, limit)
-    plain = [{k: v for k, v in c.items() if k not in _STAMP} for c in page.items]
+    plain = [unstamped(c) for c in page.items]
     return listing.reply(req, listing.Page(plain, page.next_key), fields)

@@ -4,7 +4,6 @@ properties."""
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -12,13 +11,20 @@ from typing import Any, BinaryIO
 from fleet import reads, task_files, views
 from fleet.api import listing
 from fleet.api.context import Api
-from fleet.api.wire import ApiRequest, Reply, check_conditions, entity, http_date, iso_to_epoch
+from fleet.api.wire import (
+    ApiRequest,
+    Reply,
+    byte_range,
+    check_conditions,
+    entity,
+    http_date,
+    iso_to_epoch,
+)
 from fleet.errors import BadInput, Conflict, FleetError, NotFound
 from fleet.service import tasks as service
 
 #: The most tasks one addtaskcollection call may carry (Azure's limit).
 MAX_COLLECTION = 100
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _CHUNK = 1 << 20
 
 
@@ -213,7 +219,7 @@ def get_file(api: Api, req: ApiRequest) -> Reply:
     ``ocp-range: bytes=START-END`` names; streamed through a spooled file (memory
     bounded)."""
     name = req.params["filePath"]
-    start, end = _range(req.headers.get("ocp-range"))
+    start, end = byte_range(req.headers.get("ocp-range"))
     spool: Any = tempfile.SpooledTemporaryFile(max_size=_CHUNK)  # noqa: SIM115
     try:
         size = task_files.download(
@@ -242,16 +248,3 @@ def _chunks(f: BinaryIO) -> Iterator[bytes]:
     with f:
         while chunk := f.read(_CHUNK):
             yield chunk
-
-
-def _range(header: str | None) -> tuple[int | None, int | None]:
-    if not header:
-        return None, None
-    match = _RANGE.fullmatch(header.strip())
-    if match is None or match.group(1) == "":
-        raise BadInput(
-            f"ocp-range must be bytes=START-END or bytes=START-, got {header!r}",
-            code="InvalidRange",
-            field="ocp-range",
-        )
-    return int(match.group(1)), int(match.group(2)) if match.group(2) else None

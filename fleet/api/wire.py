@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,9 @@ from typing import Any
 from fleet.errors import BadInput, Conflict, FleetError, NotFound, TimedOut
 
 JSON_TYPE = "application/json;odata=minimalmetadata"
+#: What :func:`stamp` adds to the objects fleet prints.
+STAMP_FIELDS = ("url", "eTag", "lastModified")
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 #: Azure's status for an error class; a code in STATUS_OF_CODE wins over its class.
 _STATUS_OF_CLASS: tuple[tuple[type[FleetError], int], ...] = (
     (BadInput, 400),
@@ -132,6 +136,26 @@ def stamp(obj: dict[str, Any], url: str) -> dict[str, Any]:
     out.pop("eTag", None)
     out["eTag"] = etag_of(out)
     return out
+
+
+def unstamped(obj: dict[str, Any]) -> dict[str, Any]:
+    """Return ``obj`` without what :func:`stamp` added: as the CLI prints it."""
+    return {k: v for k, v in obj.items() if k not in STAMP_FIELDS}
+
+
+def byte_range(header: str | None) -> tuple[int | None, int | None]:
+    """Return (start, end) of an ``ocp-range: bytes=START-[END]`` header (end inclusive,
+    None: to the end), or (None, None) without one; BadInput ``InvalidRange`` otherwise."""
+    if not header:
+        return None, None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        raise BadInput(
+            f"ocp-range must be bytes=START-END or bytes=START-, got {header!r}",
+            code="InvalidRange",
+            field="ocp-range",
+        )
+    return int(match.group(1)), int(match.group(2)) if match.group(2) else None
 
 
 def check_conditions(req: ApiRequest, current: dict[str, Any], url: str) -> None:
