@@ -66,7 +66,7 @@ def zip_members(zf, max_members):
             out.append((name, "symlink", 0, zf.read(info).decode("utf-8"), info))
         elif info.is_dir() or stat.S_ISDIR(mode):
             out.append((name, "dir", 0, "", info))
-        elif mode and not stat.S_ISREG(mode):
+        elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits: a file
             raise Refused("UnsafeArchiveMember", "member %r is a device, FIFO or socket" % name)
         else:
             out.append((name, "file", info.file_size, "", info))

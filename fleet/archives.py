@@ -102,7 +102,7 @@ def _read_zip(path: Path, archive: str, max_members: int) -> list[Member]:
                 members.append(Member(name, "symlink", 0, target))
             elif info.is_dir() or stat.S_ISDIR(mode):
                 members.append(Member(name, "dir"))
-            elif mode and not stat.S_ISREG(mode):
+            elif stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits: a file
                 raise _bad(archive, info.filename, "special-file", "is a device, FIFO or socket")
             else:
                 members.append(Member(name, "file", info.file_size))

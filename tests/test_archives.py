@@ -205,3 +205,19 @@ def test_node_unpacker_refuses_an_archive_whose_hash_differs(tmp_path: Path) -> 
     proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
     assert json.loads(proc.stdout)["error"]["code"] == "ApplicationPackageCorrupt"
     assert not (apps / "app#1").exists()
+
+
+@pytest.mark.parametrize("attr", [0, 0o600 << 16, 0o755 << 16])
+def test_zip_members_without_file_type_bits_are_files(tmp_path: Path, attr: int) -> None:
+    """`zipfile.writestr(name, data)` and DOS-made zips set no file type: such a member
+    is a regular file, on the controller and on the node."""
+    archive = tmp_path / "plain.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("run.sh")
+        info.external_attr = attr
+        zf.writestr(info, "echo hi\n")
+    fmt, members = archives.check(archive)
+    assert fmt == "zip" and [(m.name, m.kind) for m in members] == [("run.sh", "file")]
+    result, apps = _unpack_on_node(tmp_path, archive)
+    assert result == {"result": "unpacked"}
+    assert (apps / "app#1" / "run.sh").read_text() == "echo hi\n"

@@ -183,3 +183,32 @@ def test_schedules_nodes_and_counts_through_the_remote_cli(fleet, remote):
     assert remote.json("schedule", "enable", "s")["state"] == "active"
     assert remote.json("schedule", "terminate", "s")["state"] in ("terminating", "completed")
     assert remote.json("schedule", "delete", "s")["state"] == "deleting"
+
+
+def test_certificates_and_applications_through_the_remote_cli(fleet, remote, tmp_path):
+    import zipfile
+
+    from tests.cert_files import make_cert, sha1, write_pem
+
+    cert, _ = make_cert("remote-cli")
+    fleet("certificate", "create", "--file", str(write_pem(tmp_path / "c.pem", cert)))
+    thumbprint = sha1(cert)
+    assert remote.json("certificate", "list") == fleet.json("certificate", "list")
+    assert remote.json("certificate", "show", thumbprint) == fleet.json(
+        "certificate", "show", thumbprint
+    )
+    assert remote("certificate", "show", "00" * 20, check=False).code == 3
+    assert remote.json("certificate", "delete", thumbprint)["deleted"] is True
+    wait_for(
+        lambda: fleet("certificate", "show", thumbprint, check=False).code == 3,
+        30,
+        message="the certificate gone",
+    )
+
+    archive = tmp_path / "app.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("run.sh", "echo hi\n")
+    fleet("application", "package", "create", "app", "1.0", str(archive))
+    assert remote.json("application", "list") == fleet.json("application", "list")
+    assert remote.json("application", "show", "app") == fleet.json("application", "show", "app")
+    assert remote("application", "show", "nope", check=False).code == 3

@@ -31,6 +31,9 @@ PACKAGE_COLUMNS = [
 @app.command("list")
 def list_(output: OutputOpt = None) -> None:
     """List the applications with their versions."""
+    if (remote := CURRENT.remote) is not None:
+        emit(list(remote.list("/applications")), output, COLUMNS)
+        return
     rows = [service.application_json(a, p) for a, p in service.list_applications(CURRENT.store)]
     emit(rows, output, COLUMNS)
 
@@ -41,6 +44,9 @@ def show(
     output: OutputOpt = None,
 ) -> None:
     """Show an application and its packages."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.get(f"/applications/{application}"), output)
+        return
     emit(service.application_json(*service.show_application(CURRENT.store, application)), output)
 
 

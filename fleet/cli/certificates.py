@@ -66,9 +66,17 @@ def create(
     emit(service.view(added.certificate), output)
 
 
+def _path(thumbprint: str) -> str:
+    """Return Azure's path of a certificate."""
+    return f"/certificates(thumbprintAlgorithm=sha1,thumbprint={thumbprint.lower()})"
+
+
 @app.command("list")
 def list_(output: OutputOpt = None) -> None:
     """List certificates."""
+    if (remote := CURRENT.remote) is not None:
+        emit(list(remote.list("/certificates")), output, COLUMNS)
+        return
     emit([service.view(c) for c in service.list_certificates(CURRENT.store)], output, COLUMNS)
 
 
@@ -78,6 +86,9 @@ def show(
     output: OutputOpt = None,
 ) -> None:
     """Show one certificate (never its private key)."""
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.get(_path(thumbprint)), output)
+        return
     emit(service.view(service.show_certificate(CURRENT.store, thumbprint)), output)
 
 
@@ -87,5 +98,8 @@ def delete(
     output: OutputOpt = None,
 ) -> None:
     """Delete a certificate; refused (exit 4, state deletefailed) while a pool uses it."""
-    service.delete_certificate(CURRENT.store, thumbprint)
+    if (remote := CURRENT.remote) is not None:
+        remote.call("DELETE", _path(thumbprint))
+    else:
+        service.delete_certificate(CURRENT.store, thumbprint)
     emit({"thumbprint": thumbprint.lower(), "deleted": True}, output)
