@@ -212,3 +212,35 @@ def test_certificates_and_applications_through_the_remote_cli(fleet, remote, tmp
     assert remote.json("application", "list") == fleet.json("application", "list")
     assert remote.json("application", "show", "app") == fleet.json("application", "show", "app")
     assert remote("application", "show", "nope", check=False).code == 3
+
+
+def test_node_users_through_the_remote_cli(fleet, remote, tmp_path):
+    node = fleet.json("node", "list", "--pool", "p")[0]["id"]
+    where = ("--pool", "p", "--node", node)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEt7Fn8kNLe0sVfXGxZQmY6JQvZg6s5gWq0b2t6hJ3xP x"
+    made = remote.json(
+        "node", "user", "create", *where, "--name", "remoteuser", "--ssh-public-key", key
+    )
+    assert made["name"] == "remoteuser"
+    assert remote.json("node", "user", "list", *where) == fleet.json("node", "user", "list", *where)
+    changed = remote.json(
+        "node",
+        "user",
+        "set",
+        *where,
+        "--name",
+        "remoteuser",
+        "--expiry-time",
+        "2099-01-01T00:00:00Z",
+    )
+    assert changed["expiryTime"].startswith("2099-01-01")
+    assert remote.json("node", "user", "delete", *where, "--name", "remoteuser") == {
+        "deleted": "remoteuser",
+        "nodeId": node,
+    }
+    assert fleet.json("node", "user", "list", *where) == []
+    missing = remote("node", "user", "delete", *where, "--name", "nosuchuser", check=False)
+    assert (
+        missing.code
+        == fleet("node", "user", "delete", *where, "--name", "nosuchuser", check=False).code
+    )

@@ -130,17 +130,17 @@ def _user_url(req: ApiRequest, name: str) -> str:
 
 def add_user(api: Api, req: ApiRequest) -> Reply:
     """POST /pools/{poolId}/nodes/{nodeId}/users: create an account for remote login,
-    201."""
+    201 (with the user as fleet prints it: Azure's clients ignore the body)."""
     pool_id, node_id = _ids(req)
     body = req.json(f"node {node_id}")
     user = node_users.create_user(api.store, pool_id, node_id, body, api.settings)
     url = _user_url(req, user["name"])
-    return Reply(201, headers={"DataServiceId": url, "Location": url})
+    return Reply(201, user, headers={"DataServiceId": url, "Location": url})
 
 
 def update_user(api: Api, req: ApiRequest) -> Reply:
     """PUT /pools/{poolId}/nodes/{nodeId}/users/{userName}: replace the user's password,
-    key and expiry (what is not given is removed), 200."""
+    key and expiry (what is not given is removed), 200 with the user."""
     pool_id, node_id = _ids(req)
     name = req.params["userName"]
     body = req.json(f"node user {node_id}/{name}")
@@ -151,8 +151,14 @@ def update_user(api: Api, req: ApiRequest) -> Reply:
             target=f"node user {node_id}/{name}",
             field="name",
         )
-    node_users.update_user(api.store, pool_id, node_id, body | {"name": name})
-    return Reply(200, headers={"DataServiceId": _user_url(req, name)})
+    user = node_users.update_user(api.store, pool_id, node_id, body | {"name": name})
+    return Reply(200, user, headers={"DataServiceId": _user_url(req, name)})
+
+
+def list_users(api: Api, req: ApiRequest) -> Reply:
+    """GET /pools/{poolId}/nodes/{nodeId}/users: the users fleet made on the node (a
+    fleet addition: Azure cannot list them)."""
+    return Reply(200, {"value": node_users.list_users(api.store, *_ids(req))})
 
 
 def delete_user(api: Api, req: ApiRequest) -> Reply:

@@ -87,6 +87,7 @@ OPERATIONS: tuple[Operation, ...] = (
         200,
     ),
     Operation("POST", _NODE + "/users", nodes.add_user, "ComputeNode_AddUser", 201),
+    Operation("GET", _NODE + "/users", nodes.list_users, "ComputeNode_ListUsers", 200),
     Operation("PUT", _NODE + "/users/{userName}", nodes.update_user, "ComputeNode_UpdateUser", 200),
     Operation(
         "DELETE", _NODE + "/users/{userName}", nodes.delete_user, "ComputeNode_DeleteUser", 200

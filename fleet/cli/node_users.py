@@ -101,6 +101,9 @@ def create(
     data = _user_data(
         name, admin, expiry_time, password_file, ssh_public_key, ssh_public_key_file, json_file
     )
+    if (remote := CURRENT.remote) is not None:
+        emit(remote.call("POST", f"/pools/{pool}/nodes/{node}/users", body=data), output)
+        return
     emit(service.create_user(CURRENT.store, pool, node, data, CURRENT.settings), output)
 
 
@@ -121,6 +124,16 @@ def set_(
     data = _user_data(
         name, admin, expiry_time, password_file, ssh_public_key, ssh_public_key_file, json_file
     )
+    if (remote := CURRENT.remote) is not None:
+        name = data.get("name") if isinstance(data, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadInput(
+                "the user to change needs a name", code="MissingRequiredProperty", field="name"
+            )
+        body = {k: v for k, v in data.items() if k != "name"}
+        path = f"/pools/{pool}/nodes/{node}/users/{name}"
+        emit(remote.call("PUT", path, body=body), output)
+        return
     emit(service.update_user(CURRENT.store, pool, node, data), output)
 
 
@@ -132,13 +145,20 @@ def delete(
     output: OutputOpt = None,
 ) -> None:
     """Delete a user fleet created on the node, with its home directory."""
-    service.delete_user(CURRENT.store, pool, node, name)
+    if (remote := CURRENT.remote) is not None:
+        remote.call("DELETE", f"/pools/{pool}/nodes/{node}/users/{name}")
+    else:
+        service.delete_user(CURRENT.store, pool, node, name)
     emit({"deleted": name, "nodeId": node}, output)
 
 
 @user_app.command("list")
 def list_(pool: PoolOpt, node: NodeOpt, output: OutputOpt = None) -> None:
     """List the users fleet created on the node."""
+    if (remote := CURRENT.remote) is not None:
+        users = remote.call("GET", f"/pools/{pool}/nodes/{node}/users")["value"]
+        emit(users, output, USER_COLUMNS)
+        return
     emit(service.list_users(CURRENT.store, pool, node), output, USER_COLUMNS)
 
 
