@@ -619,6 +619,10 @@ def test_pool_certificate_references_are_patched_kept_and_guard_the_certificate(
     in_use = api.call("DELETE", cert_path(sha1(cert)))
     refused(in_use, 409, "CertificateInUse")
     assert api.call("GET", cert_path(sha1(cert))).json()["state"] == "deletefailed"
+    assert api.call("POST", cert_path(sha1(cert)) + "/canceldelete").status == 204
+    assert api.call("GET", cert_path(sha1(cert))).json()["state"] == "active"
+    again = api.call("POST", cert_path(sha1(cert)) + "/canceldelete")
+    refused(again, 409, "CertificateNotDeleteFailed")
     rest = {"applicationPackageReferences": [], "metadata": []}
     assert api.call("POST", "/pools/s/updateproperties", body=rest).status == 204
     kept = api.call("GET", "/pools/s").json()["certificateReferences"]

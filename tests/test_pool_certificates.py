@@ -99,6 +99,11 @@ def test_a_referenced_certificate_cannot_be_deleted_and_stays_usable(offline, tm
     assert shown["state"] == "deletefailed"
     assert shown["deleteCertificateError"]["code"] == "CertificateInUse"
     assert "p1" in shown["deleteCertificateError"]["message"]
+    kept = offline.json("certificate", "cancel-delete", sha1(cert))
+    assert kept["state"] == "active" and "deleteCertificateError" not in kept
+    again = offline("certificate", "cancel-delete", sha1(cert), "-o", "json", check=False)
+    assert again.code == 4
+    assert json.loads(again.stderr)["error"]["code"] == "CertificateNotDeleteFailed"
     # still usable: another pool may reference it, and show output is create input
     _pool(offline, shown_pool | {"id": "p2", "hosts": ["n2"]})
     offline("pool", "delete", "p1")

@@ -115,6 +115,13 @@ def get(api: Api, req: ApiRequest) -> Reply:
     return entity(req, service.view(cert), _url(req, cert.thumbprint))
 
 
+def cancel_deletion(api: Api, req: ApiRequest) -> Reply:
+    """POST /certificates(thumbprintAlgorithm=sha1,thumbprint={thumbprint})/canceldelete:
+    a certificate whose deletion failed is active again, 204."""
+    service.cancel_deletion(api.store, _thumbprint(req))
+    return Reply(204)
+
+
 def delete(api: Api, req: ApiRequest) -> Reply:
     """DELETE /certificates(thumbprintAlgorithm=sha1,thumbprint={thumbprint}): 202; 409
     ``CertificateInUse`` while a pool references it (it is then ``deletefailed``)."""

@@ -157,6 +157,13 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/certificates", certificates.list_, "Certificate_List", 200),
     Operation("GET", _CERT, certificates.get, "Certificate_Get", 200),
     Operation("DELETE", _CERT, certificates.delete, "Certificate_Delete", 202),
+    Operation(
+        "POST",
+        _CERT + "/canceldelete",
+        certificates.cancel_deletion,
+        "Certificate_CancelDeletion",
+        204,
+    ),
 )
 
 

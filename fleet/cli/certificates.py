@@ -92,6 +92,19 @@ def show(
     emit(service.view(service.show_certificate(CURRENT.store, thumbprint)), output)
 
 
+@app.command("cancel-delete")
+def cancel_delete(
+    thumbprint: Annotated[str, typer.Argument(help="SHA-1 thumbprint (hex).")],
+    output: OutputOpt = None,
+) -> None:
+    """Keep a certificate whose deletion failed (a pool uses it): it is active again."""
+    if (remote := CURRENT.remote) is not None:
+        remote.call("POST", _path(thumbprint) + "/canceldelete")
+        emit(remote.get(_path(thumbprint)), output)
+        return
+    emit(service.view(service.cancel_deletion(CURRENT.store, thumbprint)), output)
+
+
 @app.command("delete")
 def delete(
     thumbprint: Annotated[str, typer.Argument(help="SHA-1 thumbprint (hex).")],

@@ -149,6 +149,24 @@ def delete_certificate(store: Store, thumbprint: str) -> None:
         raise Conflict(message, code="CertificateInUse", target=f"certificate {cert.thumbprint}")
 
 
+def cancel_deletion(store: Store, thumbprint: str) -> Certificate:
+    """Make a certificate whose deletion failed (``deletefailed``) ``active`` again and
+    forget the error. Raises NotFound, or Conflict (CertificateNotDeleteFailed) in any
+    other state."""
+    with store.session() as s:
+        cert = get_certificate(s, thumbprint)
+        if cert.state != "deletefailed":
+            raise Conflict(
+                f"only a certificate whose deletion failed can be kept; this one is {cert.state}",
+                code="CertificateNotDeleteFailed",
+                target=f"certificate {cert.thumbprint}",
+            )
+        cert.state, cert.delete_error = "active", None
+        cert.state_changed_at = time.time()
+        s.add(cert)
+        return cert
+
+
 def view(cert: Certificate) -> dict[str, Any]:
     """Return the certificate as Azure Batch's certificate object plus fleet's fields
     (``sha256Thumbprint``, ``subject``, ``notAfter``, ``hasPrivateKey``); never a secret."""
