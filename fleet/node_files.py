@@ -148,10 +148,13 @@ def download(
     path: str,
     sink: BinaryIO,
     progress: Progress | None = None,
+    start: int | None = None,
+    end: int | None = None,
 ) -> int:
-    """Write the regular file ``path`` under the node's fleet root to ``sink`` in chunks
-    of at most 1 MiB (bounded memory); return how many bytes were written. ``progress``
-    is called after each chunk with the bytes written so far and the file's size.
+    """Write bytes ``start``..``end`` (inclusive; default: all) of the regular file
+    ``path`` under the node's fleet root to ``sink`` in chunks of at most 1 MiB (bounded
+    memory); return how many bytes were written. ``progress`` is called after each chunk
+    with the bytes written so far and the file's size.
 
     Raises BadInput InvalidPath (see :func:`node_path`, or a symlink on the path),
     NotARegularFile; NotFound (PoolNotFound, NodeNotFound, FileNotFound); Conflict
@@ -172,7 +175,10 @@ def download(
         conn = await Connection.open(targets.target(host, key))
         written = 0
         try:
-            proc = await _file_command(conn, where, ["read", where.under_base(parent), name, "0"])
+            bounds = [str(start or 0), *([str(end)] if end is not None else [])]
+            proc = await _file_command(
+                conn, where, ["read", where.under_base(parent), name, *bounds]
+            )
             size = int((await _header(where, conn, proc)).get("size") or 0)
             while chunk := await proc.read(CHUNK):
                 sink.write(chunk)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import posixpath
 import tempfile
 from collections.abc import Iterator
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 from fleet import node_files, reads, views
@@ -230,9 +230,7 @@ def get_file(api: Api, req: ApiRequest) -> Reply:
     start, end = byte_range(req.headers.get("ocp-range"))
     spool: Any = tempfile.SpooledTemporaryFile(max_size=_CHUNK)  # noqa: SIM115
     try:
-        node_files.download(
-            api.reader, *_ids(req), name, cast(BinaryIO, _Window(spool, start, end))
-        )
+        node_files.download(api.reader, *_ids(req), name, spool, start=start, end=end)
     except BaseException:
         spool.close()
         raise
@@ -244,24 +242,6 @@ def get_file(api: Api, req: ApiRequest) -> Reply:
         "ocp-batch-file-url": _file_url(req, name),
     }
     return Reply(200, headers=headers, stream=_chunks(spool), media_type="application/octet-stream")
-
-
-class _Window:
-    """A sink keeping only bytes ``start`` to ``end`` (inclusive; None: to the end) of
-    what is written to it."""
-
-    def __init__(self, sink: BinaryIO, start: int | None, end: int | None) -> None:
-        self.sink, self.start, self.end = sink, start or 0, end
-        self.offset = 0
-
-    def write(self, chunk: bytes) -> int:
-        first = self.offset
-        self.offset += len(chunk)
-        low = max(self.start - first, 0)
-        high = len(chunk) if self.end is None else min(self.end + 1 - first, len(chunk))
-        if low < high:
-            self.sink.write(chunk[low:high])
-        return len(chunk)
 
 
 def _chunks(f: BinaryIO) -> Iterator[bytes]:
