@@ -41,7 +41,11 @@ class Remote:
         self, url: str, account: str, key: str, ca_file: str | None = None, timeout: float = 120
     ) -> None:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
             raise BadInput(
                 f"--url must be http(s)://HOST[:PORT], got {url!r}",
                 code="InvalidUrl",
@@ -58,7 +62,7 @@ class Remote:
         self.base = f"{parts.scheme}://{parts.netloc}"
         self._parts = parts
         self.account, self.key = account, key
-        self._ssl = ssl.create_default_context(cafile=ca_file) if parts.scheme == "https" else None
+        self._ssl = _tls(ca_file) if parts.scheme == "https" else None
         self.timeout = timeout
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -141,6 +145,19 @@ class Remote:
                 sink.write(chunk)
                 written += len(chunk)
         return written
+
+
+def _tls(ca_file: str | None) -> ssl.SSLContext:
+    """Return the TLS context that verifies the controller: the system's CAs, or those
+    of ``ca_file``."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise BadInput(
+            f"cannot use {ca_file} as CA certificates: {exc}",
+            code="InvalidCaFile",
+            field="--ca-file",
+        ) from None
 
 
 def local(obj: Any) -> Any:

@@ -3,6 +3,7 @@ Azure's envelope and status codes, paging, $filter/$select, entity tags, collect
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 
@@ -394,3 +395,34 @@ def test_tls_serves_the_api_and_the_remote_cli_verifies_it(fleet, controller, tm
     assert remote.json("--ca-file", str(cert), "pool", "list") == []
     untrusted = remote("pool", "list", check=False)  # the system CAs do not know this one
     assert untrusted.code == 1 and "Unreachable" in untrusted.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code"),
+    [
+        (("--url", "ftp://x"), {}, "InvalidUrl"),
+        (("--url", "http://h:port"), {}, "InvalidUrl"),
+        (("--url", "https://127.0.0.1:1", "--ca-file", "/no/such/ca.pem"), {}, "InvalidCaFile"),
+        (("--url", "http://127.0.0.1:1"), {"FLEET_KEY": "not base64!"}, "InvalidKey"),
+        (("--url", "http://127.0.0.1:1"), {"FLEET_ACCOUNT": ""}, "MissingRequiredProperty"),
+        (("--url", "http://127.0.0.1:1", "--key-file", "/no/such/key"), {}, "InvalidKeyFile"),
+    ],
+)
+def test_bad_remote_settings_are_refused_before_any_request(tmp_path, args, env, code):
+    from tests.conftest import Fleet
+
+    base = {"FLEET_ACCOUNT": "acct", "FLEET_KEY": "a2V5"}
+    result = Fleet(tmp_path / "home", base | env)(*args, "pool", "list", "-o", "json", check=False)
+    assert result.code == 2 and json.loads(result.stderr)["error"]["code"] == code
+
+
+def test_an_unreachable_controller_is_a_clear_error(tmp_path):
+    from tests.conftest import Fleet
+
+    env = {
+        "FLEET_URL": f"http://127.0.0.1:{free_port()}",
+        "FLEET_ACCOUNT": "a",
+        "FLEET_KEY": "a2V5",
+    }
+    result = Fleet(tmp_path / "home", env)("job", "list", check=False)
+    assert result.code == 1 and "Unreachable" in result.stderr and "Traceback" not in result.stderr
