@@ -79,9 +79,9 @@ class Context:
 
     def _local_only(self) -> None:
         if self.url is not None:
-            command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
             raise BadInput(
-                f"`fleet {command}` works on the local database only, not yet through --url",
+                f"`fleet {_command_words()}` works on this machine's database only, not "
+                "through --url",
                 code="NotAvailableRemotely",
                 field="--url",
             )
@@ -109,6 +109,25 @@ class Context:
 
 
 CURRENT = Context()
+
+
+#: The global options that take a value (the words after them are not the command's).
+_VALUE_OPTIONS = frozenset(
+    ("--home", "--db-url", "--output", "-o", "--url", "--account", "--key-file", "--ca-file")
+)
+
+
+def _command_words() -> str:
+    """Return the command being run, e.g. ``host list``, from the command line."""
+    words, args = [], iter(sys.argv[1:])
+    for arg in args:
+        if arg in _VALUE_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            words.append(arg)
+            if len(words) == 2:
+                break
+    return " ".join(words)
 
 
 def read_key(key_file: str | None) -> str | None:
