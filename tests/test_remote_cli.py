@@ -244,3 +244,13 @@ def test_node_users_through_the_remote_cli(fleet, remote, tmp_path):
         missing.code
         == fleet("node", "user", "delete", *where, "--name", "nosuchuser", check=False).code
     )
+
+
+def test_job_wait_exits_as_locally_when_a_task_fails(fleet, remote):
+    remote("job", "create", "--id", "f", "--pool", "p")
+    remote("task", "create", "--job", "f", "--id", "bad", "--command-line", "sh -c 'exit 3'")
+    mine = remote("job", "wait", "f", "--timeout", "60", "-o", "json", check=False)
+    theirs = fleet("job", "wait", "f", "--timeout", "60", "-o", "json", check=False)
+    assert mine.code == theirs.code == 1
+    assert mine.json()["taskCounts"] == theirs.json()["taskCounts"]
+    assert mine.json()["taskCounts"]["failed"] == 1

@@ -270,6 +270,8 @@ def wait(
         },
         output,
     )
+    if counts["failed"] or counts["active"] or counts["running"]:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @dataclass(frozen=True)
@@ -289,8 +291,6 @@ def _job_and_counts(
     assert db is not None
     row, counts = reads.show_job_with_counts(db, job_id)
     return _JobState(row.state, row.termination_reason), counts
-    if counts["failed"] or counts["active"] or counts["running"]:
-        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("prep-release-status")
