@@ -5,20 +5,24 @@ remote login settings; node users; and the files under a node's fleet root: list
 from __future__ import annotations
 
 import posixpath
-import tempfile
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import quote
 
 from fleet import node_files, reads, views
 from fleet.api import listing
 from fleet.api.context import Api
-from fleet.api.wire import ApiRequest, Reply, byte_range, entity, http_date, iso_to_epoch
+from fleet.api.wire import (
+    ApiRequest,
+    Reply,
+    byte_range,
+    entity,
+    file_reply,
+    http_date,
+    iso_to_epoch,
+)
 from fleet.domain import NODE_DEALLOCATION_OPTIONS, NodeOperation
 from fleet.errors import BadInput, NotFound
 from fleet.service import node_ops, node_users
-
-_CHUNK = 1 << 20
 
 
 def _url(req: ApiRequest, pool_id: str, node_id: str) -> str:
@@ -228,23 +232,7 @@ def get_file(api: Api, req: ApiRequest) -> Reply:
     bounded)."""
     name = req.params["filePath"]
     start, end = byte_range(req.headers.get("ocp-range"))
-    spool: Any = tempfile.SpooledTemporaryFile(max_size=_CHUNK)  # noqa: SIM115
-    try:
-        node_files.download(api.reader, *_ids(req), name, spool, start=start, end=end)
-    except BaseException:
-        spool.close()
-        raise
-    size = spool.tell()
-    spool.seek(0)
-    headers = {
-        "Content-Length": str(size),
-        "ocp-batch-file-isdirectory": "false",
-        "ocp-batch-file-url": _file_url(req, name),
-    }
-    return Reply(200, headers=headers, stream=_chunks(spool), media_type="application/octet-stream")
-
-
-def _chunks(f: BinaryIO) -> Iterator[bytes]:
-    with f:
-        while chunk := f.read(_CHUNK):
-            yield chunk
+    return file_reply(
+        lambda f: node_files.download(api.reader, *_ids(req), name, f, start=start, end=end),
+        _file_url(req, name),
+    )

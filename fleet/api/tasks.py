@@ -4,9 +4,7 @@ properties."""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import Any
 
 from fleet import reads, task_files, views
 from fleet.api import listing
@@ -17,6 +15,7 @@ from fleet.api.wire import (
     byte_range,
     check_conditions,
     entity,
+    file_reply,
     http_date,
     iso_to_epoch,
 )
@@ -25,7 +24,6 @@ from fleet.service import tasks as service
 
 #: The most tasks one addtaskcollection call may carry (Azure's limit).
 MAX_COLLECTION = 100
-_CHUNK = 1 << 20
 
 
 def _url(req: ApiRequest, job_id: str, task_id: str) -> str:
@@ -220,31 +218,9 @@ def get_file(api: Api, req: ApiRequest) -> Reply:
     bounded)."""
     name = req.params["filePath"]
     start, end = byte_range(req.headers.get("ocp-range"))
-    spool: Any = tempfile.SpooledTemporaryFile(max_size=_CHUNK)  # noqa: SIM115
-    try:
-        size = task_files.download(
-            api.settings,
-            api.reader,
-            req.params["jobId"],
-            req.params["taskId"],
-            name,
-            spool,
-            start,
-            end,
-        )
-    except BaseException:
-        spool.close()
-        raise
-    spool.seek(0)
-    headers = {
-        "Content-Length": str(size),
-        "ocp-batch-file-isdirectory": "false",
-        "ocp-batch-file-url": _file_url(req, name),
-    }
-    return Reply(200, headers=headers, stream=_chunks(spool), media_type="application/octet-stream")
-
-
-def _chunks(f: BinaryIO) -> Iterator[bytes]:
-    with f:
-        while chunk := f.read(_CHUNK):
-            yield chunk
+    return file_reply(
+        lambda f: task_files.download(
+            api.settings, api.reader, req.params["jobId"], req.params["taskId"], name, f, start, end
+        ),
+        _file_url(req, name),
+    )

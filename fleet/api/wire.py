@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from fleet.errors import BadInput, Conflict, FleetError, NotFound, TimedOut
 
@@ -136,6 +137,35 @@ def stamp(obj: dict[str, Any], url: str) -> dict[str, Any]:
     out.pop("eTag", None)
     out["eTag"] = etag_of(out)
     return out
+
+
+#: Bytes a file answer holds in memory before it spools to disk, and sends at a time.
+FILE_CHUNK = 1 << 20
+
+
+def file_reply(fill: Callable[[BinaryIO], object], url: str) -> Reply:
+    """Reply with the bytes ``fill`` writes to the file it is given: spooled (memory
+    bounded), then streamed, with Azure's file headers."""
+    spool: Any = tempfile.SpooledTemporaryFile(max_size=FILE_CHUNK)  # noqa: SIM115
+    try:
+        fill(spool)
+    except BaseException:
+        spool.close()
+        raise
+    size = spool.tell()
+    spool.seek(0)
+    headers = {
+        "Content-Length": str(size),
+        "ocp-batch-file-isdirectory": "false",
+        "ocp-batch-file-url": url,
+    }
+    return Reply(200, headers=headers, stream=_chunks(spool), media_type="application/octet-stream")
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(FILE_CHUNK):
+            yield chunk
 
 
 def unstamped(obj: dict[str, Any]) -> dict[str, Any]:
