@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from fleet import environment
+from fleet.errors import failure_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,3 +50,9 @@ def epoch(iso_time: Any) -> float | None:
         return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def internal_error(att: Attempt, exc: BaseException, record: dict[str, Any]) -> dict[str, Any]:
+    """Return ``record`` marked with an unexpected failure of the controller, logged here."""
+    log.error("task %s: unexpected error while handling it", att.key, exc_info=exc)
+    return {**record, "error": failure_of(exc)}

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fleet import task_io
-from fleet.attempts import Attempt
+from fleet.attempts import Attempt, internal_error
 from fleet.errors import (
     STORAGE_ERRNOS,
     ControllerStorageError,
     FleetError,
     RemoteError,
-    failure_of,
     storage_error,
 )
 from fleet.service.tasks import COLLECTED_FILES
@@ -161,12 +160,6 @@ async def _download_if_present(conn: Any, remote: str, local: str) -> None:
     except RemoteError as exc:
         if exc.code != "FileNotFound":
             raise
-
-
-def internal_error(att: Attempt, exc: BaseException, record: dict[str, Any]) -> dict[str, Any]:
-    """Return ``record`` marked with an unexpected failure of the controller, logged here."""
-    log.error("task %s: unexpected error while handling it", att.key, exc_info=exc)
-    return {**record, "error": failure_of(exc)}
 
 
 def _record_on_disk(dest: Any, att: Attempt) -> dict[str, Any] | None:

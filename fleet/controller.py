@@ -2,49 +2,30 @@
 
 Each turn of the loop: open links to nodes that need one, apply the events that
 came in (starts, exits, lost nodes) in one transaction, requeue the tasks of
-nodes lost for longer than the grace period, then ask the scheduler for a plan,
-write it ahead (``dispatching``) and send the spawns. See DESIGN.md,
-"Reliability model".
+nodes lost for longer than the grace period, then place pending tasks on free
+slots (fleet/dispatch.py: a plan from the scheduler, written ahead as ``dispatching``,
+then the spawns). See DESIGN.md, "Reliability model".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import shlex
 import time
 from typing import Any
 
-from sqlalchemy import bindparam
-from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from fleet import (
-    applications,
-    environment,
-    identity,
-    metrics,
-    outcomes,
-    queue,
-    rules,
-    scheduler,
-    specs,
-    task_calls,
-    task_io,
-)
-from fleet.attempts import Attempt, epoch
+from fleet import metrics, rules
+from fleet.attempts import Attempt
 from fleet.autoscale import AutoScaler
-from fleet.collection import Collector, internal_error
+from fleet.collection import Collector
 from fleet.context import Context, Outbox
 from fleet.control_server import ControlServer
-from fleet.domain import AttemptState, NodeState, PoolState, TaskState
-from fleet.errors import (
-    AgentError,
-    FleetError,
-    RemoteError,
-)
+from fleet.dispatch import Dispatch
+from fleet.domain import AttemptState, PoolState
+from fleet.errors import AgentError, FleetError
 from fleet.job_tasks import JobTasks
 from fleet.lifecycle import Lifecycle
 from fleet.multi_instance import MultiInstance
@@ -56,6 +37,7 @@ from fleet.retention import RetentionSweep
 from fleet.schedule_runner import ScheduleRunner
 from fleet.service.auto_pools import AutoPoolSweep
 from fleet.settings import Settings
+from fleet.sql import Sql
 from fleet.store import Store, WakeListener
 from fleet.tables import Node, Pool, StaleAttempt, Task
 from fleet.task_calls import TaskCalls
@@ -74,25 +56,11 @@ LOOK_INTERVAL = 1.0
 #: While tasks finish, the jobs are read again this often (not every turn: under load a
 #: turn comes every few milliseconds), so a job's end follows its last task closely.
 LOOK_AFTER_EXITS = 0.25
-SPAWN_RETRY_DELAY = 2.0
-#: Spawn refusals that say the task itself can never run: it completes instead of retrying.
-REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
 
 #: Why a task ended by a node operation with ``terminate`` ended.
 NODE_OPERATION_ENDED = "the task was terminated by an operation on its node"
 #: Seconds shutdown waits for background work and links (each bounds itself sooner).
 SHUTDOWN_LIMIT = 6.0
-
-#: What placement reads of the nodes with a ready link.
-_READY_NODES = sa_select(
-    col(Node.id), col(Node.pool_id), col(Node.state), col(Node.scheduling_state)
-).where(col(Node.id).in_(bindparam("ids", expanding=True)), col(Node.operation).is_(None))
-
-
-@functools.lru_cache(maxsize=4096)
-def _split(command_line: str) -> tuple[str, ...]:
-    """A command line's argv (the tasks of a job often share one)."""
-    return tuple(shlex.split(command_line))
 
 
 class Controller:
@@ -113,7 +81,6 @@ class Controller:
         self.node_grace = node_grace
         self.links: dict[str, NodeLink] = {}
         self.inflight: dict[str, dict[str, Attempt]] = {}  # node -> key -> attempt
-        self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
         self._wake = asyncio.Event()
         self._look_asked = True  # something may have changed in the store: read it next turn
         self._looked_at = 0.0  # monotonic time the loop last read jobs, nodes and schedules
@@ -138,6 +105,14 @@ class Controller:
             ctx, self._end_for_node, self._forget_link, removed=self.pool_sizing.node_removed
         )
         self.collector = Collector(settings, self.inflight, self._collected)
+        self.dispatch = Dispatch(
+            ctx,
+            self.job_tasks,
+            self.multi,
+            self.events.update_node_busy,
+            self.exited,
+            self._wake.set,
+        )
 
     def wake(self) -> None:
         """Run the next turn of the loop now rather than at the next tick, and read the
@@ -232,7 +207,7 @@ class Controller:
         retired = self.auto_pools.tick()
         applied = self.events.apply()
         self.events.release_dependents()
-        placed = await self._schedule() if woken or look or applied else False
+        placed = await self.dispatch.place() if woken or look or applied else False
         return retired or applied or placed
 
     async def _shutdown(self) -> None:
@@ -358,7 +333,7 @@ class Controller:
         await self.job_tasks.reconcile(link)
         await self._kill_stale(link)
         with self.store.session() as s:  # the node came back idle: it is running what it runs
-            self.events.update_node_busy(s, [link.node_id], time.time())
+            self.events.update_node_busy(Sql(s), [link.node_id], time.time())
         self._wake.set()
 
     async def _kill_stale(self, link: NodeLink) -> None:
@@ -387,10 +362,6 @@ class Controller:
                 gone = s.get(StaleAttempt, pk)
                 if gone is not None:
                     s.delete(gone)
-
-    def _root(self, node_id: str) -> str:
-        link = self.links.get(node_id)
-        return str(link.agent.hello.get("root", "")) if link and link.agent else ""
 
     def _was_started(self, att: Attempt) -> bool:
         with self.store.read() as s:
@@ -454,264 +425,3 @@ class Controller:
                     len(attempts),
                 )
                 self.ctx.outbox.back_to_queue.extend((a, True) for a in attempts)
-
-    # -- applying events in one transaction -----------------------------------------
-
-    async def _schedule(self) -> bool:
-        """Place pending tasks on free slots; return whether any was placed."""
-        ready = {nid: link for nid, link in self.links.items() if link.ready}
-        if not ready:
-            return False
-        with self.store.read() as s:  # columns only: an idle loop reads 300 nodes a second
-            if not queue.any_active_job(s):
-                return False
-            nodes = s.connection().execute(_READY_NODES, {"ids": list(ready)}).all()
-            pools = {
-                p.id: p
-                for p in s.connection().execute(
-                    sa_select(
-                        col(Pool.id), col(Pool.task_slots_per_node), col(Pool.node_fill_type)
-                    ).where(col(Pool.state) == PoolState.ACTIVE)
-                )
-            }
-        snapshot = []
-        for node in nodes:
-            pool = pools.get(node.pool_id)
-            if pool is None or node.scheduling_state != "enabled":
-                continue
-            if node.state not in (NodeState.IDLE, NodeState.RUNNING):
-                continue
-            # An attempt that has exited frees its slots at once, while its output is
-            # still being collected.
-            used = sum(a.slots for a in self.inflight.get(node.id, {}).values() if not a.collecting)
-            snapshot.append(
-                scheduler.NodeSlots(
-                    node.id,
-                    node.pool_id,
-                    pool.task_slots_per_node,
-                    used,
-                    self.last_assigned.get(node.id, 0.0),
-                )
-            )
-        free = sum(n.capacity - n.used for n in snapshot)
-        if free <= 0:
-            return False
-        with self.store.read() as s:
-            pending = queue.pending(s, {n.pool_id for n in snapshot}, limit=free * 2)
-        if not pending:
-            return False
-        fill_types = {p.id: p.node_fill_type for p in pools.values()}
-        job_room = self._job_room({t.job_id for t in pending})
-        avoid = self.job_tasks.excluded_nodes()
-        plan = scheduler.plan(snapshot, pending, fill_types, job_room, avoid)
-        if plan:
-            await self._dispatch(plan, pending, {n.id: n.pool_id for n in snapshot})
-        return bool(plan)
-
-    def _job_room(self, job_ids: set[str]) -> dict[str, int]:
-        """Return how many more tasks each capped job may start (maxParallelTasks)."""
-        with self.store.read() as s:
-            caps = {
-                j.id: j.spec.get("maxParallelTasks", -1)
-                for j in queue.job_specs(s, job_ids).values()
-            }
-        running: dict[str, int] = {}
-        for per_node in self.inflight.values():
-            for att in per_node.values():
-                running[att.job_id] = running.get(att.job_id, 0) + 1
-        return {jid: cap - running.get(jid, 0) for jid, cap in caps.items() if cap and cap > 0}
-
-    async def _dispatch(
-        self,
-        plan: list[scheduler.Assignment],
-        pending: list[scheduler.PendingTask],
-        node_pools: dict[str, str],
-    ) -> None:
-        """Write every assignment ahead as ``dispatching`` in one transaction, then send
-        the spawns."""
-        now = time.time()
-        pks = {(t.job_id, t.task_id): t.seq for t in pending}
-        sends = []
-        placed: list[Attempt] = []
-        try:
-            with self.store.session() as s:
-                tasks = queue.to_dispatch(s, [pks[a.job_id, a.task_id] for a in plan])
-                jobs = queue.job_specs(s, {t.job_id for t in tasks.values()})
-                writes = []
-                for a in plan:
-                    task = tasks.get(pks[a.job_id, a.task_id])
-                    link = self.links[a.node_id]
-                    root = link.agent.hello.get("root") if link.agent else None
-                    if task is None or root is None:
-                        continue
-                    if task.state != TaskState.ACTIVE or task.attempt_state is not None:
-                        continue  # deleted or changed since the snapshot
-                    tdir = environment.task_dir(a.job_id, a.task_id)
-                    write = {
-                        "b_pk": task.pk,
-                        "b_attempt": task.attempt,
-                        "attempt": task.attempt + 1,
-                        "node_id": a.node_id,
-                        "pool_id": node_pools[a.node_id],
-                        "task_root": f"{root}/{tdir}",
-                        "token_hash": task.token_hash,
-                        "state": TaskState.ACTIVE,
-                    }
-                    writes.append(write)
-                    att = Attempt(
-                        task.pk,
-                        a.job_id,
-                        a.task_id,
-                        write["attempt"],
-                        a.node_id,
-                        task.required_slots,
-                        output_files=task.spec.get("outputFiles") or [],
-                        eligible_at=max(
-                            task.created_at, task.last_retry_time or 0, task.last_requeue_time or 0
-                        ),
-                    )
-                    self.inflight.setdefault(a.node_id, {})[att.key] = att
-                    placed.append(att)
-                    env = environment.build(
-                        root=root,
-                        pool_id=write["pool_id"],
-                        node_id=a.node_id,
-                        task_dir_rel=tdir,
-                        attempt=att.attempt,
-                        job_id=a.job_id,
-                        task_id=a.task_id,
-                        user_env=[
-                            *jobs[task.job_id].spec.get("commonEnvironmentSettings", []),
-                            *task.spec.get("environmentSettings", []),
-                        ],
-                    )
-                    if task.job_manager:
-                        token, write["token_hash"] = task_calls.new_token()
-                        env.update(task_calls.client_env(root, token))
-                    limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
-                    if task.spec.get("multiInstanceSettings"):
-                        nodes = [a.node_id, *a.others]
-                        roots = {n: self._root(n) for n in nodes}
-                        env = self.multi.prepare(
-                            s, task.spec, task.required_slots, att, nodes, roots, env
-                        )
-                        for n in a.others:
-                            placed.append(self.inflight[n][f"{att.key}@{nodes.index(n)}"])
-                        gate = "multi"
-                    else:
-                        gate = self.job_tasks.gate(s, jobs[task.job_id], link)
-                        if gate == "wait":
-                            write["state"] = TaskState.PREPARING
-                    io = (
-                        task.spec.get("resourceFiles") or [],
-                        task.spec.get("userIdentity"),
-                        task.spec.get("applicationPackageReferences") or [],
-                    )
-                    sends.append((gate, link, att, list(_split(task.command_line)), env, limit, io))
-                queue.mark_dispatched(s, writes)
-                self.events.update_node_busy(s, {a.node_id for a in placed}, now)
-        except BaseException:
-            for att in placed:  # nothing was written: forget the plan
-                self.inflight.get(att.node_id, {}).pop(att.key, None)
-            raise
-        stamp = time.monotonic()
-        for gate, link, att, argv, env, limit, io in sends:
-            self.last_assigned[att.node_id] = stamp
-            start = functools.partial(self._start, link, att, argv, env, limit, io)
-            if gate == "multi":
-                self.multi.launch(att, start)
-            elif gate == "wait":
-                self.job_tasks.hold(att, start)
-            else:
-                start()
-
-    def _start(
-        self,
-        link: NodeLink,
-        att: Attempt,
-        argv: list[str],
-        env: dict[str, str],
-        limit: float | None,
-        io: tuple[list[dict[str, Any]], Any, list[dict[str, str]]],
-    ) -> None:
-        self.spawn_background(self._send_spawn(link, att, argv, env, limit, *io))
-
-    def _finish_unstarted(self, att: Attempt, code: str, message: str) -> None:
-        """Complete an attempt whose command never started, with ``code`` as its failure."""
-        att.collecting = True  # nothing ran: there is nothing to collect
-        error = {"code": code, "message": message}
-        self.ctx.outbox.finished.append((att, {"exitCode": None, "error": error}))
-        self._wake.set()
-
-    async def _send_spawn(
-        self,
-        link: NodeLink,
-        att: Attempt,
-        argv: list[str],
-        env: dict[str, str],
-        max_wall_clock: float | None,
-        resource_files: list[dict[str, Any]],
-        user: dict[str, Any] | None,
-        app_refs: list[dict[str, str]],
-    ) -> None:
-        """Prepare the task on its node (identity, resource files, application packages),
-        then spawn it. Failures before the command can start complete the attempt with
-        their failureInfo code."""
-        if link.agent is None or link.conn is None:
-            return  # the node dropped; reconcile on reconnect settles this attempt
-        task_root = f"{link.agent.hello.get('root', '')}/{att.task_dir}"
-        try:
-            if identity.needs_sudo(user, link.login_user) and not link.can_sudo:
-                raise RemoteError(
-                    f"node {att.node_id}: the login user {link.login_user} cannot run sudo "
-                    "without a password, which an admin or named-user task needs",
-                    code="UserIdentityError",
-                )
-            await identity.prepare_workdir(link.conn, user, f"{task_root}/wd", link.login_user)
-            if resource_files:
-                await task_io.stage(link.conn, self.settings, task_root, resource_files)
-            await applications.prepare_task(link, self.settings, self.store, app_refs, env)
-        except FleetError as exc:
-            if exc.code in outcomes.PRE_PROCESSING or exc.code == "UserAccountError":
-                code = "UserIdentityError" if exc.code == "UserAccountError" else exc.code
-                self._finish_unstarted(att, code, exc.message)
-            elif link.agent is not None and not link.agent.closed.is_set():
-                log.warning("task %s: not started on %s: %s", att.key, att.node_id, exc)
-                await asyncio.sleep(SPAWN_RETRY_DELAY)
-                self.ctx.outbox.back_to_queue.append((att, False))
-                self._wake.set()
-            return  # else the node dropped: the reconcile on its return settles the attempt
-        except Exception as exc:
-            failed = internal_error(att, exc, {})["error"]
-            self._finish_unstarted(att, failed["code"], failed["message"])
-            return
-        argv = identity.wrap(user, argv, link.login_user)
-        try:
-            result = await link.agent.request(
-                "spawn",
-                key=att.key,
-                taskDir=att.task_dir,
-                attempt=att.attempt,
-                argv=argv,
-                env=env,
-                maxWallClockSeconds=max_wall_clock,
-            )
-        except AgentError as exc:
-            if exc.code in outcomes.PRE_PROCESSING or exc.code in REFUSED_FOR_GOOD:
-                code = "TaskRejectedByNode" if exc.code in REFUSED_FOR_GOOD else exc.code
-                error = {"code": code, "message": f"node {att.node_id}: {exc.message}"}
-                self.exited(link, att, {"exitCode": None, "error": error})
-            else:  # the node's trouble, not the task's: try again, but not in a tight loop
-                log.warning("task %s: spawn failed on %s: %s", att.key, att.node_id, exc)
-                await asyncio.sleep(SPAWN_RETRY_DELAY)
-                self.ctx.outbox.back_to_queue.append((att, False))
-            self._wake.set()
-            return
-        except FleetError as exc:
-            log.info("task %s: node %s dropped during spawn: %s", att.key, att.node_id, exc)
-            return
-        acked = time.time()
-        if att.eligible_at:
-            metrics.TASK_DISPATCH.add(acked - att.eligible_at)
-        self.ctx.outbox.started.append((att, epoch(result.get("startTime")) or acked))
-        self._wake.set()

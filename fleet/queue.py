@@ -11,127 +11,97 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
-
 from fleet.domain import AttemptState, JobState, TaskState
 from fleet.scheduler import PendingTask
-from fleet.tables import Job, Task
+from fleet.sql import Sql, Statement
 
-_TASKS = Task.__table__  # type: ignore[attr-defined]  # SQLModel sets it on table models
-_JOBS = Job.__table__  # type: ignore[attr-defined]
-
-#: What a dispatch reads of each task placed.
-_DISPATCH_COLUMNS = [
-    _TASKS.c[name]
-    for name in (
-        "pk",
-        "job_id",
-        "id",
-        "attempt",
-        "attempt_state",
-        "state",
-        "spec",
-        "command_line",
-        "required_slots",
-        "job_manager",
-        "token_hash",
-        "created_at",
-        "last_retry_time",
-        "last_requeue_time",
-    )
-]
-#: An attempt written ahead as ``dispatching``, conditional on the task being unchanged.
-_DISPATCHED = (
-    update(_TASKS)
-    .where(
-        _TASKS.c.pk == bindparam("b_pk"),
-        _TASKS.c.attempt == bindparam("b_attempt"),
-        _TASKS.c.attempt_state.is_(None),
-    )
-    .values(
-        attempt=bindparam("attempt"),
-        attempt_state=AttemptState.DISPATCHING,
-        node_id=bindparam("node_id"),
-        pool_id=bindparam("pool_id"),
-        task_root=bindparam("task_root"),
-        token_hash=bindparam("token_hash"),
-        state=bindparam("state"),
-    )
+_ANY_ACTIVE_JOB = Statement("SELECT id FROM jobs WHERE state = :active LIMIT 1")
+_ACTIVE_JOBS = Statement(
+    "SELECT id, pool_id, priority, created_at, spec FROM jobs"
+    " WHERE state = :active AND pool_id IN :pools ORDER BY priority DESC, created_at, id",
+    json_columns=["spec"],
 )
-_TO_DISPATCH = select(*_DISPATCH_COLUMNS).where(_TASKS.c.pk.in_(bindparam("pks", expanding=True)))
+#: A job's tasks that may start, in order (read through the index on job_id, state, pk).
 _WAITING = (
-    _TASKS.c.state == TaskState.ACTIVE,
-    _TASKS.c.attempt_state.is_(None),
-    _TASKS.c.end_request.is_(None),
-    _TASKS.c.deps_state.is_(None),
+    "SELECT pk, id, required_slots, instances FROM tasks"
+    " WHERE job_id = :job AND state = :active AND attempt_state IS NULL"
+    " AND end_request IS NULL AND deps_state IS NULL"
+)
+_WAITING_TASKS = Statement(_WAITING + " ORDER BY pk LIMIT :limit")
+_WAITING_MANAGER = Statement(_WAITING + " AND id = :manager ORDER BY pk LIMIT :limit")
+_TASK_STATE = Statement("SELECT state FROM tasks WHERE job_id = :job AND id = :id")
+_JOB_SPECS = Statement("SELECT id, spec FROM jobs WHERE id IN :ids", json_columns=["spec"])
+#: What a dispatch reads of each task placed.
+_TO_DISPATCH = Statement(
+    "SELECT pk, job_id, id, attempt, attempt_state, state, spec, command_line,"
+    " required_slots, job_manager, token_hash, created_at, last_retry_time,"
+    " last_requeue_time FROM tasks WHERE pk IN :pks",
+    json_columns=["spec"],
+)
+#: An attempt written ahead as ``dispatching``, conditional on the task being unchanged.
+_DISPATCHED = Statement(
+    "UPDATE tasks SET attempt = :attempt, attempt_state = :dispatching, node_id = :node_id,"
+    " pool_id = :pool_id, task_root = :task_root, token_hash = :token_hash, state = :state"
+    " WHERE pk = :b_pk AND attempt = :b_attempt AND attempt_state IS NULL"
 )
 
 
-def any_active_job(s: Any) -> bool:
+def any_active_job(db: Sql) -> bool:
     """Return whether any job is active (without one, nothing can start)."""
-    query = select(_JOBS.c.id).where(_JOBS.c.state == JobState.ACTIVE).limit(1)
-    return s.connection().execute(query).first() is not None
+    return bool(db.rows(_ANY_ACTIVE_JOB, {"active": JobState.ACTIVE}))
 
 
-def pending(s: Any, pool_ids: Iterable[str], limit: int) -> list[PendingTask]:
+def pending(db: Sql, pool_ids: Iterable[str], limit: int) -> list[PendingTask]:
     """Return up to ``limit`` tasks that may start on the pools ``pool_ids``, in order."""
-    jobs = (
-        s.connection()
-        .execute(
-            select(_JOBS.c.id, _JOBS.c.pool_id, _JOBS.c.priority, _JOBS.c.created_at, _JOBS.c.spec)
-            .where(_JOBS.c.state == JobState.ACTIVE, _JOBS.c.pool_id.in_(list(pool_ids)))
-            .order_by(_JOBS.c.priority.desc(), _JOBS.c.created_at, _JOBS.c.id)
-        )
-        .all()
-    )
+    jobs = db.rows(_ACTIVE_JOBS, {"active": JobState.ACTIVE, "pools": list(pool_ids)})
     out: list[PendingTask] = []
-    for job_id, pool_id, priority, created, spec in jobs:
+    for job in jobs:
         if len(out) >= limit:
             break
-        query = (
-            select(_TASKS.c.pk, _TASKS.c.id, _TASKS.c.required_slots, _TASKS.c.instances)
-            .where(_TASKS.c.job_id == job_id, *_WAITING)
-            .order_by(_TASKS.c.pk)
-            .limit(limit - len(out))
-        )
-        manager = (spec.get("jobManagerTask") or {}).get("id")
-        if manager is not None and _manager_waits(s, job_id, manager):
-            query = query.where(_TASKS.c.id == manager)
+        params: dict[str, Any] = {
+            "job": job.id,
+            "active": TaskState.ACTIVE,
+            "limit": limit - len(out),
+        }
+        query = _WAITING_TASKS
+        manager = (job.spec.get("jobManagerTask") or {}).get("id")
+        if manager is not None and _manager_waits(db, job.id, manager):
+            query, params["manager"] = _WAITING_MANAGER, manager
         out += [
-            PendingTask(job_id, task_id, pool_id, priority, created, pk, slots, instances)
-            for pk, task_id, slots, instances in s.connection().execute(query)
+            PendingTask(
+                job.id,
+                t.id,
+                job.pool_id,
+                job.priority,
+                job.created_at,
+                t.pk,
+                t.required_slots,
+                t.instances,
+            )
+            for t in db.rows(query, params)
         ]
     return out
 
 
-def _manager_waits(s: Any, job_id: str, manager_id: str) -> bool:
+def _manager_waits(db: Sql, job_id: str, manager_id: str) -> bool:
     """Return whether the job manager ``manager_id`` of ``job_id`` has yet to start (the
     job's other tasks wait for it)."""
-    state = (
-        s.connection()
-        .execute(select(_TASKS.c.state).where(_TASKS.c.job_id == job_id, _TASKS.c.id == manager_id))
-        .scalar()
-    )
-    return state == TaskState.ACTIVE
+    rows = db.rows(_TASK_STATE, {"job": job_id, "id": manager_id})
+    return bool(rows) and rows[0].state == TaskState.ACTIVE
 
 
-_JOB_SPECS = select(_JOBS.c.id, _JOBS.c.spec).where(
-    _JOBS.c.id.in_(bindparam("ids", expanding=True))
-)
-
-
-def job_specs(s: Any, job_ids: Iterable[str]) -> dict[str, Any]:
+def job_specs(db: Sql, job_ids: Iterable[str]) -> dict[str, Any]:
     """Return the jobs ``job_ids`` by id, as rows of ``id`` and ``spec``."""
-    return {row.id: row for row in s.connection().execute(_JOB_SPECS, {"ids": list(job_ids)})}
+    return {row.id: row for row in db.rows(_JOB_SPECS, {"ids": list(job_ids)})}
 
 
-def to_dispatch(s: Any, pks: list[int]) -> dict[int, Any]:
+def to_dispatch(db: Sql, pks: list[int]) -> dict[int, Any]:
     """Return what a dispatch reads of the tasks ``pks`` (rows by pk)."""
-    return {row.pk: row for row in s.connection().execute(_TO_DISPATCH, {"pks": pks})}
+    return {row.pk: row for row in db.rows(_TO_DISPATCH, {"pks": pks})}
 
 
-def mark_dispatched(s: Any, writes: list[dict[str, Any]]) -> None:
+def mark_dispatched(db: Sql, writes: list[dict[str, Any]]) -> None:
     """Write attempts ahead as ``dispatching`` (``writes``: the parameters of
-    ``_DISPATCHED`` per task), each only if its task is unchanged since it was read."""
-    if writes:
-        s.connection().execute(_DISPATCHED, writes)
+    ``_DISPATCHED`` per task but ``dispatching``), each only if its task is unchanged
+    since it was read."""
+    db.executemany(_DISPATCHED, [w | {"dispatching": AttemptState.DISPATCHING} for w in writes])

@@ -165,10 +165,11 @@ _FULL = ("database or disk is full", "disk i/o error", "no space left on device"
 _SCHEMA = ("no such table", "no such column", "does not exist", "has no column")
 
 
-def database_error(exc: DBAPIError) -> FleetError:
-    """Return the fleet error for an error the database raised: the controller's disk is
-    full (ControllerDiskFull), a schema from another version of fleet, or anything else."""
-    text = str(exc.orig)
+def database_error(exc: Exception) -> FleetError:
+    """Return the fleet error for an error the database raised (SQLAlchemy's, or its
+    driver's): the controller's disk is full (ControllerDiskFull), a schema from another
+    version of fleet, or anything else."""
+    text = str(exc.orig if isinstance(exc, DBAPIError) else exc)
     lowered = text.lower()
     if any(s in lowered for s in _FULL):
         return ControllerStorageError(

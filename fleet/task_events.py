@@ -14,77 +14,65 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
-
-from fleet import metrics, rules, task_stats
+from fleet import metrics, rules, sql, task_stats
 from fleet.context import Context, Outbox
 from fleet.domain import AttemptState, NodeState, TaskState
 from fleet.service import dependency_state
-from fleet.tables import Job, Node, StaleAttempt, Task, TaskOutput
+from fleet.sql import Sql, Statement
+from fleet.tables import StaleAttempt
 
 if TYPE_CHECKING:
     from fleet.attempts import Attempt
 
 DEPENDENCY_SWEEP_SECONDS = 2.0
 
-# SQLModel sets __table__ on table models; completions are written with Core statements.
-_TASKS = Task.__table__  # type: ignore[attr-defined]
-_JOBS = Job.__table__  # type: ignore[attr-defined]
-_NODES = Node.__table__  # type: ignore[attr-defined]
-_OUTPUTS = TaskOutput.__table__  # type: ignore[attr-defined]
 #: What :func:`rules.on_exit` reads of a task.
-_FACT_COLUMNS = [
-    _TASKS.c[name]
-    for name in (
-        "pk",
-        "job_id",
-        "id",
-        "attempt",
-        "state",
-        "spec",
-        "retry_count",
-        "requeue_count",
-        "start_time",
-        "stats_time",
-        *task_stats.COLUMNS,
-    )
-]
-#: Statements built once and run with expanding parameters (building an ``IN`` of n
-#: literals costs more than running it).
-_FACTS = select(*_FACT_COLUMNS).where(_TASKS.c.pk.in_(bindparam("pks", expanding=True)))
-_JOB_FACTS = select(
-    _JOBS.c.id, _JOBS.c.state, _JOBS.c.spec, _JOBS.c.created_at, _JOBS.c.termination_reason
-).where(_JOBS.c.id.in_(bindparam("ids", expanding=True)))
-_NODE_STATES = select(_NODES.c.id, _NODES.c.state).where(
-    _NODES.c.id.in_(bindparam("ids", expanding=True))
+_FACTS = Statement(
+    "SELECT pk, job_id, id, attempt, state, spec, retry_count, requeue_count, start_time,"
+    " stats_time, user_cpu_seconds, kernel_cpu_seconds, wall_clock_seconds, read_blocks,"
+    " write_blocks, max_rss_bytes FROM tasks WHERE pk IN :pks",  # task_stats.COLUMNS
+    json_columns=["spec"],
 )
-_DROP_OUTPUTS = delete(_OUTPUTS).where(_OUTPUTS.c.task_pk == bindparam("b_pk"))
-_ADD_OUTPUTS = insert(_OUTPUTS)
-_DELETE_ATTEMPT = delete(_TASKS).where(
-    _TASKS.c.pk == bindparam("b_pk"), _TASKS.c.attempt == bindparam("b_attempt")
+_JOB_FACTS = Statement(
+    "SELECT id, state, spec, created_at, termination_reason FROM jobs WHERE id IN :ids",
+    json_columns=["spec"],
 )
+_NODE_STATES = Statement("SELECT id, state FROM nodes WHERE id IN :ids")
+_DROP_OUTPUTS = Statement("DELETE FROM task_outputs WHERE task_pk = :b_pk")
+_ADD_OUTPUTS = Statement(
+    "INSERT INTO task_outputs (task_pk, name, data, modified)"
+    " VALUES (:task_pk, :name, :data, :modified)"
+)
+_DELETE_ATTEMPT = Statement("DELETE FROM tasks WHERE pk = :b_pk AND attempt = :b_attempt")
 #: A completion's UPDATE per set of columns it writes (a handful of shapes in all).
-_completions: dict[tuple[str, ...], Any] = {}
+_completions: dict[tuple[str, ...], Statement] = {}
+#: The jobs that have tasks held back by their dependencies (among some, or all).
+_HELD_JOBS = Statement("SELECT DISTINCT job_id FROM tasks WHERE deps_state IS NOT NULL")
+_HELD_AMONG = Statement(
+    "SELECT DISTINCT job_id FROM tasks WHERE job_id IN :ids AND deps_state IS NOT NULL"
+)
 #: A ready node's move between ``idle`` and ``running``, conditional on its state.
-_NODE_BUSY = (
-    update(_NODES)
-    .where(_NODES.c.id == bindparam("b_id"), _NODES.c.state == bindparam("b_old"))
-    .values(state=bindparam("b_state"), state_changed_at=bindparam("b_now"))
+_NODE_BUSY = Statement(
+    "UPDATE nodes SET state = :b_state, state_changed_at = :b_now"
+    " WHERE id = :b_id AND state = :b_old"
+)
+#: An attempt back to the queue, as a requeue (counted) or not (a spawn to try again).
+_BACK_TO_QUEUE_SET = (
+    "UPDATE tasks SET state = :active, attempt_state = NULL, node_id = NULL, pool_id = NULL,"
+    " task_root = NULL, state_changed_at = :now"
+)
+_BACK_TO_QUEUE_WHERE = " WHERE pk = :b_pk AND attempt = :b_attempt"
+_BACK_TO_QUEUE = Statement(_BACK_TO_QUEUE_SET + _BACK_TO_QUEUE_WHERE)
+_REQUEUED = Statement(
+    _BACK_TO_QUEUE_SET
+    + ", requeue_count = requeue_count + 1, last_requeue_time = :now"
+    + _BACK_TO_QUEUE_WHERE
 )
 #: An attempt's start, conditional on (task, attempt) still dispatching.
-_STARTED = (
-    update(_TASKS)
-    .where(
-        _TASKS.c.pk == bindparam("b_pk"),
-        _TASKS.c.attempt == bindparam("b_attempt"),
-        _TASKS.c.attempt_state == AttemptState.DISPATCHING,
-    )
-    .values(
-        state=TaskState.RUNNING,
-        attempt_state=AttemptState.RUNNING,
-        start_time=bindparam("b_start"),
-        state_changed_at=bindparam("b_now"),
-    )
+_STARTED = Statement(
+    "UPDATE tasks SET state = :running, attempt_state = :running, start_time = :b_start,"
+    " state_changed_at = :b_now"
+    " WHERE pk = :b_pk AND attempt = :b_attempt AND attempt_state = :dispatching"
 )
 
 
@@ -125,27 +113,30 @@ class TaskEvents:
     def _write(self, ev: Outbox, now: float) -> None:
         touched_nodes = {att.node_id for att, _ in [*ev.started, *ev.finished, *ev.back_to_queue]}
         with self.c.store.session() as s:
+            db = Sql(s)
             if ev.started:  # one statement, executed for every start at once
-                s.connection().execute(
+                states = {"running": TaskState.RUNNING, "dispatching": AttemptState.DISPATCHING}
+                db.executemany(
                     _STARTED,
                     [
                         {"b_pk": att.pk, "b_attempt": att.attempt, "b_start": at, "b_now": now}
+                        | states
                         for att, at in ev.started
                     ],
                 )
             if ev.finished:
-                self._complete(s, ev.finished, ev.outputs, now)
+                self._complete(db, ev.finished, ev.outputs, now)
             for att, requeue in ev.back_to_queue:
-                values: dict[str, Any] = dict(
-                    state=TaskState.ACTIVE,
-                    attempt_state=None,
-                    node_id=None,
-                    pool_id=None,
-                    task_root=None,
-                    state_changed_at=now,
+                db.execute(
+                    _REQUEUED if requeue else _BACK_TO_QUEUE,
+                    {
+                        "b_pk": att.pk,
+                        "b_attempt": att.attempt,
+                        "active": TaskState.ACTIVE,
+                        "now": now,
+                    },
                 )
                 if requeue:
-                    values.update(requeue_count=_TASKS.c.requeue_count + 1, last_requeue_time=now)
                     link = self.c.links.get(att.node_id)
                     if link is None or not link.ready:  # it may still run there: kill on return
                         s.merge(
@@ -156,17 +147,12 @@ class TaskEvents:
                                 task_dir=att.task_dir,
                             )
                         )
-                s.connection().execute(
-                    update(_TASKS)
-                    .where(_TASKS.c.pk == att.pk, _TASKS.c.attempt == att.attempt)
-                    .values(**values)
-                )
             done = {(a.node_id, a.key) for a, _ in [*ev.finished, *ev.back_to_queue]}
-            self.update_node_busy(s, touched_nodes, now, leaving=done)
+            self.update_node_busy(db, touched_nodes, now, leaving=done)
 
     def _complete(
         self,
-        s: Any,
+        db: Sql,
         finished: list[tuple[Attempt, dict[str, Any]]],
         outputs: dict[tuple[int, int], dict[str, bytes]],
         now: float,
@@ -174,15 +160,10 @@ class TaskEvents:
         """Write the exits of ``finished`` attempts: each task's fields decided by
         :func:`rules.on_exit`, as one executemany per shape of change, and the small
         ``outputs`` that came with them (replacing an earlier attempt's)."""
-        tasks = {
-            row.pk: row
-            for row in s.connection().execute(_FACTS, {"pks": [a.pk for a, _ in finished]})
-        }
+        tasks = {row.pk: row for row in db.rows(_FACTS, {"pks": [a.pk for a, _ in finished]})}
         jobs = {
             row.id: rules.JobFacts(row.state, row.spec, row.created_at, row.termination_reason)
-            for row in s.connection().execute(
-                _JOB_FACTS, {"ids": list({t.job_id for t in tasks.values()})}
-            )
+            for row in db.rows(_JOB_FACTS, {"ids": list({t.job_id for t in tasks.values()})})
         }
         updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         deleted: list[dict[str, Any]] = []
@@ -220,8 +201,8 @@ class TaskEvents:
             for name, data in outputs.get((att.pk, att.attempt), {}).items():
                 files.append({"task_pk": att.pk, "name": name, "data": data, "modified": now})
             if change.job and job is not None:  # rare: a job manager's end, an exit's jobAction
-                s.connection().execute(
-                    update(_JOBS).where(_JOBS.c.id == task.job_id).values(**change.job)
+                db.execute(
+                    _job_update(tuple(sorted(change.job))), change.job | {"b_id": task.job_id}
                 )
                 jobs[task.job_id] = replace(
                     job,
@@ -229,13 +210,10 @@ class TaskEvents:
                     termination_reason=change.job.get("termination_reason", job.termination_reason),
                 )
         for names, params in updates.items():
-            s.connection().execute(_completion(names), params)
-        if replaced:
-            s.connection().execute(_DROP_OUTPUTS, replaced)
-        if files:
-            s.connection().execute(_ADD_OUTPUTS, files)
-        if deleted:
-            s.connection().execute(_DELETE_ATTEMPT, deleted)
+            db.executemany(_completion(names), params)
+        db.executemany(_DROP_OUTPUTS, replaced)
+        db.executemany(_ADD_OUTPUTS, files)
+        db.executemany(_DELETE_ATTEMPT, deleted)
 
     def release_dependents(self) -> None:
         """Re-evaluate the held tasks of jobs whose tasks completed, and of every job every
@@ -248,7 +226,9 @@ class TaskEvents:
         if sweep:
             self._deps_swept_at = now
         with self.c.store.read() as s:  # only jobs with held tasks are worth reading whole
-            job_ids = set(dependency_state.jobs_with_held_tasks(s, None if sweep else dirty))
+            db = Sql(s)
+            rows = db.rows(_HELD_JOBS) if sweep else db.rows(_HELD_AMONG, {"ids": list(dirty)})
+        job_ids = {row.job_id for row in rows}
         if not job_ids:
             return
         with self.c.store.session() as s:
@@ -258,7 +238,7 @@ class TaskEvents:
 
     def update_node_busy(
         self,
-        s: Any,
+        db: Sql,
         node_ids: Iterable[str],
         now: float,
         leaving: Container[tuple[str, str]] = (),
@@ -269,22 +249,24 @@ class TaskEvents:
         if not ready:
             return
         changed = []
-        for node_id, state in s.connection().execute(_NODE_STATES, {"ids": ready}):
+        for node_id, state in db.rows(_NODE_STATES, {"ids": ready}):
             busy = any((node_id, key) not in leaving for key in self.c.inflight.get(node_id, {}))
             want = NodeState.RUNNING if busy else NodeState.IDLE
             if state in (NodeState.IDLE, NodeState.RUNNING) and state != want:
                 changed.append({"b_id": node_id, "b_old": state, "b_state": want})
-        if changed:
-            s.connection().execute(_NODE_BUSY, [c | {"b_now": now} for c in changed])
+        db.executemany(_NODE_BUSY, [c | {"b_now": now} for c in changed])
 
 
-def _completion(names: tuple[str, ...]) -> Any:
+def _completion(names: tuple[str, ...]) -> Statement:
     """Return the UPDATE that writes the columns ``names`` of an attempt's task."""
     stmt = _completions.get(names)
     if stmt is None:
-        stmt = _completions[names] = (
-            update(_TASKS)
-            .where(_TASKS.c.pk == bindparam("b_pk"), _TASKS.c.attempt == bindparam("b_attempt"))
-            .values({name: bindparam(name) for name in names})
+        stmt = _completions[names] = sql.update(
+            "tasks", names, "pk = :b_pk AND attempt = :b_attempt"
         )
     return stmt
+
+
+def _job_update(names: tuple[str, ...]) -> Statement:
+    """Return the UPDATE that writes the columns ``names`` of a job."""
+    return sql.update("jobs", names, "id = :b_id")

@@ -23,6 +23,7 @@ OWNERS = {
         "secret_store.py",
         "service/",
         "task_events.py",
+        "sql.py",
         "job_tasks.py",
         "retention.py",
         "node_users.py",
@@ -97,6 +98,7 @@ FORBIDDEN |= {
 #: controller, and none imports another (what one needs of another is passed in; the
 #: sweeps share the base class in periodic.py).
 PIECES = {
+    "dispatch.py",
     "task_events.py",
     "lifecycle.py",
     "job_tasks.py",

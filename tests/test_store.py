@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlmodel import col
+from sqlmodel import select as select_rows
 
-from fleet.errors import Conflict, NotFound
+from fleet import sql
+from fleet.errors import Conflict, FleetError, NotFound
 from fleet.inventory import HostSpec
 from fleet.service import hosts, jobs, pools, tasks
 from fleet.store import Store
-from fleet.tables import Host
+from fleet.tables import Host, Task
 from tests.conftest import pg_database
 
 
@@ -197,3 +200,69 @@ def test_a_write_from_another_store_wakes_the_controllers_listener(store_url: st
         listener.close()
         controller_side.close()
         cli_side.close()
+
+
+# -- plain DB-API statements (fleet/sql.py), the controller's hot path ------------------
+
+
+def _task_pks(store: Store) -> list[int]:
+    with store.read() as s:
+        return [t.pk for t in s.exec(select_rows(Task).order_by(col(Task.pk)))]
+
+
+def test_statements_read_in_lists_and_json_the_same_on_every_backend(store):
+    _seed(store)
+    tasks.add_tasks(store, "j", [{"id": f"t{i}", "commandLine": "true"} for i in range(3)])
+    pks = _task_pks(store)
+    by_pks = sql.Statement(
+        "SELECT pk, id, spec FROM tasks WHERE pk IN :pks ORDER BY pk", json_columns=["spec"]
+    )
+    with store.read() as s:
+        rows = sql.Sql(s).rows(by_pks, {"pks": pks[1:]})
+        none = sql.Sql(s).rows(by_pks, {"pks": []})
+    assert [(r.pk, r.id) for r in rows] == [(pks[1], "t1"), (pks[2], "t2")]
+    assert rows[0].spec["commandLine"] == "true"
+    assert none == []
+
+
+def test_statement_writes_are_in_the_sessions_transaction(store):
+    _seed(store)
+    tasks.add_tasks(store, "j", [{"id": f"t{i}", "commandLine": "true"} for i in range(2)])
+    pks = _task_pks(store)
+    failed = sql.update("tasks", ["exit_code", "failure_info"], "pk = :b_pk")
+    info = {"category": "usererror", "code": "FailureExitCode", "message": "it said 'no'"}
+    with pytest.raises(RuntimeError), store.session() as s:
+        sql.Sql(s).executemany(
+            failed, [{"b_pk": pk, "exit_code": 3, "failure_info": info} for pk in pks]
+        )
+        raise RuntimeError("after the write: the transaction rolls back")
+    with store.read() as s:
+        assert [t.exit_code for t in s.exec(select_rows(Task))] == [None, None]
+    with store.session() as s:
+        changed = sql.Sql(s).executemany(
+            failed, [{"b_pk": pk, "exit_code": 3, "failure_info": info} for pk in pks]
+        )
+    assert changed == 2
+    with store.read() as s:  # what the ORM reads back is what was written
+        rows = s.exec(select_rows(Task)).all()
+    assert [(t.exit_code, t.failure_info) for t in rows] == [(3, info), (3, info)]
+
+
+def test_statement_errors_are_the_stores_errors(store):
+    broken = sql.Statement("SELECT nothing FROM no_such_table WHERE id = :id")
+    with pytest.raises(FleetError) as caught, store.read() as s:
+        sql.Sql(s).rows(broken, {"id": "x"})
+    assert caught.value.code == "DatabaseError"
+
+
+def test_an_update_names_only_columns_the_table_has():
+    with pytest.raises(ValueError, match="tasks has no column 'state; DROP'"):
+        sql.update("tasks", ["state; DROP"], "pk = :b_pk")
+
+
+def test_statement_text_is_translated_per_dialect():
+    stmt = sql.Statement("SELECT id FROM jobs WHERE id IN :ids AND state = :state")
+    assert stmt.sqlite_text == (
+        "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) AND state = :state"
+    )
+    assert stmt.postgres_text == "SELECT id FROM jobs WHERE id = ANY(%(ids)s) AND state = %(state)s"

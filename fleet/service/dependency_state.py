@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, update
 from sqlalchemy import select as select_columns
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from fleet import dependencies
 from fleet.domain import TaskState
@@ -130,12 +130,3 @@ def verdicts_for_new_tasks(
     index = dependencies.TaskIdIndex([*job.depends_on, *new])
     _reevaluate(session, job, index)
     return {tid: _verdict(tid, dep, job.states, index) for tid, dep in new.items() if dep}
-
-
-def jobs_with_held_tasks(session: Session, among: set[str] | None = None) -> list[str]:
-    """Return the ids of jobs (``among`` these, when given) that have tasks held back by
-    their dependencies."""
-    query = select(Task.job_id).where(col(Task.deps_state).is_not(None))
-    if among is not None:
-        query = query.where(col(Task.job_id).in_(among))
-    return list(session.exec(query.distinct()).all())

@@ -1,0 +1,367 @@
+"""Dispatch: placing pending tasks on free slots and starting them on their nodes.
+
+Each turn the controller asks :meth:`Dispatch.place` to fill the free slots of ready
+nodes: it reads the queue (fleet/queue.py), asks the pure scheduler for a plan
+(fleet/scheduler.py), writes every assignment ahead as ``dispatching`` in one
+transaction, then prepares each task on its node (user identity, resource files,
+application packages) and sends its spawn. A spawn the agent confirmed goes to the
+outbox as a start; one that could never run completes with its failureInfo code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import shlex
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from fleet import (
+    applications,
+    environment,
+    identity,
+    metrics,
+    outcomes,
+    queue,
+    scheduler,
+    specs,
+    task_calls,
+    task_io,
+)
+from fleet.attempts import Attempt, epoch, internal_error
+from fleet.context import Context
+from fleet.domain import NodeState, PoolState, TaskState
+from fleet.errors import AgentError, FleetError, RemoteError
+from fleet.node_link import NodeLink
+from fleet.sql import Sql, Statement
+
+log = logging.getLogger(__name__)
+
+SPAWN_RETRY_DELAY = 2.0
+#: Spawn refusals that say the task itself can never run: it completes instead of retrying.
+REFUSED_FOR_GOOD = frozenset({"BadRequest", "BadPath"})
+
+#: What placement reads of the nodes with a ready link, and of the pools.
+_READY_NODES = Statement(
+    "SELECT id, pool_id, state, scheduling_state FROM nodes WHERE id IN :ids AND operation IS NULL"
+)
+_ACTIVE_POOLS = Statement(
+    "SELECT id, task_slots_per_node, node_fill_type FROM pools WHERE state = :active"
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(command_line: str) -> tuple[str, ...]:
+    """A command line's argv (the tasks of a job often share one)."""
+    return tuple(shlex.split(command_line))
+
+
+class PrepGate(Protocol):
+    """What dispatch asks of the job prep tasks (fleet/job_tasks.py)."""
+
+    def excluded_nodes(self) -> dict[str, set[str]]: ...
+    def gate(self, s: Any, job: Any, link: NodeLink) -> str: ...
+    def hold(self, att: Attempt, start: Callable[[], None]) -> None: ...
+
+
+class MultiRuns(Protocol):
+    """What dispatch asks of the multi-instance runs (fleet/multi_instance.py)."""
+
+    def prepare(
+        self,
+        s: Any,
+        spec: dict[str, Any],
+        required_slots: int,
+        att: Attempt,
+        nodes: list[str],
+        roots: dict[str, str],
+        env: dict[str, str],
+    ) -> dict[str, str]: ...
+    def launch(self, att: Attempt, start_primary: Callable[[], None]) -> None: ...
+
+
+class Dispatch:
+    """Places and starts tasks. Needs what gates a start (the job's prep task on the node,
+    a multi-instance run's other nodes), how to set nodes busy or idle (``node_busy``),
+    what to do with an attempt that ended at once (``exited``: collect it), and how to
+    run the next turn of the loop (``nudge``)."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        prep: PrepGate,
+        multi: MultiRuns,
+        node_busy: Callable[[Sql, Iterable[str], float], None],
+        exited: Callable[[NodeLink, Attempt, dict[str, Any]], None],
+        nudge: Callable[[], None],
+    ) -> None:
+        self.c = ctx
+        self.prep = prep
+        self.multi = multi
+        self._node_busy = node_busy
+        self._exited = exited
+        self._nudge = nudge
+        self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
+
+    async def place(self) -> bool:
+        """Place pending tasks on free slots; return whether any was placed."""
+        ready = {nid for nid, link in self.c.links.items() if link.ready}
+        if not ready:
+            return False
+        with self.c.store.read() as s:  # columns only: an idle loop reads 300 nodes a second
+            db = Sql(s)
+            if not queue.any_active_job(db):
+                return False
+            nodes = db.rows(_READY_NODES, {"ids": list(ready)})
+            pools = {p.id: p for p in db.rows(_ACTIVE_POOLS, {"active": PoolState.ACTIVE})}
+            snapshot = self._free_slots(nodes, pools)
+            free = sum(n.capacity - n.used for n in snapshot)
+            if free <= 0:
+                return False
+            pending = queue.pending(db, {n.pool_id for n in snapshot}, limit=free * 2)
+            if not pending:
+                return False
+            caps = {
+                j.id: j.spec.get("maxParallelTasks", -1)
+                for j in queue.job_specs(db, {t.job_id for t in pending}).values()
+            }
+        fill_types = {p.id: p.node_fill_type for p in pools.values()}
+        avoid = self.prep.excluded_nodes()
+        plan = scheduler.plan(snapshot, pending, fill_types, self._job_room(caps), avoid)
+        if plan:
+            await self._dispatch(plan, pending, {n.id: n.pool_id for n in snapshot})
+        return bool(plan)
+
+    def _free_slots(self, nodes: list[Any], pools: dict[str, Any]) -> list[scheduler.NodeSlots]:
+        """Return the schedulable ``nodes`` with their slots and how many are in use."""
+        snapshot = []
+        for node in nodes:
+            pool = pools.get(node.pool_id)
+            if pool is None or node.scheduling_state != "enabled":
+                continue
+            if node.state not in (NodeState.IDLE, NodeState.RUNNING):
+                continue
+            # An attempt that has exited frees its slots at once, while its output is
+            # still being collected.
+            inflight = self.c.inflight.get(node.id, {}).values()
+            used = sum(a.slots for a in inflight if not a.collecting)
+            snapshot.append(
+                scheduler.NodeSlots(
+                    node.id,
+                    node.pool_id,
+                    pool.task_slots_per_node,
+                    used,
+                    self.last_assigned.get(node.id, 0.0),
+                )
+            )
+        return snapshot
+
+    def _job_room(self, caps: dict[str, int]) -> dict[str, int]:
+        """Return how many more tasks each capped job may start (maxParallelTasks ``caps``)."""
+        running: dict[str, int] = {}
+        for per_node in self.c.inflight.values():
+            for att in per_node.values():
+                running[att.job_id] = running.get(att.job_id, 0) + 1
+        return {jid: cap - running.get(jid, 0) for jid, cap in caps.items() if cap and cap > 0}
+
+    async def _dispatch(
+        self,
+        plan: list[scheduler.Assignment],
+        pending: list[scheduler.PendingTask],
+        node_pools: dict[str, str],
+    ) -> None:
+        """Write every assignment ahead as ``dispatching`` in one transaction, then send
+        the spawns."""
+        now = time.time()
+        pks = {(t.job_id, t.task_id): t.seq for t in pending}
+        sends = []
+        placed: list[Attempt] = []
+        try:
+            with self.c.store.session() as s:
+                db = Sql(s)
+                tasks = queue.to_dispatch(db, [pks[a.job_id, a.task_id] for a in plan])
+                jobs = queue.job_specs(db, {t.job_id for t in tasks.values()})
+                writes = []
+                for a in plan:
+                    task = tasks.get(pks[a.job_id, a.task_id])
+                    link = self.c.links[a.node_id]
+                    root = link.agent.hello.get("root") if link.agent else None
+                    if task is None or root is None:
+                        continue
+                    if task.state != TaskState.ACTIVE or task.attempt_state is not None:
+                        continue  # deleted or changed since the snapshot
+                    tdir = environment.task_dir(a.job_id, a.task_id)
+                    write = {
+                        "b_pk": task.pk,
+                        "b_attempt": task.attempt,
+                        "attempt": task.attempt + 1,
+                        "node_id": a.node_id,
+                        "pool_id": node_pools[a.node_id],
+                        "task_root": f"{root}/{tdir}",
+                        "token_hash": task.token_hash,
+                        "state": TaskState.ACTIVE,
+                    }
+                    writes.append(write)
+                    att = Attempt(
+                        task.pk,
+                        a.job_id,
+                        a.task_id,
+                        write["attempt"],
+                        a.node_id,
+                        task.required_slots,
+                        output_files=task.spec.get("outputFiles") or [],
+                        eligible_at=max(
+                            task.created_at, task.last_retry_time or 0, task.last_requeue_time or 0
+                        ),
+                    )
+                    self.c.inflight.setdefault(a.node_id, {})[att.key] = att
+                    placed.append(att)
+                    env = environment.build(
+                        root=root,
+                        pool_id=write["pool_id"],
+                        node_id=a.node_id,
+                        task_dir_rel=tdir,
+                        attempt=att.attempt,
+                        job_id=a.job_id,
+                        task_id=a.task_id,
+                        user_env=[
+                            *jobs[task.job_id].spec.get("commonEnvironmentSettings", []),
+                            *task.spec.get("environmentSettings", []),
+                        ],
+                    )
+                    if task.job_manager:
+                        token, write["token_hash"] = task_calls.new_token()
+                        env.update(task_calls.client_env(root, token))
+                    limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
+                    if task.spec.get("multiInstanceSettings"):
+                        nodes = [a.node_id, *a.others]
+                        roots = {n: self._root(n) for n in nodes}
+                        env = self.multi.prepare(
+                            s, task.spec, task.required_slots, att, nodes, roots, env
+                        )
+                        for n in a.others:
+                            placed.append(self.c.inflight[n][f"{att.key}@{nodes.index(n)}"])
+                        gate = "multi"
+                    else:
+                        gate = self.prep.gate(s, jobs[task.job_id], link)
+                        if gate == "wait":
+                            write["state"] = TaskState.PREPARING
+                    io = (
+                        task.spec.get("resourceFiles") or [],
+                        task.spec.get("userIdentity"),
+                        task.spec.get("applicationPackageReferences") or [],
+                    )
+                    sends.append((gate, link, att, list(_split(task.command_line)), env, limit, io))
+                queue.mark_dispatched(db, writes)
+                self._node_busy(db, {a.node_id for a in placed}, now)
+        except BaseException:
+            for att in placed:  # nothing was written: forget the plan
+                self.c.inflight.get(att.node_id, {}).pop(att.key, None)
+            raise
+        stamp = time.monotonic()
+        for gate, link, att, argv, env, limit, io in sends:
+            self.last_assigned[att.node_id] = stamp
+            start = functools.partial(self._start, link, att, argv, env, limit, io)
+            if gate == "multi":
+                self.multi.launch(att, start)
+            elif gate == "wait":
+                self.prep.hold(att, start)
+            else:
+                start()
+
+    def _start(
+        self,
+        link: NodeLink,
+        att: Attempt,
+        argv: list[str],
+        env: dict[str, str],
+        limit: float | None,
+        io: tuple[list[dict[str, Any]], Any, list[dict[str, str]]],
+    ) -> None:
+        self.c.spawn(self._send_spawn(link, att, argv, env, limit, *io))
+
+    def _finish_unstarted(self, att: Attempt, code: str, message: str) -> None:
+        """Complete an attempt whose command never started, with ``code`` as its failure."""
+        att.collecting = True  # nothing ran: there is nothing to collect
+        error = {"code": code, "message": message}
+        self.c.outbox.finished.append((att, {"exitCode": None, "error": error}))
+        self._nudge()
+
+    async def _send_spawn(
+        self,
+        link: NodeLink,
+        att: Attempt,
+        argv: list[str],
+        env: dict[str, str],
+        max_wall_clock: float | None,
+        resource_files: list[dict[str, Any]],
+        user: dict[str, Any] | None,
+        app_refs: list[dict[str, str]],
+    ) -> None:
+        """Prepare the task on its node (identity, resource files, application packages),
+        then spawn it. Failures before the command can start complete the attempt with
+        their failureInfo code."""
+        if link.agent is None or link.conn is None:
+            return  # the node dropped; reconcile on reconnect settles this attempt
+        task_root = f"{link.agent.hello.get('root', '')}/{att.task_dir}"
+        try:
+            if identity.needs_sudo(user, link.login_user) and not link.can_sudo:
+                raise RemoteError(
+                    f"node {att.node_id}: the login user {link.login_user} cannot run sudo "
+                    "without a password, which an admin or named-user task needs",
+                    code="UserIdentityError",
+                )
+            await identity.prepare_workdir(link.conn, user, f"{task_root}/wd", link.login_user)
+            if resource_files:
+                await task_io.stage(link.conn, self.c.settings, task_root, resource_files)
+            await applications.prepare_task(link, self.c.settings, self.c.store, app_refs, env)
+        except FleetError as exc:
+            if exc.code in outcomes.PRE_PROCESSING or exc.code == "UserAccountError":
+                code = "UserIdentityError" if exc.code == "UserAccountError" else exc.code
+                self._finish_unstarted(att, code, exc.message)
+            elif link.agent is not None and not link.agent.closed.is_set():
+                log.warning("task %s: not started on %s: %s", att.key, att.node_id, exc)
+                await asyncio.sleep(SPAWN_RETRY_DELAY)
+                self.c.outbox.back_to_queue.append((att, False))
+                self._nudge()
+            return  # else the node dropped: the reconcile on its return settles the attempt
+        except Exception as exc:
+            failed = internal_error(att, exc, {})["error"]
+            self._finish_unstarted(att, failed["code"], failed["message"])
+            return
+        argv = identity.wrap(user, argv, link.login_user)
+        try:
+            result = await link.agent.request(
+                "spawn",
+                key=att.key,
+                taskDir=att.task_dir,
+                attempt=att.attempt,
+                argv=argv,
+                env=env,
+                maxWallClockSeconds=max_wall_clock,
+            )
+        except AgentError as exc:
+            if exc.code in outcomes.PRE_PROCESSING or exc.code in REFUSED_FOR_GOOD:
+                code = "TaskRejectedByNode" if exc.code in REFUSED_FOR_GOOD else exc.code
+                error = {"code": code, "message": f"node {att.node_id}: {exc.message}"}
+                self._exited(link, att, {"exitCode": None, "error": error})
+            else:  # the node's trouble, not the task's: try again, but not in a tight loop
+                log.warning("task %s: spawn failed on %s: %s", att.key, att.node_id, exc)
+                await asyncio.sleep(SPAWN_RETRY_DELAY)
+                self.c.outbox.back_to_queue.append((att, False))
+            self._nudge()
+            return
+        except FleetError as exc:
+            log.info("task %s: node %s dropped during spawn: %s", att.key, att.node_id, exc)
+            return
+        acked = time.time()
+        if att.eligible_at:
+            metrics.TASK_DISPATCH.add(acked - att.eligible_at)
+        self.c.outbox.started.append((att, epoch(result.get("startTime")) or acked))
+        self._nudge()
+
+    def _root(self, node_id: str) -> str:
+        link = self.c.links.get(node_id)
+        return str(link.agent.hello.get("root", "")) if link and link.agent else ""
