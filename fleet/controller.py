@@ -53,8 +53,9 @@ IDLE_TICK_MAX = 1.0
 #: Longest time between two reads of the store's jobs, nodes and schedules when nothing
 #: asked for one: a safety net, since every write of the CLI wakes the loop and asks.
 LOOK_INTERVAL = 1.0
-#: While tasks finish, the jobs are read again this often (not every turn: under load a
-#: turn comes every few milliseconds), so a job's end follows its last task closely.
+#: While tasks finish, the jobs (not nodes or schedules) are read again this often (not
+#: every turn: under load a turn comes every few milliseconds), so a job's end follows its
+#: last task closely.
 LOOK_AFTER_EXITS = 0.25
 
 #: Why a task ended by a node operation with ``terminate`` ended.
@@ -84,7 +85,8 @@ class Controller:
         self._wake = asyncio.Event()
         self._look_asked = True  # something may have changed in the store: read it next turn
         self._looked_at = 0.0  # monotonic time the loop last read jobs, nodes and schedules
-        self._exits_unlooked = False  # tasks finished since then
+        self._jobs_looked_at = 0.0  # and its jobs alone (lifecycle)
+        self._exits_unlooked = False  # tasks finished since the jobs were last read
         self._background: set[asyncio.Task[Any]] = set()
         self.ctx = Context(
             store, settings, self.links, self.inflight, Outbox(), self.spawn_background, self.wake
@@ -185,21 +187,25 @@ class Controller:
 
     async def _turn(self, woken: bool, asked: bool) -> bool:
         """Run one turn of the loop; return whether it found anything to do. The store's
-        jobs, nodes and schedules are read when a write asked for it (``asked``), shortly
-        after tasks finished, or every LOOK_INTERVAL; the queue when anything woke the loop
-        or events were applied. An idle loop does not poll."""
+        jobs, nodes and schedules are read when a write asked for it (``asked``) or every
+        LOOK_INTERVAL; the jobs alone shortly after tasks finished (only a job's step can
+        follow from an exit); the queue when anything woke the loop or events were
+        applied. An idle loop does not poll."""
         now = time.monotonic()
-        since = now - self._looked_at
         exits = self._exits_unlooked or bool(self.ctx.outbox.finished)
-        look = asked or since >= LOOK_INTERVAL or (exits and since >= LOOK_AFTER_EXITS)
-        self._exits_unlooked = exits and not look
+        look = asked or now - self._looked_at >= LOOK_INTERVAL
+        jobs = look or (exits and now - self._jobs_looked_at >= LOOK_AFTER_EXITS)
+        self._exits_unlooked = exits and not jobs
         if look:
             self._looked_at = now
             self._sync_links()
             self.node_ops.tick()
             self.autoscaler.tick()  # a new target is acted on by pool sizing at once
             self.pool_sizing.tick()
+        if jobs:
+            self._jobs_looked_at = now
             self.lifecycle.tick()
+        if look:
             self.schedules.tick()  # its timers wake the loop
         self._requeue_lost_nodes()
         self.retention.tick()
@@ -207,7 +213,7 @@ class Controller:
         retired = self.auto_pools.tick()
         applied = self.events.apply()
         self.events.release_dependents()
-        placed = await self.dispatch.place() if woken or look or applied else False
+        placed = await self.dispatch.place() if woken or jobs or applied else False
         return retired or applied or placed
 
     async def _shutdown(self) -> None:

@@ -61,7 +61,7 @@ def _split(command_line: str) -> tuple[str, ...]:
 class PrepGate(Protocol):
     """What dispatch asks of the job prep tasks (fleet/job_tasks.py)."""
 
-    def excluded_nodes(self) -> dict[str, set[str]]: ...
+    def excluded_nodes(self, db: Sql) -> dict[str, set[str]]: ...
     def gate(self, s: Any, job: Any, link: NodeLink) -> str: ...
     def hold(self, att: Attempt, start: Callable[[], None]) -> None: ...
 
@@ -120,18 +120,17 @@ class Dispatch:
             free = sum(n.capacity - n.used for n in snapshot)
             if free <= 0:
                 return False
-            pending = queue.pending(db, {n.pool_id for n in snapshot}, limit=free * 2)
+            jobs = queue.active_jobs(db, {n.pool_id for n in snapshot})
+            pending = queue.pending(db, jobs, limit=free * 2)
             if not pending:
                 return False
-            caps = {
-                j.id: j.spec.get("maxParallelTasks", -1)
-                for j in queue.job_specs(db, {t.job_id for t in pending}).values()
-            }
+            caps = {j.id: j.spec.get("maxParallelTasks", -1) for j in jobs}
+            avoid = self.prep.excluded_nodes(db)
         fill_types = {p.id: p.node_fill_type for p in pools.values()}
-        avoid = self.prep.excluded_nodes()
         plan = scheduler.plan(snapshot, pending, fill_types, self._job_room(caps), avoid)
         if plan:
-            await self._dispatch(plan, pending, {n.id: n.pool_id for n in snapshot})
+            node_pools = {n.id: n.pool_id for n in snapshot}
+            await self._dispatch(plan, pending, {j.id: j for j in jobs}, node_pools)
         return bool(plan)
 
     def _free_slots(self, nodes: list[Any], pools: dict[str, Any]) -> list[scheduler.NodeSlots]:
@@ -170,10 +169,11 @@ class Dispatch:
         self,
         plan: list[scheduler.Assignment],
         pending: list[scheduler.PendingTask],
+        jobs: dict[str, Any],
         node_pools: dict[str, str],
     ) -> None:
         """Write every assignment ahead as ``dispatching`` in one transaction, then send
-        the spawns."""
+        the spawns (``jobs``: the active jobs that placement read, by id)."""
         now = time.time()
         pks = {(t.job_id, t.task_id): t.seq for t in pending}
         sends = []
@@ -182,7 +182,6 @@ class Dispatch:
             with self.c.store.session() as s:
                 db = Sql(s)
                 tasks = queue.to_dispatch(db, [pks[a.job_id, a.task_id] for a in plan])
-                jobs = queue.job_specs(db, {t.job_id for t in tasks.values()})
                 writes = []
                 for a in plan:
                     task = tasks.get(pks[a.job_id, a.task_id])

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from fleet import applications, environment, outcomes, rules, specs, views
 from fleet.attempts import Attempt, epoch
 from fleet.errors import FleetError, failure_of
+from fleet.sql import Sql, Statement
 from fleet.tables import Job, JobNode, Node
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 PREP, RELEASE = "prep", "release"
 SPEC_FIELD = {PREP: "jobPreparationTask", RELEASE: "jobReleaseTask"}
+#: The nodes where a job's prep task failed (read by every placement).
+_PREP_FAILED = Statement("SELECT job_id, node_id FROM job_nodes WHERE prep_state = :failed")
 
 
 def agent_key(job_id: str, kind: str) -> str:
@@ -90,15 +93,11 @@ class JobTasks:
         """Keep ``att`` until the prep task of its job on its node has finished."""
         self.held.setdefault((att.job_id, att.node_id), []).append(Held(att, start))
 
-    def excluded_nodes(self) -> dict[str, set[str]]:
+    def excluded_nodes(self, db: Sql) -> dict[str, set[str]]:
         """Return, per job, the nodes its tasks must avoid: prep failed there with waitForSuccess."""
         out: dict[str, set[str]] = {}
-        with self.c.store.read() as s:
-            failed = select(col(JobNode.job_id), col(JobNode.node_id)).where(
-                col(JobNode.prep_state) == "failed"
-            )
-            for job_id, node_id in s.execute(failed):
-                out.setdefault(job_id, set()).add(node_id)
+        for row in db.rows(_PREP_FAILED, {"failed": "failed"}):
+            out.setdefault(row.job_id, set()).add(row.node_id)
         return out
 
     # -- spawning and exits -------------------------------------------------------------

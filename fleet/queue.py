@@ -30,7 +30,6 @@ _WAITING = (
 _WAITING_TASKS = Statement(_WAITING + " ORDER BY pk LIMIT :limit")
 _WAITING_MANAGER = Statement(_WAITING + " AND id = :manager ORDER BY pk LIMIT :limit")
 _TASK_STATE = Statement("SELECT state FROM tasks WHERE job_id = :job AND id = :id")
-_JOB_SPECS = Statement("SELECT id, spec FROM jobs WHERE id IN :ids", json_columns=["spec"])
 #: What a dispatch reads of each task placed.
 _TO_DISPATCH = Statement(
     "SELECT pk, job_id, id, attempt, attempt_state, state, spec, command_line,"
@@ -51,9 +50,15 @@ def any_active_job(db: Sql) -> bool:
     return bool(db.rows(_ANY_ACTIVE_JOB, {"active": JobState.ACTIVE}))
 
 
-def pending(db: Sql, pool_ids: Iterable[str], limit: int) -> list[PendingTask]:
-    """Return up to ``limit`` tasks that may start on the pools ``pool_ids``, in order."""
-    jobs = db.rows(_ACTIVE_JOBS, {"active": JobState.ACTIVE, "pools": list(pool_ids)})
+def active_jobs(db: Sql, pool_ids: Iterable[str]) -> list[Any]:
+    """Return the active jobs of the pools ``pool_ids`` in the order their tasks start
+    (rows of ``id``, ``pool_id``, ``priority``, ``created_at`` and ``spec``)."""
+    return db.rows(_ACTIVE_JOBS, {"active": JobState.ACTIVE, "pools": list(pool_ids)})
+
+
+def pending(db: Sql, jobs: list[Any], limit: int) -> list[PendingTask]:
+    """Return up to ``limit`` tasks of ``jobs`` (from :func:`active_jobs`) that may start
+    now, in order."""
     out: list[PendingTask] = []
     for job in jobs:
         if len(out) >= limit:
@@ -88,11 +93,6 @@ def _manager_waits(db: Sql, job_id: str, manager_id: str) -> bool:
     job's other tasks wait for it)."""
     rows = db.rows(_TASK_STATE, {"job": job_id, "id": manager_id})
     return bool(rows) and rows[0].state == TaskState.ACTIVE
-
-
-def job_specs(db: Sql, job_ids: Iterable[str]) -> dict[str, Any]:
-    """Return the jobs ``job_ids`` by id, as rows of ``id`` and ``spec``."""
-    return {row.id: row for row in db.rows(_JOB_SPECS, {"ids": list(job_ids)})}
 
 
 def to_dispatch(db: Sql, pks: list[int]) -> dict[int, Any]:
