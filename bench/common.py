@@ -23,8 +23,11 @@ from fleet import lab as lab_mod
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
-PY = ROOT / ".venv" / "bin" / "python"
-FLEET = ROOT / ".venv" / "bin" / "fleet"
+#: The fleet that is timed: the project's venv, or FLEET_BENCH_VENV (for example a venv
+#: where `pip install .` put fleet as users have it, without the editable path finder).
+VENV = Path(os.environ.get("FLEET_BENCH_VENV") or ROOT / ".venv")
+PY = VENV / "bin" / "python"
+FLEET = VENV / "bin" / "fleet"
 ANSIBLE_VENV = BENCH / ".venv-ansible"
 
 

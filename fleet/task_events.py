@@ -114,18 +114,21 @@ class TaskEvents:
         touched_nodes = {att.node_id for att, _ in [*ev.started, *ev.finished, *ev.back_to_queue]}
         with self.c.store.session() as s:
             db = Sql(s)
-            if ev.started:  # one statement, executed for every start at once
-                states = {"running": TaskState.RUNNING, "dispatching": AttemptState.DISPATCHING}
-                db.executemany(
-                    _STARTED,
-                    [
-                        {"b_pk": att.pk, "b_attempt": att.attempt, "b_start": at, "b_now": now}
-                        | states
-                        for att, at in ev.started
-                    ],
-                )
+            # An attempt that started and finished in the same turn (a short task) is
+            # written once, by its completion, which takes the start time along.
+            ending = {(att.pk, att.attempt) for att, _ in ev.finished}
+            starts = {(att.pk, att.attempt): at for att, at in ev.started}
+            states = {"running": TaskState.RUNNING, "dispatching": AttemptState.DISPATCHING}
+            db.executemany(  # one statement, executed for every start at once
+                _STARTED,
+                [
+                    {"b_pk": att.pk, "b_attempt": att.attempt, "b_start": at, "b_now": now} | states
+                    for att, at in ev.started
+                    if (att.pk, att.attempt) not in ending
+                ],
+            )
             if ev.finished:
-                self._complete(db, ev.finished, ev.outputs, now)
+                self._complete(db, ev.finished, ev.outputs, starts, now)
             for att, requeue in ev.back_to_queue:
                 db.execute(
                     _REQUEUED if requeue else _BACK_TO_QUEUE,
@@ -155,11 +158,13 @@ class TaskEvents:
         db: Sql,
         finished: list[tuple[Attempt, dict[str, Any]]],
         outputs: dict[tuple[int, int], dict[str, bytes]],
+        starts: dict[tuple[int, int], float],
         now: float,
     ) -> None:
         """Write the exits of ``finished`` attempts: each task's fields decided by
         :func:`rules.on_exit`, as one executemany per shape of change, and the small
-        ``outputs`` that came with them (replacing an earlier attempt's)."""
+        ``outputs`` that came with them (replacing an earlier attempt's). ``starts``: the
+        start times of attempts whose start was not written."""
         tasks = {row.pk: row for row in db.rows(_FACTS, {"pks": [a.pk for a, _ in finished]})}
         jobs = {
             row.id: rules.JobFacts(row.state, row.spec, row.created_at, row.termination_reason)
@@ -179,7 +184,7 @@ class TaskEvents:
                     task.spec,
                     task.retry_count,
                     task.requeue_count,
-                    task.start_time,
+                    starts.get((att.pk, att.attempt), task.start_time),
                     task_stats.of_row(task),
                 ),
                 job,
