@@ -10,13 +10,11 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class HostResult:
-    """What one host did with the command."""
+class HostResult(NamedTuple):
+    """What one host did with the command (a NamedTuple: see fleet/settings.py)."""
 
     host: str
     exit_code: int | None = None
@@ -43,8 +41,7 @@ class HostResult:
         return cls(data["host"], data["exitCode"], data["stdout"], data["stderr"], data["error"])
 
 
-@dataclass(frozen=True)
-class Group:
+class Group(NamedTuple):
     """Hosts that produced the same outcome, and that outcome as text."""
 
     hosts: list[str]
