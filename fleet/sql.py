@@ -3,11 +3,12 @@
 Under load each turn of the controller runs a handful of statements for dozens of tasks:
 the queue, the dispatch write-ahead, starts and completions. Through SQLAlchemy each
 costs tens of microseconds of Python before the database sees it (cache keys, parameter
-and result processing), which was a third of the controller's CPU per task
+and result processing), a large share of the controller's CPU per task
 (docs/benchmarks.md, G3). Here they are SQL text, translated once per dialect and run on
 the session's own DB-API connection, inside its transaction.
 
-A statement's text uses ``:name`` parameters; ``column IN :name`` takes a list. Parameters
+A statement's text uses ``:name`` parameters (and no ``%``, which psycopg reads as a
+placeholder); ``column IN :name`` takes a list. Parameters
 named in ``json_params`` are encoded as JSON, and result columns named in ``json_columns``
 decoded (PostgreSQL's driver decodes them itself).
 """
@@ -35,6 +36,8 @@ class Statement:
     def __init__(
         self, text: str, *, json_columns: Iterable[str] = (), json_params: Iterable[str] = ()
     ) -> None:
+        if "%" in text:
+            raise ValueError(f"a statement's text may not hold '%': {text}")
         self.sqlite_text = _IN.sub(r"\1 IN (SELECT value FROM json_each(:\2))", text)
         self.postgres_text = _PARAM.sub(r"%(\1)s", _IN.sub(r"\1 = ANY(:\2)", text))
         self.json_columns = frozenset(json_columns)
