@@ -15,6 +15,7 @@ decoded (PostgreSQL's driver decodes them itself).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import namedtuple
@@ -45,16 +46,22 @@ class Statement:
         self.json_params = tuple(json_params)
         self.list_params = tuple(m.group(2) for m in _IN.finditer(text))
         self._row: Any = None  # a namedtuple class, from the first result's columns
+        self._decode: list[int] = []  # the positions of its JSON columns
 
-    def row_type(self, description: Any) -> Any:
+    def shape(self, description: Any) -> tuple[Any, list[int]]:
+        """Return the row class of this statement's results, and which of their columns
+        hold JSON (``description``: the cursor's, read the first time)."""
         if self._row is None:
-            self._row = namedtuple("Row", [d[0] for d in description])  # type: ignore[misc]
-        return self._row
+            names = [d[0] for d in description]
+            self._row = namedtuple("Row", names)  # type: ignore[misc]
+            self._decode = [i for i, name in enumerate(names) if name in self.json_columns]
+        return self._row, self._decode
 
 
-def update(table: str, columns: Iterable[str], where: str) -> Statement:
+@functools.cache
+def update(table: str, columns: tuple[str, ...], where: str) -> Statement:
     """Return ``UPDATE table SET column = :column, ... WHERE where``; each column name is
-    checked against the table's."""
+    checked against the table's. Built once per shape."""
     known = SQLModel.metadata.tables[table].columns
     unknown = [c for c in columns if c not in known]
     if unknown:
@@ -85,12 +92,11 @@ class Sql:
         try:
             cur.execute(self._text(stmt), self._params(stmt, params or {}))
             raw = cur.fetchall()
-            row = stmt.row_type(cur.description)
+            row, decode = stmt.shape(cur.description)
         except self._errors as exc:
             raise database_error(exc) from exc
         finally:
             cur.close()
-        decode = [i for i, name in enumerate(row._fields) if name in stmt.json_columns]
         if decode and self.sqlite:
             out = []
             for values in raw:

@@ -44,8 +44,6 @@ _ADD_OUTPUTS = Statement(
     " VALUES (:task_pk, :name, :data, :modified)"
 )
 _DELETE_ATTEMPT = Statement("DELETE FROM tasks WHERE pk = :b_pk AND attempt = :b_attempt")
-#: A completion's UPDATE per set of columns it writes (a handful of shapes in all).
-_completions: dict[tuple[str, ...], Statement] = {}
 #: The jobs that have tasks held back by their dependencies (among some, or all).
 _HELD_JOBS = Statement("SELECT DISTINCT job_id FROM tasks WHERE deps_state IS NOT NULL")
 _HELD_AMONG = Statement(
@@ -206,16 +204,17 @@ class TaskEvents:
             for name, data in outputs.get((att.pk, att.attempt), {}).items():
                 files.append({"task_pk": att.pk, "name": name, "data": data, "modified": now})
             if change.job and job is not None:  # rare: a job manager's end, an exit's jobAction
-                db.execute(
-                    _job_update(tuple(sorted(change.job))), change.job | {"b_id": task.job_id}
-                )
+                job_update = sql.update("jobs", tuple(sorted(change.job)), "id = :b_id")
+                db.execute(job_update, change.job | {"b_id": task.job_id})
                 jobs[task.job_id] = replace(
                     job,
                     state=change.job.get("state", job.state),
                     termination_reason=change.job.get("termination_reason", job.termination_reason),
                 )
         for names, params in updates.items():
-            db.executemany(_completion(names), params)
+            db.executemany(
+                sql.update("tasks", names, "pk = :b_pk AND attempt = :b_attempt"), params
+            )
         db.executemany(_DROP_OUTPUTS, replaced)
         db.executemany(_ADD_OUTPUTS, files)
         db.executemany(_DELETE_ATTEMPT, deleted)
@@ -260,18 +259,3 @@ class TaskEvents:
             if state in (NodeState.IDLE, NodeState.RUNNING) and state != want:
                 changed.append({"b_id": node_id, "b_old": state, "b_state": want})
         db.executemany(_NODE_BUSY, [c | {"b_now": now} for c in changed])
-
-
-def _completion(names: tuple[str, ...]) -> Statement:
-    """Return the UPDATE that writes the columns ``names`` of an attempt's task."""
-    stmt = _completions.get(names)
-    if stmt is None:
-        stmt = _completions[names] = sql.update(
-            "tasks", names, "pk = :b_pk AND attempt = :b_attempt"
-        )
-    return stmt
-
-
-def _job_update(names: tuple[str, ...]) -> Statement:
-    """Return the UPDATE that writes the columns ``names`` of a job."""
-    return sql.update("jobs", names, "id = :b_id")

@@ -229,7 +229,7 @@ def test_statement_writes_are_in_the_sessions_transaction(store):
     _seed(store)
     tasks.add_tasks(store, "j", [{"id": f"t{i}", "commandLine": "true"} for i in range(2)])
     pks = _task_pks(store)
-    failed = sql.update("tasks", ["exit_code", "failure_info"], "pk = :b_pk")
+    failed = sql.update("tasks", ("exit_code", "failure_info"), "pk = :b_pk")
     info = {"category": "usererror", "code": "FailureExitCode", "message": "it said 'no'"}
     with pytest.raises(RuntimeError), store.session() as s:
         sql.Sql(s).executemany(
@@ -257,7 +257,7 @@ def test_statement_errors_are_the_stores_errors(store):
 
 def test_an_update_names_only_columns_the_table_has():
     with pytest.raises(ValueError, match="tasks has no column 'state; DROP'"):
-        sql.update("tasks", ["state; DROP"], "pk = :b_pk")
+        sql.update("tasks", ("state; DROP",), "pk = :b_pk")
 
 
 def test_statement_text_is_translated_per_dialect():
