@@ -19,13 +19,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TypeVar
 
+from fleet import lab_processes as processes
 from fleet.errors import BadInput, Conflict, FleetError, NotFound, RemoteError
 from fleet.settings import default_home
 
@@ -49,10 +50,8 @@ __all__ = [
 LAB_USER = "fleetlab"  # the login user of a lab run as root
 NODE_USERS_GROUP = "fleet-node-users"  # fleet.node_users.GROUP (kept apart: lab imports no SSH)
 BANNER_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
 MAX_NODES = 999
 BOOT_ID_ENV = "FLEET_BOOT_ID_FILE"  # read by the agent (agent_bootstrap/fleet_agent.py)
-REBOOT_ROUNDS = 20  # kill rounds while processes of a rebooting node keep forking
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\"'\\%#]")  # would need escaping in sshd_config
 _DYING = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL}
 _SSHD_CONFIG = """\
@@ -116,7 +115,7 @@ class LabNode:
     def alive(self) -> bool:
         """Return True if the pid file names a live sshd listener using this node's config."""
         pid = self.pid()
-        if pid is None or _exited(pid):
+        if pid is None or processes.exited(pid):
             return False
         try:  # guards against a recycled pid
             return os.fsencode(str(self.config)) in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -229,12 +228,12 @@ def down(dir: Path) -> None:
     """
     lab = load(dir)
     with _locked(lab.dir):
-        table = _procs()
+        table = processes.table_of_processes()
         victims: list[int] = []
         for node in lab.nodes:
             if node.alive() and (pid := node.pid()):
-                victims += [pid, *_sessions(pid, table)]
-        _terminate(victims, signal.SIGTERM)
+                victims += [pid, *processes.sessions(pid, table)]
+        processes.terminate(victims, signal.SIGTERM)
 
 
 def stop_node(
@@ -253,11 +252,14 @@ def stop_node(
     pid = node.pid()
     if pid is None or not node.alive():
         return
-    victims = [pid, *(_sessions(pid, _procs()) if kill_sessions else [])]
+    victims = [
+        pid,
+        *(processes.sessions(pid, processes.table_of_processes()) if kill_sessions else []),
+    ]
     if sig in _DYING:
-        _terminate(victims, sig)
+        processes.terminate(victims, sig)
     else:
-        _signal(victims, sig)
+        processes.send(victims, sig)
 
 
 def start_node(lab: Lab, name: str) -> None:
@@ -270,7 +272,9 @@ def start_node(lab: Lab, name: str) -> None:
     node = lab.node(name)
     pid = node.pid()
     if pid is not None and node.alive():
-        _signal([pid, *_sessions(pid, _procs())], signal.SIGCONT)
+        processes.send(
+            [pid, *processes.sessions(pid, processes.table_of_processes())], signal.SIGCONT
+        )
         _wait_banners([node], {node.name: _size(node.log)}, {node.name: pid})
     else:
         _make_node_files(lab, node)
@@ -311,7 +315,8 @@ def reboot_node(lab: Lab, name: str) -> dict[str, object]:
         msg = "simulated reboots need OpenSSH 7.8 or newer (sshd_config SetEnv)"
         raise FleetError(msg, code="LabRebootUnsupported", target=name)
     with _locked(lab.dir):
-        killed = _kill_node_processes(node)
+        marker = os.fsencode(f"{BOOT_ID_ENV}={node.boot_id_file}")
+        killed = processes.kill_node(name, lambda: node.pid() if node.alive() else None, marker)
         _write(node.boot_id_file, f"{uuid.uuid4()}\n", 0o644)
         node.pid_file.unlink(missing_ok=True)
         _make_node_files(lab, node)
@@ -335,56 +340,6 @@ def reboot_command(lab: Lab, name: str) -> list[str]:
         "-o",
         "json",
     ]
-
-
-def _kill_node_processes(node: LabNode) -> int:
-    """SIGKILL the node's processes (see reboot_node) until none is left; return how many."""
-    marker = os.fsencode(f"{BOOT_ID_ENV}={node.boot_id_file}")
-    table = _procs()
-    spared, pid = set(), os.getpid()
-    while pid > 0 and pid not in spared:  # us and our ancestors (say, a session of the node)
-        spared.add(pid)
-        pid = table.get(pid, (0, ""))[0]
-    killed: set[int] = set()
-    for _ in range(REBOOT_ROUNDS):
-        table = _procs()
-        listener = node.pid() if node.alive() else None
-        found = {listener, *_sessions(listener, table)} if listener else set()
-        for pid in table:
-            with contextlib.suppress(OSError):
-                if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                    found.add(pid)
-        found |= _descendants(found, table)
-        victims = [p for p in found - spared if not _exited(p)]
-        if not victims:
-            return len(killed)
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while (victims := [p for p in victims if not _exited(p)]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if victims:
-            msg = f"processes {victims} of the node survived SIGKILL"
-            raise FleetError(msg, code="LabRebootFailed", target=node.name)
-        killed.update(found - spared)
-    msg = f"the node's processes kept starting new ones after {REBOOT_ROUNDS} rounds of SIGKILL"
-    raise FleetError(msg, code="LabRebootFailed", target=node.name)
-
-
-def _descendants(pids: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
-    """Return every process below ``pids`` in ``table`` (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = list(pids)
-    while todo:
-        for kid in children.get(todo.pop(), []):
-            if kid not in found:
-                found.add(kid)
-                todo.append(kid)
-    return found
 
 
 def write_inventory(lab: Lab, path: Path, node_root_base: Path | None = None) -> Path:
@@ -578,7 +533,7 @@ def _start(lab: Lab, nodes: Sequence[LabNode]) -> None:
     # The daemons forked before `sshd` returned: find them, so a dead one fails at once.
     daemons: dict[str, int | None] = {n.name: None for n in nodes}
     configs = {os.fsencode(str(n.config)): n.name for n in nodes}
-    for pid, (_, comm) in _procs().items():
+    for pid, (_, comm) in processes.table_of_processes().items():
         with contextlib.suppress(OSError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if comm == "sshd" else b""
             for config in (c for c in configs if c in cmdline):
@@ -605,7 +560,7 @@ def _wait_banners(
             except OSError as exc:
                 why = str(exc)
             pid = daemons[node.name]
-            if pid is None or _exited(pid):
+            if pid is None or processes.exited(pid):
                 time.sleep(0.05)  # let it finish writing its last words
                 msg = f"sshd on port {node.port} exited"
                 raise RemoteError(msg + _tail(node.log, offsets[node.name]), target=node.name)
@@ -617,63 +572,6 @@ def _wait_banners(
             time.sleep(0.02)
 
     _each(wait, nodes)
-
-
-def _procs() -> dict[int, tuple[int, str]]:
-    """Map every pid to (parent pid, command name), from /proc."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in os.scandir("/proc"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            raw = Path(entry.path, "stat").read_text() if entry.name.isdigit() else ""
-            if raw:
-                ppid = int(raw[raw.rfind(")") + 2 :].split()[1])
-                table[int(entry.name)] = (ppid, raw[raw.find("(") + 1 : raw.rfind(")")])
-    return table
-
-
-def _sessions(listener: int, table: dict[int, tuple[int, str]]) -> list[int]:
-    """Return the sshd processes below ``listener``: those serving its open connections."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, comm) in table.items():
-        if comm.startswith("sshd"):  # "sshd-session" from OpenSSH 9.8
-            children.setdefault(ppid, []).append(pid)
-    found: list[int] = []
-    todo = [listener]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def _exited(pid: int) -> bool:
-    """Return True if the process is gone or a zombie (the init may be slow to reap it)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return raw[raw.rfind(")") + 2 :][:1] in ("Z", "X")
-
-
-def _signal(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _terminate(pids: list[int], sig: int) -> None:
-    """Send ``sig`` (and SIGCONT, so stopped ones get it), wait, SIGKILL what is left."""
-    _signal(pids, sig)
-    _signal(pids, signal.SIGCONT)
-    for then in (signal.SIGKILL, None):
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while (pids := [p for p in pids if not _exited(p)]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not pids:
-            return
-        if then is not None:
-            _signal(pids, then)
-    raise FleetError(f"sshd processes {pids} did not exit", code="LabStopFailed")
 
 
 @cache
