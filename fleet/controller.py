@@ -111,7 +111,6 @@ class Controller:
             ctx,
             self.job_tasks,
             self.multi,
-            self.events.update_node_busy,
             self.exited,
             self._wake.set,
         )
@@ -211,10 +210,37 @@ class Controller:
         self.retention.tick()
         self.node_users.tick()
         retired = self.auto_pools.tick()
-        applied = self.events.apply()
-        self.events.release_dependents()
-        placed = await self.dispatch.place() if woken or jobs or applied else False
+        applied, placed = self._record_and_place(woken or jobs)
         return retired or applied or placed
+
+    def _record_and_place(self, placing: bool) -> tuple[bool, bool]:
+        """Write the turn's task events, release the tasks they unblock and write ahead
+        the placements on free slots (looked for when ``placing`` or events were
+        written), all in one transaction: one commit, an fsync on SQLite. Then start
+        the placed tasks. Return whether there were events and placements."""
+        ev = self.events.take()
+        if not (ev or placing or self.events.dependents_due()):
+            return False, False
+        placement = None
+        try:
+            with self.store.session() as s:
+                now = time.time()
+                touched = self.events.write(s, ev, now)
+                self.events.release_dependents(s)
+                plan = self.dispatch.plan(Sql.of(s)) if placing or ev else None
+                if plan is not None:
+                    placement = self.dispatch.write_ahead(s, plan)
+                    touched.update(att.node_id for att in placement.placed)
+                self.events.update_node_busy(Sql.of(s), touched, now)
+        except BaseException:
+            self.events.restore(ev)
+            if placement is not None:
+                self.dispatch.forget(placement)
+            raise
+        self.events.committed(ev)
+        if placement is not None:
+            self.dispatch.send(placement)
+        return bool(ev), placement is not None
 
     async def _shutdown(self) -> None:
         """Cancel background work and stop every link, within SHUTDOWN_LIMIT seconds whatever
@@ -339,7 +365,7 @@ class Controller:
         await self.job_tasks.reconcile(link)
         await self._kill_stale(link)
         with self.store.session() as s:  # the node came back idle: it is running what it runs
-            self.events.update_node_busy(Sql(s), [link.node_id], time.time())
+            self.events.update_node_busy(Sql.of(s), [link.node_id], time.time())
         self._wake.set()
 
     async def _kill_stale(self, link: NodeLink) -> None:

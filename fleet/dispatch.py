@@ -1,10 +1,11 @@
 """Dispatch: placing pending tasks on free slots and starting them on their nodes.
 
-Each turn the controller asks :meth:`Dispatch.place` to fill the free slots of ready
-nodes: it reads the queue (fleet/queue.py), asks the pure scheduler for a plan
-(fleet/scheduler.py), writes every assignment ahead as ``dispatching`` in one
-transaction, then prepares each task on its node (user identity, resource files,
-application packages) and sends its spawn. A spawn the agent confirmed goes to the
+Each turn the controller fills the free slots of ready nodes in three steps:
+:meth:`Dispatch.plan` reads the queue (fleet/queue.py) and asks the pure scheduler for a
+plan (fleet/scheduler.py); :meth:`Dispatch.write_ahead` writes every assignment ahead as
+``dispatching``, in the transaction that also records the turn's task events; once that
+commits, :meth:`Dispatch.send` prepares each task on its node (user identity, resource
+files, application packages) and sends its spawn. A spawn the agent confirmed goes to the
 outbox as a start; one that could never run completes with its failureInfo code.
 """
 
@@ -15,8 +16,8 @@ import functools
 import logging
 import shlex
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 from fleet import (
     applications,
@@ -58,6 +59,25 @@ def _split(command_line: str) -> tuple[str, ...]:
     return tuple(shlex.split(command_line))
 
 
+class Plan(NamedTuple):
+    """Where the scheduler would start which pending tasks, with what placement read:
+    each pending task's primary key (by job and task id), the active jobs and the pool of
+    each node."""
+
+    assignments: list[scheduler.Assignment]
+    pks: dict[tuple[str, str], int]
+    jobs: dict[str, Any]
+    node_pools: dict[str, str]
+
+
+class Placement(NamedTuple):
+    """A plan written ahead: the attempts it put in flight (a multi-instance task's
+    subtasks included) and what to send, gate by gate, once the write commits."""
+
+    placed: list[Attempt]
+    sends: list[tuple[str, NodeLink, Attempt, list[str], dict[str, str], float | None, Any]]
+
+
 class PrepGate(Protocol):
     """What dispatch asks of the job prep tasks (fleet/job_tasks.py)."""
 
@@ -84,8 +104,7 @@ class MultiRuns(Protocol):
 
 class Dispatch:
     """Places and starts tasks. Needs what gates a start (the job's prep task on the node,
-    a multi-instance run's other nodes), how to set nodes busy or idle (``node_busy``),
-    what to do with an attempt that ended at once (``exited``: collect it), and how to
+    a multi-instance run's other nodes), what to do with an attempt that ended at once (``exited``: collect it), and how to
     run the next turn of the loop (``nudge``)."""
 
     def __init__(
@@ -93,45 +112,44 @@ class Dispatch:
         ctx: Context,
         prep: PrepGate,
         multi: MultiRuns,
-        node_busy: Callable[[Sql, Iterable[str], float], None],
         exited: Callable[[NodeLink, Attempt, dict[str, Any]], None],
         nudge: Callable[[], None],
     ) -> None:
         self.c = ctx
         self.prep = prep
         self.multi = multi
-        self._node_busy = node_busy
         self._exited = exited
         self._nudge = nudge
         self.last_assigned: dict[str, float] = {}  # node -> monotonic time of its last task
 
-    async def place(self) -> bool:
-        """Place pending tasks on free slots; return whether any was placed."""
+    def plan(self, db: Sql) -> Plan | None:
+        """Read the free slots and the queue, and return the scheduler's plan for them
+        (None when there is nothing to place)."""
         ready = {nid for nid, link in self.c.links.items() if link.ready}
-        if not ready:
-            return False
-        with self.c.store.read() as s:  # columns only: an idle loop reads 300 nodes a second
-            db = Sql(s)
-            if not queue.any_active_job(db):
-                return False
-            nodes = db.rows(_READY_NODES, {"ids": list(ready)})
-            pools = {p.id: p for p in db.rows(_ACTIVE_POOLS, {"active": PoolState.ACTIVE})}
-            snapshot = self._free_slots(nodes, pools)
-            free = sum(n.capacity - n.used for n in snapshot)
-            if free <= 0:
-                return False
-            jobs = queue.active_jobs(db, {n.pool_id for n in snapshot})
-            pending = queue.pending(db, jobs, limit=free * 2)
-            if not pending:
-                return False
-            caps = {j.id: j.spec.get("maxParallelTasks", -1) for j in jobs}
-            avoid = self.prep.excluded_nodes(db)
+        if not ready or not queue.any_active_job(db):
+            return None
+        nodes = db.rows(_READY_NODES, {"ids": list(ready)})  # columns only: cheap when idle
+        pools = {p.id: p for p in db.rows(_ACTIVE_POOLS, {"active": PoolState.ACTIVE})}
+        snapshot = self._free_slots(nodes, pools)
+        free = sum(n.capacity - n.used for n in snapshot)
+        if free <= 0:
+            return None
+        jobs = queue.active_jobs(db, {n.pool_id for n in snapshot})
+        pending = queue.pending(db, jobs, limit=free * 2)
+        if not pending:
+            return None
+        caps = {j.id: j.spec.get("maxParallelTasks", -1) for j in jobs}
+        avoid = self.prep.excluded_nodes(db)
         fill_types = {p.id: p.node_fill_type for p in pools.values()}
-        plan = scheduler.plan(snapshot, pending, fill_types, self._job_room(caps), avoid)
-        if plan:
-            node_pools = {n.id: n.pool_id for n in snapshot}
-            await self._dispatch(plan, pending, {j.id: j for j in jobs}, node_pools)
-        return bool(plan)
+        assignments = scheduler.plan(snapshot, pending, fill_types, self._job_room(caps), avoid)
+        if not assignments:
+            return None
+        return Plan(
+            assignments,
+            {(t.job_id, t.task_id): t.seq for t in pending},
+            {j.id: j for j in jobs},
+            {n.id: n.pool_id for n in snapshot},
+        )
 
     def _free_slots(self, nodes: list[Any], pools: dict[str, Any]) -> list[scheduler.NodeSlots]:
         """Return the schedulable ``nodes`` with their slots and how many are in use."""
@@ -165,102 +183,102 @@ class Dispatch:
                 running[att.job_id] = running.get(att.job_id, 0) + 1
         return {jid: cap - running.get(jid, 0) for jid, cap in caps.items() if cap and cap > 0}
 
-    async def _dispatch(
-        self,
-        plan: list[scheduler.Assignment],
-        pending: list[scheduler.PendingTask],
-        jobs: dict[str, Any],
-        node_pools: dict[str, str],
-    ) -> None:
-        """Write every assignment ahead as ``dispatching`` in one transaction, then send
-        the spawns (``jobs``: the active jobs that placement read, by id)."""
-        now = time.time()
-        pks = {(t.job_id, t.task_id): t.seq for t in pending}
+    def write_ahead(self, s: Any, plan: Plan) -> Placement:
+        """Write every assignment of ``plan`` ahead as ``dispatching`` in the transaction of
+        ``s``, and put its attempts in flight. If the transaction then fails,
+        :meth:`forget` the placement; once it commits, :meth:`send` it."""
+        jobs, node_pools, pks = plan.jobs, plan.node_pools, plan.pks
         sends = []
         placed: list[Attempt] = []
         try:
-            with self.c.store.session() as s:
-                db = Sql(s)
-                tasks = queue.to_dispatch(db, [pks[a.job_id, a.task_id] for a in plan])
-                writes = []
-                for a in plan:
-                    task = tasks.get(pks[a.job_id, a.task_id])
-                    link = self.c.links[a.node_id]
-                    root = link.agent.hello.get("root") if link.agent else None
-                    if task is None or root is None:
-                        continue
-                    if task.state != TaskState.ACTIVE or task.attempt_state is not None:
-                        continue  # deleted or changed since the snapshot
-                    tdir = environment.task_dir(a.job_id, a.task_id)
-                    write = {
-                        "b_pk": task.pk,
-                        "b_attempt": task.attempt,
-                        "attempt": task.attempt + 1,
-                        "node_id": a.node_id,
-                        "pool_id": node_pools[a.node_id],
-                        "task_root": f"{root}/{tdir}",
-                        "token_hash": task.token_hash,
-                        "state": TaskState.ACTIVE,
-                    }
-                    writes.append(write)
-                    att = Attempt(
-                        task.pk,
-                        a.job_id,
-                        a.task_id,
-                        write["attempt"],
-                        a.node_id,
-                        task.required_slots,
-                        output_files=task.spec.get("outputFiles") or [],
-                        eligible_at=max(
-                            task.created_at, task.last_retry_time or 0, task.last_requeue_time or 0
-                        ),
+            db = Sql.of(s)
+            tasks = queue.to_dispatch(db, [pks[a.job_id, a.task_id] for a in plan.assignments])
+            writes = []
+            for a in plan.assignments:
+                task = tasks.get(pks[a.job_id, a.task_id])
+                link = self.c.links[a.node_id]
+                root = link.agent.hello.get("root") if link.agent else None
+                if task is None or root is None:
+                    continue
+                if task.state != TaskState.ACTIVE or task.attempt_state is not None:
+                    continue  # deleted or changed since the snapshot
+                tdir = environment.task_dir(a.job_id, a.task_id)
+                write = {
+                    "b_pk": task.pk,
+                    "b_attempt": task.attempt,
+                    "attempt": task.attempt + 1,
+                    "node_id": a.node_id,
+                    "pool_id": node_pools[a.node_id],
+                    "task_root": f"{root}/{tdir}",
+                    "token_hash": task.token_hash,
+                    "state": TaskState.ACTIVE,
+                }
+                writes.append(write)
+                att = Attempt(
+                    task.pk,
+                    a.job_id,
+                    a.task_id,
+                    write["attempt"],
+                    a.node_id,
+                    task.required_slots,
+                    output_files=task.spec.get("outputFiles") or [],
+                    eligible_at=max(
+                        task.created_at, task.last_retry_time or 0, task.last_requeue_time or 0
+                    ),
+                )
+                self.c.inflight.setdefault(a.node_id, {})[att.key] = att
+                placed.append(att)
+                env = environment.build(
+                    root=root,
+                    pool_id=write["pool_id"],
+                    node_id=a.node_id,
+                    task_dir_rel=tdir,
+                    attempt=att.attempt,
+                    job_id=a.job_id,
+                    task_id=a.task_id,
+                    user_env=[
+                        *jobs[task.job_id].spec.get("commonEnvironmentSettings", []),
+                        *task.spec.get("environmentSettings", []),
+                    ],
+                )
+                if task.job_manager:
+                    token, write["token_hash"] = task_calls.new_token()
+                    env.update(task_calls.client_env(root, token))
+                limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
+                if task.spec.get("multiInstanceSettings"):
+                    nodes = [a.node_id, *a.others]
+                    roots = {n: self._root(n) for n in nodes}
+                    env = self.multi.prepare(
+                        s, task.spec, task.required_slots, att, nodes, roots, env
                     )
-                    self.c.inflight.setdefault(a.node_id, {})[att.key] = att
-                    placed.append(att)
-                    env = environment.build(
-                        root=root,
-                        pool_id=write["pool_id"],
-                        node_id=a.node_id,
-                        task_dir_rel=tdir,
-                        attempt=att.attempt,
-                        job_id=a.job_id,
-                        task_id=a.task_id,
-                        user_env=[
-                            *jobs[task.job_id].spec.get("commonEnvironmentSettings", []),
-                            *task.spec.get("environmentSettings", []),
-                        ],
-                    )
-                    if task.job_manager:
-                        token, write["token_hash"] = task_calls.new_token()
-                        env.update(task_calls.client_env(root, token))
-                    limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
-                    if task.spec.get("multiInstanceSettings"):
-                        nodes = [a.node_id, *a.others]
-                        roots = {n: self._root(n) for n in nodes}
-                        env = self.multi.prepare(
-                            s, task.spec, task.required_slots, att, nodes, roots, env
-                        )
-                        for n in a.others:
-                            placed.append(self.c.inflight[n][f"{att.key}@{nodes.index(n)}"])
-                        gate = "multi"
-                    else:
-                        gate = self.prep.gate(s, jobs[task.job_id], link)
-                        if gate == "wait":
-                            write["state"] = TaskState.PREPARING
-                    io = (
-                        task.spec.get("resourceFiles") or [],
-                        task.spec.get("userIdentity"),
-                        task.spec.get("applicationPackageReferences") or [],
-                    )
-                    sends.append((gate, link, att, list(_split(task.command_line)), env, limit, io))
-                queue.mark_dispatched(db, writes)
-                self._node_busy(db, {a.node_id for a in placed}, now)
+                    for n in a.others:
+                        placed.append(self.c.inflight[n][f"{att.key}@{nodes.index(n)}"])
+                    gate = "multi"
+                else:
+                    gate = self.prep.gate(s, jobs[task.job_id], link)
+                    if gate == "wait":
+                        write["state"] = TaskState.PREPARING
+                io = (
+                    task.spec.get("resourceFiles") or [],
+                    task.spec.get("userIdentity"),
+                    task.spec.get("applicationPackageReferences") or [],
+                )
+                sends.append((gate, link, att, list(_split(task.command_line)), env, limit, io))
+            queue.mark_dispatched(db, writes)
         except BaseException:
-            for att in placed:  # nothing was written: forget the plan
-                self.c.inflight.get(att.node_id, {}).pop(att.key, None)
+            self.forget(Placement(placed, []))
             raise
+        return Placement(placed, sends)
+
+    def forget(self, placement: Placement) -> None:
+        """Take a placement's attempts out of flight: its transaction failed."""
+        for att in placement.placed:
+            self.c.inflight.get(att.node_id, {}).pop(att.key, None)
+
+    def send(self, placement: Placement) -> None:
+        """Start the attempts of a committed placement (or hold them at their gate)."""
         stamp = time.monotonic()
-        for gate, link, att, argv, env, limit, io in sends:
+        for gate, link, att, argv, env, limit, io in placement.sends:
             self.last_assigned[att.node_id] = stamp
             start = functools.partial(self._start, link, att, argv, env, limit, io)
             if gate == "multi":

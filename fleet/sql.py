@@ -86,6 +86,15 @@ class Sql:
         self._errors = conn.dialect.loaded_dbapi.Error
         self._info = session.info
 
+    @classmethod
+    def of(cls, session: Any) -> Sql:
+        """The :class:`Sql` of ``session`` (made once per session: the pieces of a turn
+        share one transaction)."""
+        db = session.info.get(cls)
+        if db is None:
+            db = session.info[cls] = cls(session)
+        return db
+
     def rows(self, stmt: Statement, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Return the rows ``stmt`` selects, as named tuples."""
         cur = self._db.cursor()

@@ -1,8 +1,8 @@
 """Starts, exits and requeues of attempts, applied to the store in one transaction per turn.
 
-The controller gathers what its nodes report during a turn of its loop; :meth:`TaskEvents.apply`
-writes all of it at once (each commit is an fsync with SQLite ``synchronous=FULL``,
-so commits grow with turns, not with tasks). Completion is a conditional update on
+The controller gathers what its nodes report during a turn of its loop; :meth:`TaskEvents.write`
+writes all of it in the turn's transaction, with the placements that follow (each commit is
+an fsync with SQLite ``synchronous=FULL``, so commits grow with turns, not with tasks). Completion is a conditional update on
 (task, attempt): a late or repeated exit never completes a task twice.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,8 @@ from fleet.sql import Sql, Statement
 from fleet.tables import StaleAttempt
 
 if TYPE_CHECKING:
+    from sqlmodel import Session
+
     from fleet.attempts import Attempt
 
 DEPENDENCY_SWEEP_SECONDS = 2.0
@@ -83,73 +85,70 @@ class TaskEvents:
         self._dirty_jobs: set[str] = set()
         self._deps_swept_at = 0.0
 
-    def apply(self) -> bool:
-        """Apply every event in the outbox in one transaction; return whether there was any."""
+    def take(self) -> Outbox:
+        """Take the events gathered so far (new ones gather in a fresh outbox)."""
         ev, self.c.outbox = self.c.outbox, Outbox()
+        return ev
+
+    def write(self, s: Session, ev: Outbox, now: float) -> set[str]:
+        """Write the events ``ev`` in the transaction of ``s`` and take the attempts that
+        ended out of flight; return the nodes they touched (whose busy state may change).
+        If the transaction then fails, :meth:`restore` them; once it commits, call
+        :meth:`committed`."""
+        touched = {att.node_id for att, _ in [*ev.started, *ev.finished, *ev.back_to_queue]}
         if not ev:
-            return False
-        try:
-            self._write(ev, time.time())
-        except BaseException:
-            # Nothing was committed: keep every event for the next turn.
-            self.c.outbox.started[:0] = ev.started
-            self.c.outbox.finished[:0] = ev.finished
-            self.c.outbox.back_to_queue[:0] = ev.back_to_queue
-            self.c.outbox.outputs = ev.outputs | self.c.outbox.outputs
-            raise
+            return touched
+        db = Sql.of(s)
+        # An attempt that started and finished in the same turn (a short task) is
+        # written once, by its completion, which takes the start time along.
+        ending = {(att.pk, att.attempt) for att, _ in ev.finished}
+        starts = {(att.pk, att.attempt): at for att, at in ev.started}
+        states = {"running": TaskState.RUNNING, "dispatching": AttemptState.DISPATCHING}
+        db.executemany(  # one statement, executed for every start at once
+            _STARTED,
+            [
+                {"b_pk": att.pk, "b_attempt": att.attempt, "b_start": at, "b_now": now} | states
+                for att, at in ev.started
+                if (att.pk, att.attempt) not in ending
+            ],
+        )
+        if ev.finished:
+            self._complete(db, ev.finished, ev.outputs, starts, now)
+        for att, requeue in ev.back_to_queue:
+            db.execute(
+                _REQUEUED if requeue else _BACK_TO_QUEUE,
+                {"b_pk": att.pk, "b_attempt": att.attempt, "active": TaskState.ACTIVE, "now": now},
+            )
+            link = self.c.links.get(att.node_id)
+            if requeue and (link is None or not link.ready):  # it may still run there
+                s.merge(
+                    StaleAttempt(
+                        node_id=att.node_id, key=att.key, attempt=att.attempt, task_dir=att.task_dir
+                    )
+                )  # killed when the node returns
+        for att, _ in [*ev.finished, *ev.back_to_queue]:
+            self.c.inflight.get(att.node_id, {}).pop(att.key, None)
+        self._dirty_jobs.update(att.job_id for att, _ in ev.finished)
+        return touched
+
+    def restore(self, ev: Outbox) -> None:
+        """Undo :meth:`write` after its transaction failed: nothing was committed, so every
+        event is kept for the next turn and its attempts are in flight again."""
+        for att, _ in [*ev.finished, *ev.back_to_queue]:
+            self.c.inflight.setdefault(att.node_id, {})[att.key] = att
+        self.c.outbox.started[:0] = ev.started
+        self.c.outbox.finished[:0] = ev.finished
+        self.c.outbox.back_to_queue[:0] = ev.back_to_queue
+        self.c.outbox.outputs = ev.outputs | self.c.outbox.outputs
+
+    def committed(self, ev: Outbox) -> None:
+        """Tell what follows from the events of a committed :meth:`write`."""
         committed = time.time()
         for att, _ in ev.finished:
             if att.exit_seen_at:
                 metrics.TASK_COMPLETION.add(committed - att.exit_seen_at)
         for att, _ in [*ev.finished, *ev.back_to_queue]:
-            self.c.inflight.get(att.node_id, {}).pop(att.key, None)
-        self._dirty_jobs.update(att.job_id for att, _ in ev.finished)
-        for att, _ in [*ev.finished, *ev.back_to_queue]:
             self._run_finished(att)
-        return True
-
-    def _write(self, ev: Outbox, now: float) -> None:
-        touched_nodes = {att.node_id for att, _ in [*ev.started, *ev.finished, *ev.back_to_queue]}
-        with self.c.store.session() as s:
-            db = Sql(s)
-            # An attempt that started and finished in the same turn (a short task) is
-            # written once, by its completion, which takes the start time along.
-            ending = {(att.pk, att.attempt) for att, _ in ev.finished}
-            starts = {(att.pk, att.attempt): at for att, at in ev.started}
-            states = {"running": TaskState.RUNNING, "dispatching": AttemptState.DISPATCHING}
-            db.executemany(  # one statement, executed for every start at once
-                _STARTED,
-                [
-                    {"b_pk": att.pk, "b_attempt": att.attempt, "b_start": at, "b_now": now} | states
-                    for att, at in ev.started
-                    if (att.pk, att.attempt) not in ending
-                ],
-            )
-            if ev.finished:
-                self._complete(db, ev.finished, ev.outputs, starts, now)
-            for att, requeue in ev.back_to_queue:
-                db.execute(
-                    _REQUEUED if requeue else _BACK_TO_QUEUE,
-                    {
-                        "b_pk": att.pk,
-                        "b_attempt": att.attempt,
-                        "active": TaskState.ACTIVE,
-                        "now": now,
-                    },
-                )
-                if requeue:
-                    link = self.c.links.get(att.node_id)
-                    if link is None or not link.ready:  # it may still run there: kill on return
-                        s.merge(
-                            StaleAttempt(
-                                node_id=att.node_id,
-                                key=att.key,
-                                attempt=att.attempt,
-                                task_dir=att.task_dir,
-                            )
-                        )
-            done = {(a.node_id, a.key) for a, _ in [*ev.finished, *ev.back_to_queue]}
-            self.update_node_busy(db, touched_nodes, now, leaving=done)
 
     def _complete(
         self,
@@ -219,24 +218,28 @@ class TaskEvents:
         db.executemany(_ADD_OUTPUTS, files)
         db.executemany(_DELETE_ATTEMPT, deleted)
 
-    def release_dependents(self) -> None:
-        """Re-evaluate the held tasks of jobs whose tasks completed, and of every job every
-        few seconds, so a task added just as its parent completed is never left waiting."""
-        now = time.monotonic()
-        sweep = now - self._deps_swept_at > DEPENDENCY_SWEEP_SECONDS
-        if not (self._dirty_jobs or sweep):
+    def dependents_due(self) -> bool:
+        """Whether :meth:`release_dependents` has anything to look at this turn."""
+        return bool(self._dirty_jobs) or (
+            time.monotonic() - self._deps_swept_at > DEPENDENCY_SWEEP_SECONDS
+        )
+
+    def release_dependents(self, s: Session) -> None:
+        """Re-evaluate, in the transaction of ``s``, the held tasks of jobs whose tasks
+        completed, and of every job every few seconds, so a task added just as its parent
+        completed is never left waiting."""
+        if not self.dependents_due():
             return
         dirty, self._dirty_jobs = self._dirty_jobs, set()
+        now = time.monotonic()
+        sweep = now - self._deps_swept_at > DEPENDENCY_SWEEP_SECONDS
         if sweep:
             self._deps_swept_at = now
-        with self.c.store.read() as s:  # only jobs with held tasks are worth reading whole
-            db = Sql(s)
-            rows = db.rows(_HELD_JOBS) if sweep else db.rows(_HELD_AMONG, {"ids": list(dirty)})
-        job_ids = {row.job_id for row in rows}
-        if not job_ids:
-            return
-        with self.c.store.session() as s:
-            released = sum(dependency_state.refresh(s, job_id) for job_id in sorted(job_ids))
+        db = Sql.of(s)  # only jobs with held tasks are worth reading whole
+        rows = db.rows(_HELD_JOBS) if sweep else db.rows(_HELD_AMONG, {"ids": list(dirty)})
+        released = sum(
+            dependency_state.refresh(s, job_id) for job_id in sorted({r.job_id for r in rows})
+        )
         if released:
             self.c.wake()
 
@@ -245,16 +248,14 @@ class TaskEvents:
         db: Sql,
         node_ids: Iterable[str],
         now: float,
-        leaving: Container[tuple[str, str]] = (),
     ) -> None:
-        """Set each ready node ``running`` or ``idle`` by whether it has attempts in flight,
-        not counting the (node, key) pairs in ``leaving``."""
+        """Set each ready node ``running`` or ``idle`` by whether it has attempts in flight."""
         ready = [n for n in node_ids if (link := self.c.links.get(n)) is not None and link.ready]
         if not ready:
             return
         changed = []
         for node_id, state in db.rows(_NODE_STATES, {"ids": ready}):
-            busy = any((node_id, key) not in leaving for key in self.c.inflight.get(node_id, {}))
+            busy = bool(self.c.inflight.get(node_id))
             want = NodeState.RUNNING if busy else NodeState.IDLE
             if state in (NodeState.IDLE, NodeState.RUNNING) and state != want:
                 changed.append({"b_id": node_id, "b_old": state, "b_state": want})
