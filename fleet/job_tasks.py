@@ -61,7 +61,7 @@ class JobTasks:
 
     # -- preparation ------------------------------------------------------------------
 
-    def gate(self, s: Session, job: Job, link: NodeLink) -> str:
+    def gate(self, s: Session, job: Any, link: NodeLink) -> str:
         """Return ``go`` when a task of ``job`` may start on ``link``'s node now, ``wait``
         when it must wait (``preparing``) for the job's prep task there, which this starts
         if needed."""
@@ -86,7 +86,7 @@ class JobTasks:
             }
             s.add(row)
             attempt = row.prep_attempt
-            self.c.spawn(self._spawn(link, job, PREP, attempt))
+            self.c.spawn(self._spawn(link, job.id, job.spec, PREP, attempt))
         return "wait" if prep.get("waitForSuccess", True) else "go"
 
     def hold(self, att: Attempt, start: Callable[[], None]) -> None:
@@ -102,22 +102,24 @@ class JobTasks:
 
     # -- spawning and exits -------------------------------------------------------------
 
-    async def _spawn(self, link: NodeLink, job: Job, kind: str, attempt: int) -> None:
-        spec = job.spec[SPEC_FIELD[kind]]
+    async def _spawn(
+        self, link: NodeLink, job_id: str, job_spec: dict[str, Any], kind: str, attempt: int
+    ) -> None:
+        spec = job_spec[SPEC_FIELD[kind]]
         root = link.agent.hello.get("root") if link.agent else None
         if link.agent is None or root is None:
             return  # the node dropped: reconcile() settles it when it returns
-        tdir = environment.task_dir(job.id, spec["id"])
+        tdir = environment.task_dir(job_id, spec["id"])
         env = environment.build(
             root=root,
             pool_id=self._pool_of(link.node_id),
             node_id=link.node_id,
             task_dir_rel=tdir,
             attempt=attempt,
-            job_id=job.id,
+            job_id=job_id,
             task_id=spec["id"],
             user_env=[
-                *job.spec.get("commonEnvironmentSettings", []),
+                *job_spec.get("commonEnvironmentSettings", []),
                 *spec.get("environmentSettings", []),
             ],
         )
@@ -125,7 +127,7 @@ class JobTasks:
         try:
             await link.agent.request(
                 "spawn",
-                key=agent_key(job.id, kind),
+                key=agent_key(job_id, kind),
                 taskDir=tdir,
                 attempt=attempt,
                 argv=shlex.split(spec["commandLine"]),
@@ -134,8 +136,8 @@ class JobTasks:
             )
         except Exception as exc:  # whatever it was, the prep or release task has an outcome
             if not isinstance(exc, FleetError):
-                log.error("job %s: %s task not started", job.id, kind, exc_info=exc)
-            self.finished(link, job.id, kind, attempt, {"exitCode": None, "error": failure_of(exc)})
+                log.error("job %s: %s task not started", job_id, kind, exc_info=exc)
+            self.finished(link, job_id, kind, attempt, {"exitCode": None, "error": failure_of(exc)})
 
     def on_event(self, link: NodeLink, msg: dict[str, Any]) -> None:
         """Handle an agent's ``exited`` event for a prep or release task."""
@@ -180,7 +182,7 @@ class JobTasks:
                 row.prep_attempt += 1
                 row.prep_info = {**info, "state": "running"}
                 s.add(row)
-                self.c.spawn(self._spawn(link, job, PREP, row.prep_attempt))
+                self.c.spawn(self._spawn(link, job_id, job.spec, PREP, row.prep_attempt))
                 return
             row.prep_state = end.state
             row.prep_boot_id = link.agent.hello.get("bootId") if link.agent else None
@@ -251,14 +253,14 @@ class JobTasks:
 
     # -- release ----------------------------------------------------------------------
 
-    def releases_done(self, job: Job) -> bool:
+    def releases_done(self, job_id: str, job_spec: dict[str, Any]) -> bool:
         """Start the job's release task on every node that ran its prep task; return True
         once every one of them has finished (or its node could not run it)."""
-        if not job.spec.get("jobReleaseTask"):
+        if not job_spec.get("jobReleaseTask"):
             return True
         done = True
         with self.c.store.session() as s:
-            for row in s.exec(select(JobNode).where(JobNode.job_id == job.id)):
+            for row in s.exec(select(JobNode).where(JobNode.job_id == job_id)):
                 if row.prep_state is None or row.release_state == "completed":
                     continue
                 done = False
@@ -283,6 +285,6 @@ class JobTasks:
                 else:
                     row.release_state = "running"
                     row.release_info = {"state": "running", "startTime": views.iso(time.time())}
-                    self.c.spawn(self._spawn(link, job, RELEASE, 1))
+                    self.c.spawn(self._spawn(link, job_id, job_spec, RELEASE, 1))
                 s.add(row)
         return done

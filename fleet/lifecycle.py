@@ -24,6 +24,7 @@ from sqlmodel import col, select
 from fleet import rules
 from fleet.domain import JobState, TaskState
 from fleet.errors import FleetError
+from fleet.sql import Sql, Statement
 from fleet.tables import Job, JobNode, Task
 
 if TYPE_CHECKING:
@@ -35,6 +36,19 @@ log = logging.getLogger(__name__)
 
 USER_TERMINATED = "the task was terminated by a user"
 
+#: What a turn reads of the jobs that are not completed.
+_OPEN_JOBS = Statement(
+    "SELECT id, state, spec, created_at, termination_reason, disable_tasks FROM jobs"
+    " WHERE state != :completed",
+    json_columns=["spec"],
+)
+#: The tasks a user asked to terminate or delete (IN, not IS NOT NULL: SQLite's planner
+#: scans the whole table for the latter).
+_END_REQUESTS = Statement(
+    "SELECT pk, job_id, id, node_id, attempt, attempt_state, end_request FROM tasks"
+    " WHERE end_request IN :requests"
+)
+
 
 class Lifecycle:
     """The controller's handling of job states and task end requests."""
@@ -42,7 +56,7 @@ class Lifecycle:
     def __init__(
         self,
         ctx: Context,
-        releases_done: Callable[[Job], bool],
+        releases_done: Callable[[str, dict[str, Any]], bool],
         exited: Callable[[NodeLink, Attempt, dict[str, Any]], None],
     ) -> None:
         self.c = ctx
@@ -53,11 +67,9 @@ class Lifecycle:
         """Advance every job that is not completed and every task end request."""
         now = time.time()
         with self.c.store.read() as s:
-            jobs = list(s.exec(select(Job).where(col(Job.state) != JobState.COMPLETED)))
-            # IN, not IS NOT NULL: SQLite's planner scans the whole table for the latter.
-            requests = list(
-                s.exec(select(Task).where(col(Task.end_request).in_(("terminate", "delete"))))
-            )
+            db = Sql.of(s)
+            jobs = db.rows(_OPEN_JOBS, {"completed": JobState.COMPLETED})
+            requests = db.rows(_END_REQUESTS, {"requests": ["terminate", "delete"]})
         for job in jobs:
             self._job(job, now)
         for task in requests:
@@ -65,7 +77,7 @@ class Lifecycle:
 
     # -- jobs -------------------------------------------------------------------------
 
-    def _job(self, job: Job, now: float) -> None:
+    def _job(self, job: Any, now: float) -> None:
         running = self._attempts_of(job.id)
         step = rules.job_step(
             rules.JobFacts(job.state, job.spec, job.created_at, job.termination_reason),
@@ -73,7 +85,7 @@ class Lifecycle:
             running=len(running),
             releases_done=not running
             and job.state in (JobState.TERMINATING, JobState.DELETING)
-            and self._releases_done(job),
+            and self._releases_done(job.id, job.spec),
             tasks_left=self._tasks_left(job),
             disable_tasks=job.disable_tasks,
         )
@@ -97,7 +109,7 @@ class Lifecycle:
             if a.job_id == job_id
         ]
 
-    def _tasks_left(self, job: Job) -> bool:
+    def _tasks_left(self, job: Any) -> bool:
         if job.spec.get("onAllTasksComplete") != "terminatejob" or job.state != JobState.ACTIVE:
             return True  # not asked: no query
         with self.c.store.read() as s:
@@ -139,7 +151,7 @@ class Lifecycle:
 
     # -- task requests -------------------------------------------------------------------
 
-    def _task_request(self, task: Task, now: float) -> None:
+    def _task_request(self, task: Any, now: float) -> None:
         att = self.c.inflight.get(task.node_id or "", {}).get(f"{task.job_id}/{task.id}")
         if att is not None and att.attempt == task.attempt:
             if task.end_request == "delete":
