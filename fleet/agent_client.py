@@ -79,7 +79,9 @@ class AgentClient:
         self.node_id = node_id
         self._process = process
         self._on_event = on_event
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[
+            int, tuple[str, asyncio.Future[dict[str, Any]]]
+        ] = {}  # id -> op, answer
         self._next_id = 0
         self._out: list[bytes] = []  # encoded requests, written together at the next flush
         self._reader: asyncio.Task[None] | None = None
@@ -142,18 +144,30 @@ class AgentClient:
         finally:
             self.closed.set()
             error = Unreachable("agent channel closed", target=f"node {self.node_id}")
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(error)
+            for _, answer in self._pending.values():
+                if not answer.done():
+                    answer.set_exception(error)
             self._pending.clear()
 
     def _receive(self, msg: Any) -> None:
         """Settle the request a reply answers, or hand an event to the callback."""
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind == "reply":
-            future = self._pending.pop(msg.get("id"), None)
-            if future is not None and not future.done():
-                future.set_result(msg)
+            pending = self._pending.pop(msg.get("id"), None)
+            if pending is None or pending[1].done():
+                return
+            op, answer = pending
+            if msg.get("ok"):
+                answer.set_result(dict(msg.get("result") or {}))
+            else:
+                error = msg.get("error") or {}
+                answer.set_exception(
+                    AgentError(
+                        error.get("message", f"{op} failed"),
+                        code=error.get("code", "AgentError"),
+                        target=f"node {self.node_id}",
+                    )
+                )
         elif kind == "event":
             try:
                 self._on_event(msg)
@@ -163,33 +177,42 @@ class AgentClient:
                 )  # calls carry tokens
 
     async def request(self, op: str, timeout: float | None = 60.0, **args: Any) -> dict[str, Any]:
-        """Send one request and return its result. Raises AgentError with the agent's code,
-        or Unreachable when the channel closes first."""
+        """Send one request and return its result. Raises AgentError with the agent's code
+        (``AgentTimeout`` after ``timeout`` seconds), or Unreachable when the channel
+        closes first."""
+        return await self.submit(op, timeout, **args)
+
+    def submit(
+        self, op: str, timeout: float | None = 60.0, **args: Any
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Send one request and return the future of its result, settled as
+        :meth:`request` returns or raises (for a caller that needs no coroutine per
+        request: a callback on the future will do)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
         if self.closed.is_set():
-            raise Unreachable("agent channel closed", target=f"node {self.node_id}")
+            answer.set_exception(Unreachable("agent channel closed", target=f"node {self.node_id}"))
+            return answer
         self._next_id += 1
         rid = self._next_id
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
+        self._pending[rid] = (op, answer)
         payload = {"type": "request", "id": rid, "op": op, "args": args}
         self._send(json.dumps(payload, separators=(",", ":")).encode())
-        try:
-            reply = await asyncio.wait_for(future, timeout)
-        except TimeoutError as exc:
-            self._pending.pop(rid, None)
-            raise AgentError(
-                f"agent did not answer {op} in {timeout} s",
-                code="AgentTimeout",
-                target=f"node {self.node_id}",
-            ) from exc
-        if not reply.get("ok"):
-            error = reply.get("error") or {}
-            raise AgentError(
-                error.get("message", f"{op} failed"),
-                code=error.get("code", "AgentError"),
-                target=f"node {self.node_id}",
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._expire, rid, op, timeout)
+            answer.add_done_callback(lambda _: timer.cancel())
+        return answer
+
+    def _expire(self, rid: int, op: str, timeout: float) -> None:
+        pending = self._pending.pop(rid, None)
+        if pending is not None and not pending[1].done():
+            pending[1].set_exception(
+                AgentError(
+                    f"agent did not answer {op} in {timeout} s",
+                    code="AgentTimeout",
+                    target=f"node {self.node_id}",
+                )
             )
-        return dict(reply.get("result") or {})
 
     def _send(self, message: bytes) -> None:
         """Queue an encoded request; every request queued during one turn of the event

@@ -297,7 +297,12 @@ class Dispatch:
         limit: float | None,
         io: tuple[list[dict[str, Any]], Any, list[dict[str, str]]],
     ) -> None:
-        self.c.spawn(self._send_spawn(link, att, argv, env, limit, *io))
+        resource_files, user, app_refs = io
+        if resource_files or app_refs or identity.needs_sudo(user, link.login_user):
+            self.c.spawn(self._prepare_and_spawn(link, att, argv, env, limit, *io))
+        else:  # nothing to prepare on the node (most tasks): no coroutine, no wait
+            applications.add_env(env, link.app_env)
+            self._spawn(link, att, argv, env, limit, user)
 
     def _finish_unstarted(self, att: Attempt, code: str, message: str) -> None:
         """Complete an attempt whose command never started, with ``code`` as its failure."""
@@ -306,7 +311,7 @@ class Dispatch:
         self.c.outbox.finished.append((att, {"exitCode": None, "error": error}))
         self._nudge()
 
-    async def _send_spawn(
+    async def _prepare_and_spawn(
         self,
         link: NodeLink,
         att: Attempt,
@@ -340,44 +345,73 @@ class Dispatch:
                 self._finish_unstarted(att, code, exc.message)
             elif link.agent is not None and not link.agent.closed.is_set():
                 log.warning("task %s: not started on %s: %s", att.key, att.node_id, exc)
-                await asyncio.sleep(SPAWN_RETRY_DELAY)
-                self.c.outbox.back_to_queue.append((att, False))
-                self._nudge()
+                self._retry_later(att)
             return  # else the node dropped: the reconcile on its return settles the attempt
         except Exception as exc:
             failed = internal_error(att, exc, {})["error"]
             self._finish_unstarted(att, failed["code"], failed["message"])
             return
-        argv = identity.wrap(user, argv, link.login_user)
+        self._spawn(link, att, argv, env, max_wall_clock, user)
+
+    def _spawn(
+        self,
+        link: NodeLink,
+        att: Attempt,
+        argv: list[str],
+        env: dict[str, str],
+        max_wall_clock: float | None,
+        user: dict[str, Any] | None,
+    ) -> None:
+        """Send the spawn; :meth:`_spawned` settles its answer."""
+        if link.agent is None:
+            return  # the node dropped; reconcile on reconnect settles this attempt
         try:
-            result = await link.agent.request(
+            answer = link.agent.submit(
                 "spawn",
                 key=att.key,
                 taskDir=att.task_dir,
                 attempt=att.attempt,
-                argv=argv,
+                argv=identity.wrap(user, argv, link.login_user),
                 env=env,
                 maxWallClockSeconds=max_wall_clock,
             )
-        except AgentError as exc:
+        except Exception as exc:  # not sent: the task completes with the error
+            failed = internal_error(att, exc, {})["error"]
+            self._finish_unstarted(att, failed["code"], failed["message"])
+            return
+        answer.add_done_callback(functools.partial(self._spawned, link, att))
+
+    def _spawned(self, link: NodeLink, att: Attempt, answer: asyncio.Future[Any]) -> None:
+        """A started spawn goes to the outbox as a start; a refused one completes (the
+        task can never run) or goes back to the queue (the node's trouble)."""
+        exc = None if answer.cancelled() else answer.exception()
+        if isinstance(exc, AgentError):
             if exc.code in outcomes.PRE_PROCESSING or exc.code in REFUSED_FOR_GOOD:
                 code = "TaskRejectedByNode" if exc.code in REFUSED_FOR_GOOD else exc.code
                 error = {"code": code, "message": f"node {att.node_id}: {exc.message}"}
                 self._exited(link, att, {"exitCode": None, "error": error})
+                self._nudge()
             else:  # the node's trouble, not the task's: try again, but not in a tight loop
                 log.warning("task %s: spawn failed on %s: %s", att.key, att.node_id, exc)
-                await asyncio.sleep(SPAWN_RETRY_DELAY)
-                self.c.outbox.back_to_queue.append((att, False))
-            self._nudge()
+                self._retry_later(att)
             return
-        except FleetError as exc:
+        if exc is not None or answer.cancelled():  # Unreachable: the channel closed
             log.info("task %s: node %s dropped during spawn: %s", att.key, att.node_id, exc)
-            return
+            return  # the reconcile on the node's return settles the attempt
         acked = time.time()
         if att.eligible_at:
             metrics.TASK_DISPATCH.add(acked - att.eligible_at)
-        self.c.outbox.started.append((att, epoch(result.get("startTime")) or acked))
+        self.c.outbox.started.append((att, epoch(answer.result().get("startTime")) or acked))
         self._nudge()
+
+    def _retry_later(self, att: Attempt) -> None:
+        """Send ``att`` back to the queue after SPAWN_RETRY_DELAY (not in a tight loop)."""
+
+        def back() -> None:
+            self.c.outbox.back_to_queue.append((att, False))
+            self._nudge()
+
+        asyncio.get_running_loop().call_later(SPAWN_RETRY_DELAY, back)
 
     def _root(self, node_id: str) -> str:
         link = self.c.links.get(node_id)
