@@ -1,4 +1,4 @@
-"""fleet node agent: starts tasks detached and speaks JSON lines (protocol 2) on stdin/stdout."""
+"""fleet node agent: starts tasks detached and speaks JSON lines on stdin/stdout."""
 
 # Contract: docs/agent-protocol.md. Stdlib only; runs on Python 3.8 or newer (Linux).
 #
@@ -37,7 +37,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-PROTOCOL = 4
+PROTOCOL = 5
 # The node root's directories and their modes: 0711 lets a task that runs as another
 # user (sudo -n -u) reach its own working dir without listing anything; shared/ is
 # writable by every task, sticky like /tmp.
@@ -621,16 +621,21 @@ def check_command(args: dict) -> tuple:
         raise AgentError("BadRequest", "argv must be a non-empty list of strings")
     if not all(isinstance(a, str) and "\0" not in a for a in argv):
         raise AgentError("BadRequest", "argv must hold strings without NUL")
-    if not isinstance(env, dict):
-        raise AgentError("BadRequest", "env must be an object of strings")
-    for name, value in env.items():
-        if not name or "=" in name or "\0" in name or not isinstance(value, str) or "\0" in value:
-            raise AgentError("BadRequest", "bad environment variable %r" % name)
+    check_env(env)
     if limit is not None and (
         not isinstance(limit, (int, float)) or isinstance(limit, bool) or not 0 < limit < 1e9
     ):
         raise AgentError("BadRequest", "maxWallClockSeconds must be a positive number or null")
     return argv, env, None if limit is None else float(limit)
+
+
+def check_env(env) -> None:
+    """Raise AgentError("BadRequest") unless ``env`` is an object of environment strings."""
+    if not isinstance(env, dict):
+        raise AgentError("BadRequest", "env must be an object of strings")
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or not isinstance(value, str) or "\0" in value:
+            raise AgentError("BadRequest", "bad environment variable %r" % name)
 
 
 def call_error(code: str, message: str, exit_status: int = 1) -> dict:
@@ -671,6 +676,7 @@ class Agent:
         self.calls = {}  # callId -> connection of a task waiting for the answer
         self.answers = {}  # connection -> memoryview of the answer still to send
         self.last_call_id = 0
+        self.base_env = {}  # what every spawn's env is laid over (op env)
         self.running = True
 
     def hello(self) -> dict:
@@ -856,6 +862,14 @@ class Agent:
             raise AgentError("SetupFailed", "cannot create the layout: %s" % exc) from None
         return {"bootId": self.boot_id, "root": self.root}
 
+    def op_env(self, _request_id, args) -> dict:
+        """Set the variables every later spawn starts from (its own ``env`` wins):
+        the node's, sent once per channel instead of with every spawn."""
+        env = args.get("env") or {}
+        check_env(env)
+        self.base_env = dict(env)
+        return {}
+
     def op_shutdown(self, _request_id, _args) -> dict:
         """Stop the agent after this reply; tasks keep running."""
         self.running = False
@@ -917,6 +931,7 @@ class Agent:
         working_dir = args.get("workingDir") or "wd"
         working_dir = resolve_inside(self.root, task_dir, working_dir, "workingDir")
         argv, env, limit = check_command(args)
+        env = {**self.base_env, **env}
         if task_dir in self.spawning or live_attempt(task_dir):
             raise AgentError("TaskAlreadyRunning", "%s has a live attempt" % args["taskDir"])
         spec = TaskSpec(

@@ -15,7 +15,7 @@ from fleet.ssh import Connection, Process
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 4
+PROTOCOL = 5
 HELLO_TIMEOUT = 30.0
 BATCH_BYTES = 1 << 20  # requests sent together share one batch line up to about this size
 

@@ -228,10 +228,9 @@ class Dispatch:
                 )
                 self.c.inflight.setdefault(a.node_id, {})[att.key] = att
                 placed.append(att)
-                env = environment.build(
+                env = environment.task_env(  # over the node's own, which its agent holds
                     root=root,
                     pool_id=write["pool_id"],
-                    node_id=a.node_id,
                     task_dir_rel=tdir,
                     attempt=att.attempt,
                     job_id=a.job_id,

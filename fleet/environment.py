@@ -36,13 +36,45 @@ def build(
 ) -> dict[str, str]:
     """Return the task environment: fleet's variables under both names, then the user's
     ``environmentSettings`` (which win, as in Azure Batch)."""
+    return node_env(root, node_id) | task_env(
+        root=root,
+        pool_id=pool_id,
+        task_dir_rel=task_dir_rel,
+        attempt=attempt,
+        job_id=job_id,
+        task_id=task_id,
+        user_env=user_env,
+    )
+
+
+def node_env(root: str, node_id: str) -> dict[str, str]:
+    """Return the variables of :func:`build` that are the same for every task of a node
+    (its agent holds them: docs/agent-protocol.md, op ``env``)."""
+    root = root.rstrip("/")
+    return twins(
+        {
+            "NODE_ROOT_DIR": root,
+            **{name: f"{root}/{rel}" for name, rel in NODE_DIRS.items()},
+            "NODE_ID": node_id,
+            "NODE_IS_DEDICATED": "true",
+        }
+    )
+
+
+def task_env(
+    *,
+    root: str,
+    pool_id: str,
+    task_dir_rel: str,
+    attempt: int,
+    job_id: str | None = None,
+    task_id: str | None = None,
+    user_env: Iterable[Mapping[str, str]] = (),
+) -> dict[str, str]:
+    """Return the variables of :func:`build` that are the task's own, the user's last."""
     root = root.rstrip("/")
     values = {
-        "NODE_ROOT_DIR": root,
-        **{name: f"{root}/{rel}" for name, rel in NODE_DIRS.items()},
         "POOL_ID": pool_id,
-        "NODE_ID": node_id,
-        "NODE_IS_DEDICATED": "true",
         "TASK_DIR": f"{root}/{task_dir_rel}",
         "TASK_WORKING_DIR": f"{root}/{task_dir_rel}/wd",
         "TASK_ATTEMPT": str(attempt),
@@ -51,10 +83,7 @@ def build(
         values["JOB_ID"] = job_id
     if task_id is not None:
         values["TASK_ID"] = task_id
-    env = {}
-    for name, value in values.items():
-        env[f"FLEET_{name}"] = value
-        env[f"AZ_BATCH_{name}"] = value
+    env = twins(values)
     for item in user_env:
         env[item["name"]] = item["value"]
     return env

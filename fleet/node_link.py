@@ -229,6 +229,10 @@ class NodeLink:
                 "the node has not rebooted yet", code="NodeRebooting", target=f"node {self.node_id}"
             )
         self.login_user = str(hello.get("user", ""))
+        # The node's own variables, which every task's environment starts from, go once.
+        await self.agent.request(
+            "env", env=environment.node_env(hello.get("root", root), self.node_id)
+        )
         self.can_sudo = self.login_user == "root" or await identity.can_sudo(self.conn)
         if pool.spec.get("userAccounts"):
             accounts = identity.with_passwords(self.store, self.settings, pool.spec["userAccounts"])

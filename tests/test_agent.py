@@ -227,7 +227,7 @@ def test_package_helpers_return_the_client_file():
 def test_hello_reports_identity_and_creates_layout(agents, root, tmp_path):
     agent = agents(node_root="root", cwd=tmp_path)  # a relative root resolves against cwd
     hello = agent.hello
-    assert hello["type"] == "hello" and hello["protocol"] == 4 and "error" not in hello
+    assert hello["type"] == "hello" and hello["protocol"] == 5 and "error" not in hello
     assert hello["pid"] == agent.proc.pid
     assert hello["bootId"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert hello["root"] == os.path.realpath(root)
@@ -264,7 +264,7 @@ def test_spawn_records_output_exit_code_and_event(agents, root):
     record = event["exit"]
     assert event["key"] == "job/t1" and event["attempt"] == 1
     assert record == json.loads((task / "exit.json").read_text())
-    assert record["protocol"] == 4 and record["key"] == "job/t1" and record["attempt"] == 1
+    assert record["protocol"] == 5 and record["key"] == "job/t1" and record["attempt"] == 1
     assert record["exitCode"] == 3 and record["signal"] is None
     assert record["timedOut"] is False and record["error"] is None
     assert record["pid"] == started["result"]["pid"]
@@ -324,14 +324,19 @@ def test_argv_runs_without_a_shell(agents, root):
 
 def test_environment_and_working_directory(agents, root):
     agent = agents(env={"FLEET_TEST_INHERITED": "from-agent", "FLEET_TEST_OVERRIDE": "old"})
-    script = 'pwd; echo "$FLEET_TEST_INHERITED $FLEET_TEST_OVERRIDE $FLEET_TASK_ATTEMPT"'
-    env = {"FLEET_TEST_OVERRIDE": "new", "FLEET_TASK_ATTEMPT": "1"}
+    # The env op's variables (the node's) lie under every later spawn's own.
+    assert agent.call("env", {"env": {"FLEET_NODE_ID": "n1", "FLEET_TEST_BASE": "base"}}) == {}
+    script = (
+        'pwd; echo "$FLEET_TEST_INHERITED $FLEET_TEST_OVERRIDE $FLEET_TASK_ATTEMPT'
+        ' $FLEET_NODE_ID $FLEET_TEST_BASE"'
+    )
+    env = {"FLEET_TEST_OVERRIDE": "new", "FLEET_TASK_ATTEMPT": "1", "FLEET_TEST_BASE": "task"}
     agent.call("spawn", spawn_args("env", ["sh", "-c", script], env=env))
     agent.call("spawn", spawn_args("cwd", ["pwd"], workingDir="sub/dir"))
     agent.wait_exited("workitems/job/env")
     agent.wait_exited("workitems/job/cwd")
     task = Path(os.path.realpath(root / "workitems/job"))
-    assert (task / "env/stdout.txt").read_text() == f"{task / 'env/wd'}\nfrom-agent new 1\n"
+    assert (task / "env/stdout.txt").read_text() == f"{task / 'env/wd'}\nfrom-agent new 1 n1 task\n"
     assert (task / "cwd/stdout.txt").read_text() == f"{task / 'cwd/sub/dir'}\n"
 
 
@@ -507,7 +512,7 @@ def test_second_agent_waits_for_the_lock(agents):
     first = agents()
     began = time.monotonic()
     busy = agents(env={"FLEET_AGENT_LOCK_TIMEOUT": "0.5"})
-    assert busy.hello["protocol"] == 4 and busy.hello["error"]["code"] == "AgentBusy"
+    assert busy.hello["protocol"] == 5 and busy.hello["error"]["code"] == "AgentBusy"
     assert busy.proc.wait(5) == 3
     assert time.monotonic() - began >= 0.45
     assert first.call("ping")
@@ -557,6 +562,8 @@ def test_malformed_input_never_stops_the_agent(agents, root):
         args = {**spawn_args("t", ["true"]), **change}
         assert agent.error_code("spawn", args) == "BadRequest", change
     assert agent.error_code("spawn", [1]) == "BadRequest"
+    for env in ({"A": 1}, {"": "x"}, ["A"], "A=1"):
+        assert agent.error_code("env", {"env": env}) == "BadRequest", env
     assert agent.error_code("status", {"tasks": "all"}) == "BadRequest"
     assert agent.error_code("status", {"tasks": [{"taskDir": "workitems/a"}]}) == "BadRequest"
 
@@ -663,7 +670,7 @@ def test_tasks_of_a_protocol_3_agent_are_reported_by_the_new_agent(agents, root)
     assert not process_gone(pid)
 
     new = agents()
-    assert new.hello["protocol"] == 4 and "error" not in new.hello
+    assert new.hello["protocol"] == 5 and "error" not in new.hello
     query = {"key": args["key"], "taskDir": args["taskDir"], "attempt": 1}
     assert new.call("status", {"tasks": [query]})["tasks"][0]["state"] == "running"
     with open(gate, "w") as f:
