@@ -20,6 +20,8 @@ HELLO_TIMEOUT = 30.0
 BATCH_BYTES = 1 << 20  # requests sent together share one batch line up to about this size
 
 EventHandler = Callable[[dict[str, Any]], None]
+#: The future of a request's result (AgentError or Unreachable instead, if it fails).
+Answer = asyncio.Future[dict[str, Any]]
 
 
 def agent_remote_path(root: str) -> str:
@@ -79,9 +81,7 @@ class AgentClient:
         self.node_id = node_id
         self._process = process
         self._on_event = on_event
-        self._pending: dict[
-            int, tuple[str, asyncio.Future[dict[str, Any]]]
-        ] = {}  # id -> op, answer
+        self._pending: dict[int, tuple[str, Answer]] = {}  # request id -> op, answer
         self._next_id = 0
         self._out: list[bytes] = []  # encoded requests, written together at the next flush
         self._reader: asyncio.Task[None] | None = None
@@ -182,14 +182,12 @@ class AgentClient:
         closes first."""
         return await self.submit(op, timeout, **args)
 
-    def submit(
-        self, op: str, timeout: float | None = 60.0, **args: Any
-    ) -> asyncio.Future[dict[str, Any]]:
+    def submit(self, op: str, timeout: float | None = 60.0, **args: Any) -> Answer:
         """Send one request and return the future of its result, settled as
         :meth:`request` returns or raises (for a caller that needs no coroutine per
         request: a callback on the future will do)."""
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+        answer: Answer = loop.create_future()
         if self.closed.is_set():
             answer.set_exception(Unreachable("agent channel closed", target=f"node {self.node_id}"))
             return answer

@@ -1,10 +1,10 @@
 """The controller: the reconcile loop that places tasks on nodes and records what they did.
 
-Each turn of the loop: open links to nodes that need one, apply the events that
-came in (starts, exits, lost nodes) in one transaction, requeue the tasks of
-nodes lost for longer than the grace period, then place pending tasks on free
-slots (fleet/dispatch.py: a plan from the scheduler, written ahead as ``dispatching``,
-then the spawns). See DESIGN.md, "Reliability model".
+Each turn of the loop: open links to nodes that need one, requeue the tasks of nodes
+lost for longer than the grace period, then, in one transaction, write the events that
+came in (starts, exits, requeues), release the tasks they unblock and write ahead the
+placements on free slots (fleet/dispatch.py: a plan from the scheduler, written as
+``dispatching``); once that commits, send the spawns. See DESIGN.md, "Reliability model".
 """
 
 from __future__ import annotations
@@ -232,10 +232,10 @@ class Controller:
                     placement = self.dispatch.write_ahead(s, plan)
                     touched.update(att.node_id for att in placement.placed)
                 self.events.update_node_busy(Sql.of(s), touched, now)
-        except BaseException:
-            self.events.restore(ev)
-            if placement is not None:
+        except BaseException:  # nothing was committed
+            if placement is not None:  # first: a new attempt may share an old one's key
                 self.dispatch.forget(placement)
+            self.events.restore(ev)
             raise
         self.events.committed(ev)
         if placement is not None:

@@ -104,7 +104,8 @@ class MultiRuns(Protocol):
 
 class Dispatch:
     """Places and starts tasks. Needs what gates a start (the job's prep task on the node,
-    a multi-instance run's other nodes), what to do with an attempt that ended at once (``exited``: collect it), and how to
+    a multi-instance run's other nodes), what to do with an attempt that ended at once
+    (``exited``: collect it), and how to
     run the next turn of the loop (``nudge``)."""
 
     def __init__(
@@ -187,87 +188,93 @@ class Dispatch:
         """Write every assignment of ``plan`` ahead as ``dispatching`` in the transaction of
         ``s``, and put its attempts in flight. If the transaction then fails,
         :meth:`forget` the placement; once it commits, :meth:`send` it."""
-        jobs, node_pools, pks = plan.jobs, plan.node_pools, plan.pks
-        sends = []
         placed: list[Attempt] = []
+        writes, sends = [], []
         try:
             db = Sql.of(s)
-            tasks = queue.to_dispatch(db, [pks[a.job_id, a.task_id] for a in plan.assignments])
-            writes = []
-            for a in plan.assignments:
-                task = tasks.get(pks[a.job_id, a.task_id])
-                link = self.c.links[a.node_id]
-                root = link.agent.hello.get("root") if link.agent else None
-                if task is None or root is None:
-                    continue
-                if task.state != TaskState.ACTIVE or task.attempt_state is not None:
-                    continue  # deleted or changed since the snapshot
-                tdir = environment.task_dir(a.job_id, a.task_id)
-                write = {
-                    "b_pk": task.pk,
-                    "b_attempt": task.attempt,
-                    "attempt": task.attempt + 1,
-                    "node_id": a.node_id,
-                    "pool_id": node_pools[a.node_id],
-                    "task_root": f"{root}/{tdir}",
-                    "token_hash": task.token_hash,
-                    "state": TaskState.ACTIVE,
-                }
-                writes.append(write)
-                att = Attempt(
-                    task.pk,
-                    a.job_id,
-                    a.task_id,
-                    write["attempt"],
-                    a.node_id,
-                    task.required_slots,
-                    output_files=task.spec.get("outputFiles") or [],
-                    eligible_at=max(
-                        task.created_at, task.last_retry_time or 0, task.last_requeue_time or 0
-                    ),
-                )
-                self.c.inflight.setdefault(a.node_id, {})[att.key] = att
-                placed.append(att)
-                env = environment.task_env(  # over the node's own, which its agent holds
-                    root=root,
-                    pool_id=write["pool_id"],
-                    task_dir_rel=tdir,
-                    attempt=att.attempt,
-                    job_id=a.job_id,
-                    task_id=a.task_id,
-                    user_env=[
-                        *jobs[task.job_id].spec.get("commonEnvironmentSettings", []),
-                        *task.spec.get("environmentSettings", []),
-                    ],
-                )
-                if task.job_manager:
-                    token, write["token_hash"] = task_calls.new_token()
-                    env.update(task_calls.client_env(root, token))
-                limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
-                if task.spec.get("multiInstanceSettings"):
-                    nodes = [a.node_id, *a.others]
-                    roots = {n: self._root(n) for n in nodes}
-                    env = self.multi.prepare(
-                        s, task.spec, task.required_slots, att, nodes, roots, env
-                    )
-                    for n in a.others:
-                        placed.append(self.c.inflight[n][f"{att.key}@{nodes.index(n)}"])
-                    gate = "multi"
-                else:
-                    gate = self.prep.gate(s, jobs[task.job_id], link)
-                    if gate == "wait":
-                        write["state"] = TaskState.PREPARING
-                io = (
-                    task.spec.get("resourceFiles") or [],
-                    task.spec.get("userIdentity"),
-                    task.spec.get("applicationPackageReferences") or [],
-                )
-                sends.append((gate, link, att, list(_split(task.command_line)), env, limit, io))
+            pks = [plan.pks[a.job_id, a.task_id] for a in plan.assignments]
+            tasks = queue.to_dispatch(db, pks)
+            for a, pk in zip(plan.assignments, pks, strict=True):
+                assigned = self._assign(s, plan, a, tasks.get(pk), placed)
+                if assigned is not None:
+                    writes.append(assigned[0])
+                    sends.append(assigned[1])
             queue.mark_dispatched(db, writes)
         except BaseException:
             self.forget(Placement(placed, []))
             raise
         return Placement(placed, sends)
+
+    def _assign(
+        self, s: Any, plan: Plan, a: scheduler.Assignment, task: Any, placed: list[Attempt]
+    ) -> tuple[dict[str, Any], Any] | None:
+        """Return the write-ahead of one assignment and what to send once it commits, its
+        attempts put in flight and added to ``placed``; None if the task changed since
+        the plan was made or its node dropped."""
+        link = self.c.links[a.node_id]
+        root = link.agent.hello.get("root") if link.agent else None
+        if task is None or root is None:
+            return None
+        if task.state != TaskState.ACTIVE or task.attempt_state is not None:
+            return None  # deleted or changed since the snapshot
+        tdir = environment.task_dir(a.job_id, a.task_id)
+        write = {
+            "b_pk": task.pk,
+            "b_attempt": task.attempt,
+            "attempt": task.attempt + 1,
+            "node_id": a.node_id,
+            "pool_id": plan.node_pools[a.node_id],
+            "task_root": f"{root}/{tdir}",
+            "token_hash": task.token_hash,
+            "state": TaskState.ACTIVE,
+        }
+        att = Attempt(
+            task.pk,
+            a.job_id,
+            a.task_id,
+            write["attempt"],
+            a.node_id,
+            task.required_slots,
+            output_files=task.spec.get("outputFiles") or [],
+            eligible_at=max(
+                task.created_at, task.last_retry_time or 0, task.last_requeue_time or 0
+            ),
+        )
+        self.c.inflight.setdefault(a.node_id, {})[att.key] = att
+        placed.append(att)
+        job = plan.jobs[task.job_id]
+        env = environment.task_env(  # over the node's own, which its agent holds
+            root=root,
+            pool_id=write["pool_id"],
+            task_dir_rel=tdir,
+            attempt=att.attempt,
+            job_id=a.job_id,
+            task_id=a.task_id,
+            user_env=[
+                *job.spec.get("commonEnvironmentSettings", []),
+                *task.spec.get("environmentSettings", []),
+            ],
+        )
+        if task.job_manager:
+            token, write["token_hash"] = task_calls.new_token()
+            env.update(task_calls.client_env(root, token))
+        if task.spec.get("multiInstanceSettings"):
+            nodes = [a.node_id, *a.others]
+            roots = {n: self._root(n) for n in nodes}
+            env = self.multi.prepare(s, task.spec, task.required_slots, att, nodes, roots, env)
+            placed.extend(self.c.inflight[n][f"{att.key}@{nodes.index(n)}"] for n in a.others)
+            gate = "multi"
+        else:
+            gate = self.prep.gate(s, job, link)
+            if gate == "wait":
+                write["state"] = TaskState.PREPARING
+        io = (
+            task.spec.get("resourceFiles") or [],
+            task.spec.get("userIdentity"),
+            task.spec.get("applicationPackageReferences") or [],
+        )
+        limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
+        return write, (gate, link, att, list(_split(task.command_line)), env, limit, io)
 
     def forget(self, placement: Placement) -> None:
         """Take a placement's attempts out of flight: its transaction failed."""

@@ -251,9 +251,10 @@ class MultiInstance:
 
     def finish(self, att: Attempt) -> None:
         """The primary ended (or its attempt went back to the queue): end every instance."""
-        run = self.runs.pop(att.key, None)
-        if run is None:
-            return
+        run = self.runs.get(att.key)
+        if run is None or run.primary.attempt != att.attempt:
+            return  # ended already (a later attempt's run is not this one's)
+        del self.runs[att.key]
         for i, sub in run.subs.items():
             if i:
                 self.c.inflight.get(sub.node_id, {}).pop(sub_key(att.key, i), None)

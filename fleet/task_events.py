@@ -1,9 +1,10 @@
 """Starts, exits and requeues of attempts, applied to the store in one transaction per turn.
 
-The controller gathers what its nodes report during a turn of its loop; :meth:`TaskEvents.write`
-writes all of it in the turn's transaction, with the placements that follow (each commit is
-an fsync with SQLite ``synchronous=FULL``, so commits grow with turns, not with tasks). Completion is a conditional update on
-(task, attempt): a late or repeated exit never completes a task twice.
+The controller gathers what its nodes report during a turn of its loop;
+:meth:`TaskEvents.write` writes all of it in the turn's transaction, with the placements
+that follow (each commit is an fsync with SQLite ``synchronous=FULL``, so commits grow
+with turns, not with tasks). Completion is a conditional update on (task, attempt): a
+late or repeated exit never completes a task twice.
 """
 
 from __future__ import annotations
@@ -128,12 +129,14 @@ class TaskEvents:
                 )  # killed when the node returns
         for att, _ in [*ev.finished, *ev.back_to_queue]:
             self.c.inflight.get(att.node_id, {}).pop(att.key, None)
+            self._run_finished(att)  # before the turn places the task again
         self._dirty_jobs.update(att.job_id for att, _ in ev.finished)
         return touched
 
     def restore(self, ev: Outbox) -> None:
         """Undo :meth:`write` after its transaction failed: nothing was committed, so every
-        event is kept for the next turn and its attempts are in flight again."""
+        event is kept for the next turn and its attempts are in flight again (the
+        instances of a multi-instance run that ended stay ended)."""
         for att, _ in [*ev.finished, *ev.back_to_queue]:
             self.c.inflight.setdefault(att.node_id, {})[att.key] = att
         self.c.outbox.started[:0] = ev.started
@@ -142,13 +145,11 @@ class TaskEvents:
         self.c.outbox.outputs = ev.outputs | self.c.outbox.outputs
 
     def committed(self, ev: Outbox) -> None:
-        """Tell what follows from the events of a committed :meth:`write`."""
+        """Count the completions of a committed :meth:`write` (how long each took)."""
         committed = time.time()
         for att, _ in ev.finished:
             if att.exit_seen_at:
                 metrics.TASK_COMPLETION.add(committed - att.exit_seen_at)
-        for att, _ in [*ev.finished, *ev.back_to_queue]:
-            self._run_finished(att)
 
     def _complete(
         self,
