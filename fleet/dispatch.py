@@ -105,8 +105,7 @@ class MultiRuns(Protocol):
 class Dispatch:
     """Places and starts tasks. Needs what gates a start (the job's prep task on the node,
     a multi-instance run's other nodes), what to do with an attempt that ended at once
-    (``exited``: collect it), and how to
-    run the next turn of the loop (``nudge``)."""
+    (``exited``: collect it), and how to run the next turn of the loop (``nudge``)."""
 
     def __init__(
         self,
