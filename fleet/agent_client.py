@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent_bootstrap import agent_hash, agent_source, client_hash, client_source
-from fleet.errors import AgentError, Unreachable
+from fleet.errors import AgentError, FleetError, Unreachable
 from fleet.ssh import Connection, Process
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,18 @@ BATCH_BYTES = 1 << 20  # requests sent together share one batch line up to about
 EventHandler = Callable[[dict[str, Any]], None]
 #: The future of a request's result (AgentError or Unreachable instead, if it fails).
 Answer = asyncio.Future[dict[str, Any]]
+#: What settles a request sent with :meth:`AgentClient.send`: called once, with the
+#: result, or with None and the error (AgentError or Unreachable).
+Reply = Callable[[dict[str, Any] | None, FleetError | None], None]
+
+
+class _Pending(NamedTuple):
+    """A request sent and not answered yet."""
+
+    op: str
+    reply: Reply
+    timeout: float | None
+    deadline: float  # loop time; infinite without a timeout
 
 
 def agent_remote_path(root: str) -> str:
@@ -81,8 +94,9 @@ class AgentClient:
         self.node_id = node_id
         self._process = process
         self._on_event = on_event
-        self._pending: dict[int, tuple[str, Answer]] = {}  # request id -> op, answer
+        self._pending: dict[int, _Pending] = {}  # by request id
         self._next_id = 0
+        self._expiry: asyncio.TimerHandle | None = None  # one timer: the earliest deadline
         self._out: list[bytes] = []  # encoded requests, written together at the next flush
         self._reader: asyncio.Task[None] | None = None
         self.hello: dict[str, Any] = {}
@@ -143,31 +157,30 @@ class AgentClient:
                     self._receive(msg)
         finally:
             self.closed.set()
+            if self._expiry is not None:
+                self._expiry.cancel()
+            pending, self._pending = self._pending, {}
             error = Unreachable("agent channel closed", target=f"node {self.node_id}")
-            for _, answer in self._pending.values():
-                if not answer.done():
-                    answer.set_exception(error)
-            self._pending.clear()
+            for one in pending.values():
+                self._settle(one, None, error)
 
     def _receive(self, msg: Any) -> None:
         """Settle the request a reply answers, or hand an event to the callback."""
         kind = msg.get("type") if isinstance(msg, dict) else None
         if kind == "reply":
             pending = self._pending.pop(msg.get("id"), None)
-            if pending is None or pending[1].done():
-                return
-            op, answer = pending
+            if pending is None:
+                return  # expired meanwhile
             if msg.get("ok"):
-                answer.set_result(dict(msg.get("result") or {}))
+                self._settle(pending, dict(msg.get("result") or {}), None)
             else:
                 error = msg.get("error") or {}
-                answer.set_exception(
-                    AgentError(
-                        error.get("message", f"{op} failed"),
-                        code=error.get("code", "AgentError"),
-                        target=f"node {self.node_id}",
-                    )
+                failed = AgentError(
+                    error.get("message", f"{pending.op} failed"),
+                    code=error.get("code", "AgentError"),
+                    target=f"node {self.node_id}",
                 )
+                self._settle(pending, None, failed)
         elif kind == "event":
             try:
                 self._on_event(msg)
@@ -184,33 +197,70 @@ class AgentClient:
 
     def submit(self, op: str, timeout: float | None = 60.0, **args: Any) -> Answer:
         """Send one request and return the future of its result, settled as
-        :meth:`request` returns or raises (for a caller that needs no coroutine per
-        request: a callback on the future will do)."""
-        loop = asyncio.get_running_loop()
-        answer: Answer = loop.create_future()
-        if self.closed.is_set():
-            answer.set_exception(Unreachable("agent channel closed", target=f"node {self.node_id}"))
-            return answer
-        self._next_id += 1
-        rid = self._next_id
-        self._pending[rid] = (op, answer)
-        payload = {"type": "request", "id": rid, "op": op, "args": args}
-        self._send(json.dumps(payload, separators=(",", ":")).encode())
-        if timeout is not None:
-            timer = loop.call_later(timeout, self._expire, rid, op, timeout)
-            answer.add_done_callback(lambda _: timer.cancel())
+        :meth:`request` returns or raises."""
+        answer: Answer = asyncio.get_running_loop().create_future()
+
+        def settle(result: dict[str, Any] | None, error: FleetError | None) -> None:
+            if answer.done():
+                return  # the caller gave up on it
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result(result or {})
+
+        self.send(op, settle, timeout, **args)
         return answer
 
-    def _expire(self, rid: int, op: str, timeout: float) -> None:
-        pending = self._pending.pop(rid, None)
-        if pending is not None and not pending[1].done():
-            pending[1].set_exception(
-                AgentError(
-                    f"agent did not answer {op} in {timeout} s",
-                    code="AgentTimeout",
-                    target=f"node {self.node_id}",
-                )
+    def send(self, op: str, reply: Reply, timeout: float | None = 60.0, **args: Any) -> None:
+        """Send one request; ``reply`` is called with its result or error, as
+        :meth:`request` returns or raises (for a caller that needs neither a coroutine
+        nor a future per request, such as a spawn)."""
+        loop = asyncio.get_running_loop()
+        if self.closed.is_set():
+            error = Unreachable("agent channel closed", target=f"node {self.node_id}")
+            loop.call_soon(reply, None, error)
+            return
+        self._next_id += 1
+        rid = self._next_id
+        deadline = math.inf if timeout is None else loop.time() + timeout
+        self._pending[rid] = _Pending(op, reply, timeout, deadline)
+        payload = {"type": "request", "id": rid, "op": op, "args": args}
+        self._send(json.dumps(payload, separators=(",", ":")).encode())
+        if self._expiry is None or deadline < self._expiry.when():
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        """Expire requests at ``deadline`` (one timer per client, not one per request)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        finite = deadline != math.inf
+        self._expiry = (
+            asyncio.get_running_loop().call_at(deadline, self._expire) if finite else None
+        )
+
+    def _expire(self) -> None:
+        """Fail the requests past their deadline, and wait for the next deadline."""
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        late = [rid for rid, one in self._pending.items() if one.deadline <= now]
+        for rid in late:
+            one = self._pending.pop(rid)
+            error = AgentError(
+                f"agent did not answer {one.op} in {one.timeout} s",
+                code="AgentTimeout",
+                target=f"node {self.node_id}",
             )
+            self._settle(one, None, error)
+        if self._pending:
+            self._arm(min(one.deadline for one in self._pending.values()))
+
+    def _settle(
+        self, pending: _Pending, result: dict[str, Any] | None, error: FleetError | None
+    ) -> None:
+        try:
+            pending.reply(result, error)
+        except Exception:
+            log.exception("node %s: handling the answer to %s failed", self.node_id, pending.op)
 
     def _send(self, message: bytes) -> None:
         """Queue an encoded request; every request queued during one turn of the event

@@ -9,22 +9,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
-
-from sqlalchemy import select
-from sqlmodel import col
+from typing import TYPE_CHECKING, Any
 
 from fleet import autoscale_rules
 from fleet.autoscale_rules import History
 from fleet.domain import PoolState
 from fleet.service.autoscale import pool_facts, pool_metrics, pool_node_ids
 from fleet.service.pools import set_target
+from fleet.sql import Sql, Statement
 from fleet.tables import Pool
 
 if TYPE_CHECKING:
     from fleet.context import Context
 
 log = logging.getLogger(__name__)
+
+#: What the once-a-second look reads of the active pools (autoscale is in their spec).
+_ACTIVE_POOLS = Statement(
+    "SELECT id, spec, auto_scale_at FROM pools WHERE state = :active", json_columns=["spec"]
+)
 
 
 class AutoScaler:
@@ -39,19 +42,15 @@ class AutoScaler:
         self.readings: dict[str, list[dict[str, int]]] = {}  # node -> its last two
         self._polled_at = 0.0
 
-    def tick(self) -> None:
-        """Take the samples that are due and evaluate the formulas that are due."""
+    def read(self, db: Sql) -> list[tuple[str, dict[str, Any], float | None]]:
+        """Read the active pools with autoscale: id, spec, last evaluation (for :meth:`tick`)."""
+        rows = db.rows(_ACTIVE_POOLS, {"active": PoolState.ACTIVE})
+        return [(p.id, p.spec, p.auto_scale_at) for p in rows if p.spec.get("enableAutoScale")]
+
+    def tick(self, pools: list[tuple[str, dict[str, Any], float | None]]) -> None:
+        """Take the samples that are due and evaluate the formulas that are due, of the
+        autoscaled ``pools`` (as :meth:`read` returned them)."""
         now = time.time()
-        with self.c.store.read() as s:
-            pools = [
-                (pid, spec, at)
-                for pid, spec, at in s.execute(
-                    select(col(Pool.id), col(Pool.spec), col(Pool.auto_scale_at)).where(
-                        col(Pool.state) == PoolState.ACTIVE
-                    )
-                )
-                if spec.get("enableAutoScale")
-            ]
         for pid in set(self.histories) - {p for p, _, _ in pools}:
             del self.histories[pid]  # autoscale disabled, or the pool deleted
         sampled = set()

@@ -37,9 +37,9 @@ from fleet.retention import RetentionSweep
 from fleet.schedule_runner import ScheduleRunner
 from fleet.service.auto_pools import AutoPoolSweep
 from fleet.settings import Settings
-from fleet.sql import Sql
+from fleet.sql import Sql, Statement
 from fleet.store import Store, WakeListener
-from fleet.tables import Node, Pool, StaleAttempt, Task
+from fleet.tables import StaleAttempt, Task
 from fleet.task_calls import TaskCalls
 from fleet.task_events import TaskEvents
 
@@ -57,6 +57,11 @@ LOOK_INTERVAL = 1.0
 #: every turn: under load a turn comes every few milliseconds), so a job's end follows its
 #: last task closely.
 LOOK_AFTER_EXITS = 0.25
+
+#: The nodes of active pools: each gets a link.
+_LINKED_NODES = Statement(
+    "SELECT nodes.id FROM nodes JOIN pools ON pools.id = nodes.pool_id WHERE pools.state = :active"
+)
 
 #: Why a task ended by a node operation with ``terminate`` ended.
 NODE_OPERATION_ENDED = "the task was terminated by an operation on its node"
@@ -195,17 +200,24 @@ class Controller:
         look = asked or now - self._looked_at >= LOOK_INTERVAL
         jobs = look or (exits and now - self._jobs_looked_at >= LOOK_AFTER_EXITS)
         self._exits_unlooked = exits and not jobs
-        if look:
+        if look:  # one read transaction, then each piece acts on what it read
             self._looked_at = now
-            self._sync_links()
-            self.node_ops.tick()
-            self.autoscaler.tick()  # a new target is acted on by pool sizing at once
-            self.pool_sizing.tick()
+            with self.store.read() as s:
+                db = Sql.of(s)
+                nodes = {row.id for row in db.rows(_LINKED_NODES, {"active": PoolState.ACTIVE})}
+                operations = self.node_ops.read(db)
+                autoscaled = self.autoscaler.read(db)
+                sizing = self.pool_sizing.read(db)
+                schedules_due = self.schedules.read(db)
+            self._sync_links(nodes)
+            self.node_ops.tick(operations)
+            self.autoscaler.tick(autoscaled)  # a new target wakes the loop: sized next turn
+            self.pool_sizing.tick(sizing)
         if jobs:
             self._jobs_looked_at = now
             self.lifecycle.tick()
         if look:
-            self.schedules.tick()  # its timers wake the loop
+            self.schedules.tick(schedules_due)  # its timers wake the loop
         self._requeue_lost_nodes()
         self.retention.tick()
         self.node_users.tick()
@@ -286,14 +298,10 @@ class Controller:
             )
             self.inflight.setdefault(t.node_id, {})[att.key] = att
 
-    def _sync_links(self) -> None:
-        with self.store.read() as s:
-            nodes = s.exec(
-                select(Node.id)
-                .join(Pool, col(Pool.id) == col(Node.pool_id))
-                .where(Pool.state == PoolState.ACTIVE)
-            ).all()
-        wanted = set(nodes) - self.node_ops.busy  # an operation holds these
+    def _sync_links(self, nodes: set[str]) -> None:
+        """Open a link to each of ``nodes`` (of active pools) that has none, and close the
+        others' links."""
+        wanted = nodes - self.node_ops.busy  # an operation holds these
         for node_id in wanted - self.links.keys():
             link = NodeLink(
                 node_id,

@@ -70,12 +70,26 @@ class Plan(NamedTuple):
     node_pools: dict[str, str]
 
 
+class Spawn(NamedTuple):
+    """One attempt's start on its node: what to prepare there, then what to spawn."""
+
+    link: NodeLink
+    att: Attempt
+    argv: list[str]
+    env: dict[str, str]
+    max_wall_clock: float | None
+    resource_files: list[dict[str, Any]]
+    user: dict[str, Any] | None
+    app_refs: list[dict[str, str]]
+
+
 class Placement(NamedTuple):
     """A plan written ahead: the attempts it put in flight (a multi-instance task's
-    subtasks included) and what to send, gate by gate, once the write commits."""
+    subtasks included) and what to send once the write commits, each behind its gate
+    (``multi``: a multi-instance run's other nodes; ``wait``: the job's prep task)."""
 
     placed: list[Attempt]
-    sends: list[tuple[str, NodeLink, Attempt, list[str], dict[str, str], float | None, Any]]
+    sends: list[tuple[str, Spawn]]
 
 
 class PrepGate(Protocol):
@@ -206,7 +220,7 @@ class Dispatch:
 
     def _assign(
         self, s: Any, plan: Plan, a: scheduler.Assignment, task: Any, placed: list[Attempt]
-    ) -> tuple[dict[str, Any], Any] | None:
+    ) -> tuple[dict[str, Any], tuple[str, Spawn]] | None:
         """Return the write-ahead of one assignment and what to send once it commits, its
         attempts put in flight and added to ``placed``; None if the task changed since
         the plan was made or its node dropped."""
@@ -267,13 +281,17 @@ class Dispatch:
             gate = self.prep.gate(s, job, link)
             if gate == "wait":
                 write["state"] = TaskState.PREPARING
-        io = (
+        spawn = Spawn(
+            link,
+            att,
+            list(_split(task.command_line)),
+            env,
+            specs.constraint_seconds(task.spec, "maxWallClockTime"),
             task.spec.get("resourceFiles") or [],
             task.spec.get("userIdentity"),
             task.spec.get("applicationPackageReferences") or [],
         )
-        limit = specs.constraint_seconds(task.spec, "maxWallClockTime")
-        return write, (gate, link, att, list(_split(task.command_line)), env, limit, io)
+        return write, (gate, spawn)
 
     def forget(self, placement: Placement) -> None:
         """Take a placement's attempts out of flight: its transaction failed."""
@@ -283,31 +301,22 @@ class Dispatch:
     def send(self, placement: Placement) -> None:
         """Start the attempts of a committed placement (or hold them at their gate)."""
         stamp = time.monotonic()
-        for gate, link, att, argv, env, limit, io in placement.sends:
-            self.last_assigned[att.node_id] = stamp
-            start = functools.partial(self._start, link, att, argv, env, limit, io)
+        for gate, spawn in placement.sends:
+            self.last_assigned[spawn.att.node_id] = stamp
+            start = functools.partial(self._start, spawn)
             if gate == "multi":
-                self.multi.launch(att, start)
+                self.multi.launch(spawn.att, start)
             elif gate == "wait":
-                self.prep.hold(att, start)
+                self.prep.hold(spawn.att, start)
             else:
                 start()
 
-    def _start(
-        self,
-        link: NodeLink,
-        att: Attempt,
-        argv: list[str],
-        env: dict[str, str],
-        limit: float | None,
-        io: tuple[list[dict[str, Any]], Any, list[dict[str, str]]],
-    ) -> None:
-        resource_files, user, app_refs = io
-        if resource_files or app_refs or identity.needs_sudo(user, link.login_user):
-            self.c.spawn(self._prepare_and_spawn(link, att, argv, env, limit, *io))
+    def _start(self, sp: Spawn) -> None:
+        if sp.resource_files or sp.app_refs or identity.needs_sudo(sp.user, sp.link.login_user):
+            self.c.spawn(self._prepare_and_spawn(sp))
         else:  # nothing to prepare on the node (most tasks): no coroutine, no wait
-            applications.add_env(env, link.app_env)
-            self._spawn(link, att, argv, env, limit, user)
+            applications.add_env(sp.env, sp.link.app_env)
+            self._spawn(sp)
 
     def _finish_unstarted(self, att: Attempt, code: str, message: str) -> None:
         """Complete an attempt whose command never started, with ``code`` as its failure."""
@@ -316,20 +325,11 @@ class Dispatch:
         self.c.outbox.finished.append((att, {"exitCode": None, "error": error}))
         self._nudge()
 
-    async def _prepare_and_spawn(
-        self,
-        link: NodeLink,
-        att: Attempt,
-        argv: list[str],
-        env: dict[str, str],
-        max_wall_clock: float | None,
-        resource_files: list[dict[str, Any]],
-        user: dict[str, Any] | None,
-        app_refs: list[dict[str, str]],
-    ) -> None:
+    async def _prepare_and_spawn(self, sp: Spawn) -> None:
         """Prepare the task on its node (identity, resource files, application packages),
         then spawn it. Failures before the command can start complete the attempt with
         their failureInfo code."""
+        link, att, user = sp.link, sp.att, sp.user
         if link.agent is None or link.conn is None:
             return  # the node dropped; reconcile on reconnect settles this attempt
         task_root = f"{link.agent.hello.get('root', '')}/{att.task_dir}"
@@ -341,9 +341,11 @@ class Dispatch:
                     code="UserIdentityError",
                 )
             await identity.prepare_workdir(link.conn, user, f"{task_root}/wd", link.login_user)
-            if resource_files:
-                await task_io.stage(link.conn, self.c.settings, task_root, resource_files)
-            await applications.prepare_task(link, self.c.settings, self.c.store, app_refs, env)
+            if sp.resource_files:
+                await task_io.stage(link.conn, self.c.settings, task_root, sp.resource_files)
+            await applications.prepare_task(
+                link, self.c.settings, self.c.store, sp.app_refs, sp.env
+            )
         except FleetError as exc:
             if exc.code in outcomes.PRE_PROCESSING or exc.code == "UserAccountError":
                 code = "UserIdentityError" if exc.code == "UserAccountError" else exc.code
@@ -356,40 +358,37 @@ class Dispatch:
             failed = internal_error(att, exc, {})["error"]
             self._finish_unstarted(att, failed["code"], failed["message"])
             return
-        self._spawn(link, att, argv, env, max_wall_clock, user)
+        self._spawn(sp)
 
-    def _spawn(
-        self,
-        link: NodeLink,
-        att: Attempt,
-        argv: list[str],
-        env: dict[str, str],
-        max_wall_clock: float | None,
-        user: dict[str, Any] | None,
-    ) -> None:
-        """Send the spawn; :meth:`_spawned` settles its answer."""
+    def _spawn(self, sp: Spawn) -> None:
+        """Send the spawn; :meth:`_spawned` handles its answer."""
+        link, att = sp.link, sp.att
         if link.agent is None:
             return  # the node dropped; reconcile on reconnect settles this attempt
         try:
-            answer = link.agent.submit(
+            link.agent.send(
                 "spawn",
+                functools.partial(self._spawned, link, att),
                 key=att.key,
                 taskDir=att.task_dir,
                 attempt=att.attempt,
-                argv=identity.wrap(user, argv, link.login_user),
-                env=env,
-                maxWallClockSeconds=max_wall_clock,
+                argv=identity.wrap(sp.user, sp.argv, link.login_user),
+                env=sp.env,
+                maxWallClockSeconds=sp.max_wall_clock,
             )
         except Exception as exc:  # not sent: the task completes with the error
             failed = internal_error(att, exc, {})["error"]
             self._finish_unstarted(att, failed["code"], failed["message"])
-            return
-        answer.add_done_callback(functools.partial(self._spawned, link, att))
 
-    def _spawned(self, link: NodeLink, att: Attempt, answer: asyncio.Future[Any]) -> None:
+    def _spawned(
+        self,
+        link: NodeLink,
+        att: Attempt,
+        result: dict[str, Any] | None,
+        exc: FleetError | None,
+    ) -> None:
         """A started spawn goes to the outbox as a start; a refused one completes (the
         task can never run) or goes back to the queue (the node's trouble)."""
-        exc = None if answer.cancelled() else answer.exception()
         if isinstance(exc, AgentError):
             if exc.code in outcomes.PRE_PROCESSING or exc.code in REFUSED_FOR_GOOD:
                 code = "TaskRejectedByNode" if exc.code in REFUSED_FOR_GOOD else exc.code
@@ -400,13 +399,13 @@ class Dispatch:
                 log.warning("task %s: spawn failed on %s: %s", att.key, att.node_id, exc)
                 self._retry_later(att)
             return
-        if exc is not None or answer.cancelled():  # Unreachable: the channel closed
+        if exc is not None or result is None:  # Unreachable: the channel closed
             log.info("task %s: node %s dropped during spawn: %s", att.key, att.node_id, exc)
             return  # the reconcile on the node's return settles the attempt
         acked = time.time()
         if att.eligible_at:
             metrics.TASK_DISPATCH.add(acked - att.eligible_at)
-        self.c.outbox.started.append((att, epoch(answer.result().get("startTime")) or acked))
+        self.c.outbox.started.append((att, epoch(result.get("startTime")) or acked))
         self._nudge()
 
     def _retry_later(self, att: Attempt) -> None:

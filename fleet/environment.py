@@ -23,33 +23,9 @@ def task_dir(job_id: str, task_id: str) -> str:
     return f"workitems/{job_id}/job-1/{task_id}"
 
 
-def build(
-    *,
-    root: str,
-    pool_id: str,
-    node_id: str,
-    task_dir_rel: str,
-    attempt: int,
-    job_id: str | None = None,
-    task_id: str | None = None,
-    user_env: Iterable[Mapping[str, str]] = (),
-) -> dict[str, str]:
-    """Return the task environment: fleet's variables under both names, then the user's
-    ``environmentSettings`` (which win, as in Azure Batch)."""
-    return node_env(root, node_id) | task_env(
-        root=root,
-        pool_id=pool_id,
-        task_dir_rel=task_dir_rel,
-        attempt=attempt,
-        job_id=job_id,
-        task_id=task_id,
-        user_env=user_env,
-    )
-
-
 def node_env(root: str, node_id: str) -> dict[str, str]:
-    """Return the variables of :func:`build` that are the same for every task of a node
-    (its agent holds them: docs/agent-protocol.md, op ``env``)."""
+    """Return the variables that are the same for every task of a node: its agent holds
+    them (docs/agent-protocol.md, op ``env``) and starts each task's environment from them."""
     root = root.rstrip("/")
     return twins(
         {
@@ -71,7 +47,9 @@ def task_env(
     task_id: str | None = None,
     user_env: Iterable[Mapping[str, str]] = (),
 ) -> dict[str, str]:
-    """Return the variables of :func:`build` that are the task's own, the user's last."""
+    """Return a task's own variables, under both names, then the user's
+    ``environmentSettings`` (which win, as in Azure Batch). The agent adds them to the
+    node's (:func:`node_env`)."""
     root = root.rstrip("/")
     values = {
         "POOL_ID": pool_id,

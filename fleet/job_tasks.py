@@ -110,10 +110,9 @@ class JobTasks:
         if link.agent is None or root is None:
             return  # the node dropped: reconcile() settles it when it returns
         tdir = environment.task_dir(job_id, spec["id"])
-        env = environment.build(
+        env = environment.task_env(  # over the node's own, which its agent holds
             root=root,
             pool_id=self._pool_of(link.node_id),
-            node_id=link.node_id,
             task_dir_rel=tdir,
             attempt=attempt,
             job_id=job_id,

@@ -404,10 +404,9 @@ class NodeLink:
         self, pool: Pool, root: str, spec: dict[str, Any], attempt: int
     ) -> dict[str, Any]:
         assert self.agent is not None
-        env = environment.build(
+        env = environment.task_env(  # over the node's own, sent when the link opened
             root=root,
             pool_id=pool.id,
-            node_id=self.node_id,
             task_dir_rel=START_TASK_DIR,
             attempt=attempt,
             user_env=spec.get("environmentSettings", []),

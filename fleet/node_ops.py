@@ -18,11 +18,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from fleet import host_hooks, node_rules, targets, views
 from fleet.domain import NodeOperation, NodeState
 from fleet.errors import FleetError, RemoteError, Unreachable
+from fleet.sql import Sql, Statement
 from fleet.ssh import Connection
 from fleet.tables import Host, HostKey, JobNode, Node, NodeUser, StaleAttempt
 
@@ -39,6 +40,11 @@ HOST_COMMAND_LIMIT = 300.0
 #: The commands a node is rebooted with over SSH (through ``sudo -n`` unless the login user
 #: is root) when its host names no reboot command: the first that works.
 REBOOT_ARGVS = (("systemctl", "reboot"), ("reboot",))
+#: What the once-a-second look reads of the nodes with an operation.
+_WITH_OPERATION = Statement(
+    "SELECT id, operation, operation_option, operation_issued_at FROM nodes"
+    " WHERE operation IS NOT NULL"
+)
 #: Directories every node root has (fleet_agent.py LAYOUT): a path without them is no
 #: node root, and is never deleted.
 ROOT_MARKERS = ("volatile", "workitems")
@@ -64,16 +70,19 @@ class NodeOps:
         self.limit = limit
         self.busy: set[str] = set()  # nodes an operation holds: no link is made for them
 
-    def tick(self) -> None:
-        """Advance every node with an operation."""
+    def read(self, db: Sql) -> list[Any]:
+        """Read the nodes with an operation (for :meth:`tick`)."""
+        return db.rows(_WITH_OPERATION)
+
+    def tick(self, nodes: list[Any]) -> None:
+        """Advance every node of ``nodes`` (as :meth:`read` returned them) with an
+        operation that is not under way yet."""
         now = time.time()
-        with self.c.store.read() as s:
-            rows = s.exec(select(Node).where(col(Node.operation).is_not(None))).all()
-        for node in rows:
+        for node in nodes:
             if node.id not in self.busy:
                 self._advance(node, now)
 
-    def _advance(self, node: Node, now: float) -> None:
+    def _advance(self, node: Any, now: float) -> None:
         attempts = list(self.c.inflight.get(node.id, {}).values())
         facts = node_rules.NodeFacts(
             str(node.operation),

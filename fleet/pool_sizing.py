@@ -22,13 +22,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from fleet import host_hooks, sizing_rules, views
 from fleet.domain import AllocationState, NodeOperation, NodeState, PoolState
 from fleet.errors import FleetError
 from fleet.service import node_ops as node_requests
 from fleet.service import pools as pool_service
+from fleet.sql import Sql, Statement
 from fleet.tables import Host, Node, Pool
 
 if TYPE_CHECKING:
@@ -42,6 +43,18 @@ POWER_HOOK_LIMIT = 600.0
 _MAYBE_OFF = (NodeState.CREATING, NodeState.UNKNOWN)
 #: Operations that hold a node: it is not asked to leave while one is under way.
 _HOLDING = (NodeOperation.REBOOT, NodeOperation.REIMAGE)
+#: What the once-a-second look reads: the hostSelector pools resizing or stopping, and
+#: the hosts of their nodes that may be off (with their powerOnCommand).
+_MOVING = Statement(
+    "SELECT id FROM pools WHERE target_dedicated_nodes IS NOT NULL AND state = :active"
+    " AND allocation_state IN :moving"
+)
+_MAYBE_OFF_HOSTS = Statement(
+    "SELECT hosts.id, hosts.power_on_command FROM hosts JOIN nodes ON nodes.id = hosts.id"
+    " JOIN pools ON pools.id = nodes.pool_id WHERE pools.target_dedicated_nodes IS NOT NULL"
+    " AND pools.state = :active AND nodes.state IN :maybe_off",
+    json_columns=["power_on_command"],
+)
 
 
 class PoolSizing:
@@ -52,30 +65,27 @@ class PoolSizing:
         self.powered_on: set[str] = set()  # nodes whose powerOnCommand ran under this controller
         self.powering_off: set[str] = set()  # hosts whose powerOffCommand runs now
 
-    def tick(self) -> None:
-        """Advance every hostSelector pool that is resizing or stopping, and power on the
-        hosts of its nodes that may be off."""
-        with self.c.store.read() as s:
-            sized = select(Pool.id).where(
-                col(Pool.target_dedicated_nodes).is_not(None), Pool.state == PoolState.ACTIVE
-            )
-            moving = list(
-                s.exec(
-                    sized.where(
-                        col(Pool.allocation_state).in_(
-                            [AllocationState.RESIZING, AllocationState.STOPPING]
-                        )
-                    )
-                )
-            )
-            maybe_off = s.exec(
-                select(Host)
-                .join(Node, col(Node.id) == col(Host.id))
-                .where(col(Node.pool_id).in_(sized), col(Node.state).in_(_MAYBE_OFF))
-            ).all()
-        for host in maybe_off:  # (a JSON column's NULL may be JSON null: asked here)
-            if host.id not in self.powered_on and host_hooks.hook_argv(host, "power_on"):
-                self._power_on(host)
+    def read(self, db: Sql) -> tuple[list[str], list[str]]:
+        """Read the hostSelector pools resizing or stopping, and the hosts of their nodes
+        that may be off and have a powerOnCommand not run yet (for :meth:`tick`)."""
+        active = {"active": PoolState.ACTIVE}
+        moving = [AllocationState.RESIZING, AllocationState.STOPPING]
+        pools = [row.id for row in db.rows(_MOVING, active | {"moving": moving})]
+        hosts = db.rows(_MAYBE_OFF_HOSTS, active | {"maybe_off": list(_MAYBE_OFF)})
+        # (a JSON column's NULL may be JSON null: asked here)
+        off = [h.id for h in hosts if h.id not in self.powered_on and h.power_on_command]
+        return pools, off
+
+    def tick(self, due: tuple[list[str], list[str]]) -> None:
+        """Advance the pools that are resizing or stopping and power on the hosts of their
+        nodes that may be off (``due``: as :meth:`read` returned them)."""
+        moving, maybe_off = due
+        if maybe_off:
+            with self.c.store.read() as s:
+                hosts = [h for h in (s.get(Host, i) for i in maybe_off) if h is not None]
+            for host in hosts:
+                if host.id not in self.powered_on and host_hooks.hook_argv(host, "power_on"):
+                    self._power_on(host)
         for pool_id in moving:
             self._advance(pool_id, time.time())
 

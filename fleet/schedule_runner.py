@@ -21,6 +21,7 @@ from fleet.domain import JobState
 from fleet.errors import FleetError
 from fleet.service import auto_pools
 from fleet.service.jobs import insert_job
+from fleet.sql import Sql, Statement
 from fleet.tables import Job, JobSchedule
 from fleet.timers import Timers
 
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 FULL_PASS_SECONDS = 2.0
 
 _IDLE = ("completed",)
+_ENDING = ("terminating", "deleting")
+#: Whether any live schedule has something due (the once-a-second look reads this).
+_ANY_DUE = Statement(
+    "SELECT id FROM job_schedules WHERE NOT (state IN :idle) AND (next_run IS NULL"
+    " OR next_run <= :now OR state IN :ending) LIMIT 1"
+)
 _LIVE_JOB = {
     JobState.ACTIVE,
     JobState.DISABLING,
@@ -62,33 +69,41 @@ class ScheduleRunner:
         """Stop the timers."""
         self.timers.stop()
 
-    def tick(self) -> None:
+    def read(self, db: Sql) -> bool:
+        """Read whether :meth:`tick` has anything to do: a schedule with something due,
+        or a full pass."""
+        now = time.time()
+        if now - self._full_pass_at >= FULL_PASS_SECONDS:
+            return True
+        params = {"idle": list(_IDLE), "now": now, "ending": list(_ENDING)}
+        return bool(db.rows(_ANY_DUE, params))
+
+    def tick(self, due: bool) -> None:
         """Advance the schedules with something due (an occurrence, termination, deletion
         or completion), all in one transaction, so a burst of occurrences costs one commit.
         Every FULL_PASS_SECONDS a tick also arms the timer of every other live schedule
         (so new and changed ones fire on time) from one query; otherwise a turn costs
-        nothing per idle schedule."""
+        nothing per idle schedule, and takes no write lock: ``due`` is what :meth:`read`
+        found."""
+        if not due:
+            return
         now = time.time()
         full = now - self._full_pass_at >= FULL_PASS_SECONDS
         live = col(JobSchedule.state).not_in(_IDLE)
-        due = or_(
+        pending = or_(
             col(JobSchedule.next_run).is_(None),
             col(JobSchedule.next_run) <= now,
-            col(JobSchedule.state).in_(("terminating", "deleting")),
+            col(JobSchedule.state).in_(_ENDING),
         )
         timers: dict[str, tuple[float, float] | None] = {}  # armed after the commit
-        if not full:  # most turns: nothing due, and no write lock taken to find that out
-            with self.c.store.read() as s:
-                if s.exec(select(JobSchedule.id).where(live, due).limit(1)).first() is None:
-                    return
         with self.c.store.session() as s:
-            for row in s.exec(select(JobSchedule).where(live, due)).all():
+            for row in s.exec(select(JobSchedule).where(live, pending)).all():
                 try:
                     with s.begin_nested():  # one schedule's failure leaves the others be
                         timers[row.id] = self._advance(s, row, now)
                 except FleetError as exc:
                     log.error("job schedule %s: %s (%s)", row.id, exc, exc.code)
-            waiting = list(s.exec(select(JobSchedule).where(live, ~due))) if full else []
+            waiting = list(s.exec(select(JobSchedule).where(live, ~pending))) if full else []
         for sid, timer in timers.items():
             if timer is None:
                 self.timers.disarm(sid)

@@ -17,7 +17,7 @@ import pytest
 from agent_bootstrap import agent_source, client_source
 from fleet import agent_client, ssh
 from fleet import lab as lab_mod
-from fleet.errors import RemoteError
+from fleet.errors import AgentError, RemoteError, Unreachable
 from fleet.ssh import Connection, Target
 
 T = TypeVar("T")
@@ -135,3 +135,61 @@ def test_install_agent_uploads_both_files_once(lab: lab_mod.Lab, base: Path) -> 
     inodes = (agent.stat().st_ino, client.stat().st_ino)
     assert on_node(lab, lambda conn: agent_client.install_agent(conn, root)) == str(agent)
     assert (agent.stat().st_ino, client.stat().st_ino) == inodes  # not uploaded again
+
+
+#: A stand-in agent for the client's request handling: says hello, answers ``echo`` with
+#: its arguments and ``fail`` with an error, and never answers ``never``.
+_STAND_IN_AGENT = f"""
+import json, sys
+print(json.dumps({{"type": "hello", "protocol": {agent_client.PROTOCOL}}}), flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    for req in msg["messages"] if msg.get("type") == "batch" else [msg]:
+        if req["op"] == "echo":
+            print(json.dumps({{"type": "reply", "id": req["id"], "ok": True,
+                               "result": req["args"]}}), flush=True)
+        elif req["op"] == "fail":
+            print(json.dumps({{"type": "reply", "id": req["id"], "ok": False,
+                               "error": {{"code": "BadPath", "message": "no"}}}}), flush=True)
+"""
+
+
+@pytest.mark.lab
+def test_agent_requests_are_answered_refused_timed_out_and_failed_when_the_channel_closes(
+    lab: lab_mod.Lab,
+) -> None:
+    async def work(conn: Connection) -> dict[str, object]:
+        process = await conn.start_process(["python3", "-c", _STAND_IN_AGENT])
+        client = agent_client.AgentClient("n1", process, lambda _: None)
+        await client._handshake()
+        seen: dict[str, object] = {}
+        replies: asyncio.Queue[tuple[object, object]] = asyncio.Queue()
+        client.send("echo", lambda r, e: replies.put_nowait((r, e)), a=1)
+        seen["sent"] = await replies.get()
+        seen["echo"] = await client.request("echo", b=2)
+        with pytest.raises(AgentError) as refused:
+            await client.request("fail")
+        seen["fail"] = refused.value.code
+        # One timer serves every deadline: a later request with an earlier deadline
+        # expires first, and the others keep theirs.
+        slow = client.submit("never", timeout=30)
+        forever = client.submit("never", timeout=None)
+        t0 = time.monotonic()
+        with pytest.raises(AgentError) as late:
+            await client.request("never", timeout=0.3)
+        seen["late"] = (late.value.code, time.monotonic() - t0)
+        seen["still pending"] = (slow.done(), forever.done())
+        client.close()
+        await asyncio.wait_for(client.closed.wait(), 10)
+        for answer in (slow, forever):
+            with pytest.raises(Unreachable):
+                await answer
+        return seen
+
+    seen = on_node(lab, work)
+    assert seen["sent"] == ({"a": 1}, None)
+    assert seen["echo"] == {"b": 2}
+    assert seen["fail"] == "BadPath"
+    code, waited = seen["late"]  # type: ignore[misc]
+    assert code == "AgentTimeout" and 0.25 <= waited < 10
+    assert seen["still pending"] == (False, False)
