@@ -28,6 +28,7 @@ from common import (
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from fleet import agent_client
 from fleet import lab as lab_mod
 from fleet.service import jobs, pools
 from fleet.settings import Settings
@@ -40,6 +41,19 @@ except ImportError:
     add_tasks = jobs.add_tasks
 
 POOL, JOB = "bench", "g3"
+
+
+def place_stub_agent(the_lab: lab_mod.Lab) -> None:
+    """Put bench/stub_agent.py where the controller looks for this version's agent on each
+    node, so that it starts the stub instead of uploading the real one."""
+    stub = Path(__file__).with_name("stub_agent.py").read_bytes()
+    for node in the_lab.nodes:
+        path = Path(agent_client.agent_remote_path(str(node.root)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(stub)
+        owner = node.root.stat()  # the login user's: it writes beside the agent
+        for made in (path.parent, path):
+            os.chown(made, owner.st_uid, owner.st_gid)
 
 
 def wait_idle(store: Store, ctl: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -139,12 +153,20 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--skip-parallel", action="store_true")
     ap.add_argument("--profile", type=Path, help="write the controller's cProfile stats here")
+    ap.add_argument(
+        "--stub-agent",
+        action="store_true",
+        help="nodes run bench/stub_agent.py, which answers each spawn with an exit at once"
+        " and runs nothing: the controller's own ceiling, without the node side",
+    )
     args = ap.parse_args()
     stop_on_sigterm()
     before = other_activity()
     with temp_dir("fleet-bench-home-") as home, lab(args.nodes) as the_lab:
         env = bench_env(home)
         run([FLEET, "host", "import", the_lab.inventory_path], env)
+        if args.stub_agent:
+            place_stub_agent(the_lab)
         hosts = ",".join(n.name for n in the_lab.nodes)
         slots = ["--task-slots-per-node", str(args.slots)]
         run([FLEET, "pool", "create", "--id", POOL, "--hosts", hosts, *slots], env)
@@ -165,6 +187,8 @@ def main() -> None:
 
 def report(fleet: dict, peer: dict | None, before: dict, args: argparse.Namespace) -> None:
     print(f"\nG3: {args.tasks} x `true`, {args.nodes} nodes x {args.slots} slots")
+    if args.stub_agent:
+        print("  STUB AGENT: nothing ran on the nodes (the controller's own ceiling)")
     print(
         f"  fleet    {fleet['tasks_per_s']:8.1f} tasks/s  ({fleet['elapsed_s']:.1f} s, submit "
         f"{fleet['submit_s']:.2f} s)  target >= 1000 (500 at least)"
@@ -195,6 +219,7 @@ def report(fleet: dict, peer: dict | None, before: dict, args: argparse.Namespac
             "parallel": peer,
             "nodes": args.nodes,
             "slots": args.slots,
+            "stub_agent": args.stub_agent,
         },
     )
     print(f"results: {path}")
